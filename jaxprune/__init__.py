@@ -1,0 +1,35 @@
+"""jaxprune: neural-network pruning and sparse training as optax gradient transformations."""
+
+from jaxprune import allocation as allocation
+from jaxprune import patterns as patterns
+from jaxprune import schedules as schedules
+from jaxprune import scores as scores
+from jaxprune import selection as selection
+from jaxprune.magnitude import magnitude_pruning as magnitude_pruning
+from jaxprune.masks import PackedMask as PackedMask
+from jaxprune.masks import get_masks as get_masks
+from jaxprune.pruning import PruningState as PruningState
+from jaxprune.pruning import pruning as pruning
+from jaxprune.random_pruning import random_pruning as random_pruning
+from jaxprune.saliency import saliency_pruning as saliency_pruning
+from jaxprune.summary import SparsitySummary as SparsitySummary
+from jaxprune.summary import sparsity_summary as sparsity_summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PackedMask",
+    "PruningState",
+    "SparsitySummary",
+    "allocation",
+    "get_masks",
+    "magnitude_pruning",
+    "patterns",
+    "pruning",
+    "random_pruning",
+    "saliency_pruning",
+    "schedules",
+    "scores",
+    "selection",
+    "sparsity_summary",
+]

@@ -1,0 +1,112 @@
+"""Masks in the optimizer state: packing, and finding them in any state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = ["PackedMask", "pack", "unpack", "get_masks"]
+
+
+@jax.tree_util.register_pytree_node_class
+class PackedMask:
+  """A boolean mask stored one bit per entry, packed along the last axis (leading axes keep their
+  sharding). ``length`` is the size of the last axis before packing."""
+
+  def __init__(self, bits: jax.Array, length: int):
+    self.bits = bits
+    self.length = length
+
+  def tree_flatten(self):
+    return (self.bits,), self.length
+
+  @classmethod
+  def tree_unflatten(cls, length, children):
+    return cls(children[0], length)
+
+  def __repr__(self):
+    return f"PackedMask(bits={self.bits!r}, length={self.length})"
+
+
+def pack(mask: jax.Array) -> PackedMask:
+  """Packs a boolean mask into bits (see `PackedMask`)."""
+  mask = jnp.atleast_1d(mask)
+  return PackedMask(jnp.packbits(mask, axis=-1), mask.shape[-1])
+
+
+def unpack(mask: Any) -> Any:
+  """The boolean mask of a `PackedMask`; other values are returned unchanged."""
+  if isinstance(mask, PackedMask):
+    return jnp.unpackbits(mask.bits, axis=-1, count=mask.length).astype(bool)
+  return mask
+
+
+def _is_pruning_state(x: Any) -> bool:
+  # Every jaxprune state keeps its masks in a field named `masks` next to a `count`.
+  return isinstance(x, tuple) and hasattr(x, "_fields") and "masks" in x._fields and "count" in x._fields
+
+
+def _unwrap(x: Any) -> Any:
+  """The array inside a Flax nnx ``Variable`` (optimizer states of ``nnx.Optimizer`` hold them)."""
+  get_value = getattr(x, "get_value", None)
+  return get_value() if callable(get_value) else x
+
+
+def _mask_leaves(masks: Any, treedef=None):
+  is_leaf = lambda x: x is None or isinstance(x, (PackedMask, optax.MaskedNode))
+  leaves, treedef_here = jax.tree.flatten(masks, is_leaf=lambda x: is_leaf(x) or _is_variable(x))
+  return leaves, treedef_here
+
+
+def _is_variable(x: Any) -> bool:
+  return callable(getattr(x, "get_value", None))
+
+
+def get_masks(opt_state: Any) -> Any:
+  """The pruning masks in an optimizer state, as a tree shaped like the params.
+
+  Works on any state that contains a jaxprune pruner: inside ``optax.chain``,
+  ``optax.inject_hyperparams``, ``optax.MultiSteps``, ``optax.partition``, or the ``opt_state`` of a
+  Flax ``nnx.Optimizer`` (the optimizer object itself is accepted too). If the state holds several
+  pruners, a weight is kept only if every pruner keeps it.
+
+  Args:
+    opt_state: an optimizer state.
+
+  Returns:
+    A tree shaped like the params: a boolean array (``True`` = kept) for each pruned leaf and ``None``
+    for each leaf that no pruner prunes. Packed masks are returned unpacked.
+
+  Raises:
+    ValueError: if the state contains no pruner.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, jaxprune
+    >>> params = {'w': jnp.arange(1.0, 5.0).reshape(2, 2)}
+    >>> tx = optax.chain(optax.sgd(0.1), jaxprune.magnitude_pruning(0.5))
+    >>> state = tx.init(params)
+    >>> _, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+    >>> jaxprune.get_masks(state)['w']
+    Array([[False, False],
+           [ True,  True]], dtype=bool)
+  """
+  if hasattr(opt_state, "opt_state") and hasattr(opt_state, "tx"):  # an nnx.Optimizer
+    opt_state = opt_state.opt_state
+  states = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_pruning_state) if _is_pruning_state(s)]
+  if not states:
+    raise ValueError("get_masks: the optimizer state contains no jaxprune pruner (no state with a "
+                     "'masks' field).")
+  combined, treedef = None, None
+  for state in states:
+    leaves, here = _mask_leaves(state.masks)
+    leaves = [None if isinstance(m, optax.MaskedNode) else unpack(_unwrap(m)) for m in leaves]
+    if combined is None:
+      combined, treedef = leaves, here
+      continue
+    if len(leaves) != len(combined):
+      raise ValueError("get_masks: the pruners in this state have masks of different structures.")
+    combined = [a if b is None else b if a is None else a & b for a, b in zip(combined, leaves)]
+  return jax.tree.unflatten(treedef, combined)

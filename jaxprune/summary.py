@@ -1,0 +1,70 @@
+"""Counting zeros: per-leaf and total sparsity of a tree."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from jaxprune import leaves as leaves_lib
+from jaxprune import masks as masks_lib
+
+__all__ = ["LeafSparsity", "SparsitySummary", "sparsity_summary"]
+
+
+class LeafSparsity(NamedTuple):
+  """Counts for one leaf: ``zeros`` of ``size`` entries, ``sparsity = zeros / size``."""
+
+  size: int
+  zeros: int
+  sparsity: float
+
+
+class SparsitySummary(NamedTuple):
+  """Per-leaf counts (``leaves``, keyed by path) and totals over all leaves."""
+
+  leaves: dict[str, LeafSparsity]
+  size: int
+  zeros: int
+  sparsity: float
+
+  def __str__(self) -> str:
+    width = max([len(n) for n in self.leaves] + [5])
+    lines = [f"{'leaf':<{width}}  {'size':>10}  {'zeros':>10}  {'sparsity':>8}"]
+    for name, leaf in self.leaves.items():
+      lines.append(f"{name:<{width}}  {leaf.size:>10}  {leaf.zeros:>10}  {leaf.sparsity:>8.4f}")
+    lines.append(f"{'total':<{width}}  {self.size:>10}  {self.zeros:>10}  {self.sparsity:>8.4f}")
+    return "\n".join(lines)
+
+
+def sparsity_summary(tree: Any) -> SparsitySummary:
+  """Counts the zeros of every leaf of ``tree`` and in total.
+
+  For boolean leaves (masks, e.g. from `jaxprune.get_masks`) the pruned entries (``False``) are
+  counted; for numeric leaves (params) the entries equal to zero. ``None`` leaves are skipped.
+
+  Args:
+    tree: a pytree of arrays: params, masks, an ``nnx.State``.
+
+  Returns:
+    A `SparsitySummary`; ``str()`` of it is a table.
+
+  Example:
+    >>> import jax.numpy as jnp, jaxprune
+    >>> s = jaxprune.sparsity_summary({'w': jnp.array([0.0, 1.0, 0.0, 2.0])})
+    >>> s.sparsity, s.leaves['w'].zeros
+    (0.5, 2)
+  """
+  is_leaf = lambda x: isinstance(x, masks_lib.PackedMask)
+  flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
+  leaves = {}
+  for path, leaf in flat:
+    array = np.asarray(jax.device_get(masks_lib.unpack(leaf)))
+    zeros = int(np.count_nonzero(~array)) if array.dtype == bool else int(array.size -
+                                                                         np.count_nonzero(array))
+    leaves[leaves_lib.path_str(path)] = LeafSparsity(int(array.size), zeros,
+                                                      zeros / array.size if array.size else 0.0)
+  size = sum(leaf.size for leaf in leaves.values())
+  zeros = sum(leaf.zeros for leaf in leaves.values())
+  return SparsitySummary(leaves, size, zeros, zeros / size if size else 0.0)
