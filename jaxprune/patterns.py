@@ -124,6 +124,7 @@ class NM(NamedTuple):
     a = grouped[..., :, None]
     b = grouped[..., None, :]
     earlier = jnp.arange(self.m)[None, :] < jnp.arange(self.m)[:, None]
+    earlier = earlier.reshape((1,) * (grouped.ndim - 1) + (self.m, self.m))
     beats = (b > a) | ((b == a) & earlier)
     rank = jnp.sum(beats, axis=-1)
     keep = (rank < self.n).reshape(moved.shape)

@@ -239,7 +239,7 @@ def pruning(
       return [store(m) for m in fresh]
 
     kept = [stored[leaf.index] for leaf in plan]
-    new_stored = jax.lax.cond(schedule.is_update_step(state.count), recompute, lambda: kept)
+    new_stored = selection.cond(schedule.is_update_step(state.count), recompute, lambda: kept)
     masks = list(old)
     for leaf, m in zip(plan, new_stored):
       stored[leaf.index] = m

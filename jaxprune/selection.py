@@ -21,11 +21,22 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-__all__ = ["ordered_key", "top_k_mask", "top_k_masks"]
+__all__ = ["ordered_key", "top_k_mask", "top_k_masks", "cond"]
 
 _DIGIT_BITS = 16
 _NUM_BINS = 1 << _DIGIT_BITS
 _DIGIT_MASK = _NUM_BINS - 1
+
+
+def cond(pred, true_fn, false_fn):
+  """``lax.cond``, but a plain Python branch when ``pred`` is concrete (outside ``jit``).
+
+  Outside ``jit``, ``lax.cond`` would trace and compile both branches at every call; the result is
+  the same either way.
+  """
+  if isinstance(pred, jax.core.Tracer):
+    return jax.lax.cond(pred, true_fn, false_fn)
+  return true_fn() if bool(pred) else false_fn()
 
 
 def ordered_key(scores: jax.Array) -> jax.Array:
@@ -123,7 +134,7 @@ def top_k_masks(scores: Sequence[jax.Array], k: jax.Array | int) -> list[jax.Arr
     cut, _, _ = _kth_largest(flipped, ties, needed)
     return ~cut  # the largest position kept
 
-  last_kept = jax.lax.cond(needed < num_ties, tie_cut, lambda: jnp.uint32(total))
+  last_kept = cond(needed < num_ties, tie_cut, lambda: jnp.uint32(total))
   keep_any_tie = needed > 0
   return [
       (key > threshold) | (tie & keep_any_tie & (_positions(key.shape, off) <= last_kept))

@@ -1,0 +1,12 @@
+"""Test configuration: eight simulated CPU devices (so sharding is tested everywhere) and strict JAX."""
+
+import os
+
+# Must happen before JAX initialises its backends.
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8").strip()
+
+import jax  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -1,0 +1,82 @@
+"""The registry of every pruning transformation the library exports, for the conformance suite.
+
+Each entry builds a pruner from keyword arguments shared by all (``schedule``, ``inner``, ...) and says
+how many entries of each leaf it must prune at a given scheduled sparsity. Later methods add theirs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import jaxprune
+
+SPARSITY = 0.75
+
+
+@dataclasses.dataclass(frozen=True)
+class Pruner:
+  name: str
+  factory: Callable[..., Any]  # an exported jaxprune factory
+  kwargs: dict[str, Any]  # its arguments in this entry
+  kind: str  # 'layerwise', 'global', 'erk' or 'nm': how exact sparsity is checked
+  group: tuple[int, ...] = ()  # block shape, for block patterns
+  channel: bool = False
+  uses_grads: bool = False  # scores depend on gradients (chain and inner= forms then differ)
+
+  def make(self, **kwargs):
+    return self.factory(**self.kwargs, **kwargs)
+
+
+S = {"sparsity": SPARSITY}
+PRUNERS = [
+    Pruner("magnitude", jaxprune.magnitude_pruning, S, "layerwise"),
+    Pruner("magnitude_global", jaxprune.magnitude_pruning, {**S, "distribution": "global"}, "global"),
+    Pruner("magnitude_erk", jaxprune.magnitude_pruning, {**S, "distribution": "erk"}, "erk"),
+    Pruner("magnitude_packed", jaxprune.magnitude_pruning, {**S, "packed_masks": True}, "layerwise"),
+    Pruner("magnitude_2:4", jaxprune.magnitude_pruning, {"pattern": jaxprune.patterns.n_m(2, 4)}, "nm"),
+    Pruner("magnitude_block", jaxprune.magnitude_pruning,
+           {**S, "pattern": jaxprune.patterns.block((2, 4))}, "layerwise", group=(2, 4)),
+    Pruner("magnitude_channel", jaxprune.magnitude_pruning,
+           {**S, "pattern": jaxprune.patterns.channel()}, "layerwise", channel=True),
+    Pruner("random", jaxprune.random_pruning, {**S, "seed": 3}, "layerwise"),
+    Pruner("saliency", jaxprune.saliency_pruning, S, "layerwise", uses_grads=True),
+    Pruner("saliency_global", jaxprune.saliency_pruning, {**S, "distribution": "global"}, "global",
+           uses_grads=True),
+]
+
+
+def num_groups(pruner: Pruner, shape: tuple[int, ...]) -> tuple[int, int]:
+  """(number of groups, entries per group) of a leaf under the pruner's pattern."""
+  if pruner.group:
+    size = math.prod(pruner.group)
+    return math.prod(shape) // size, size
+  if pruner.channel:
+    return shape[-1], math.prod(shape[:-1])
+  return math.prod(shape), 1
+
+
+def _round(sparsity, n: int) -> int:
+  # The scheduled sparsity is a float32 array inside the pruner; round its product the same way.
+  return int(np.round(np.float32(sparsity) * np.float32(n)))
+
+
+def expected_zeros(pruner: Pruner, shapes: dict[str, tuple[int, ...]], scheduled) -> dict[str, int] | int:
+  """Exact zero counts per leaf (or in total, for global), where ``scheduled(target)`` is the
+  sparsity the schedule gives a leaf whose final target is ``target``."""
+  if pruner.kind == "nm":
+    return {k: math.prod(s) // 2 for k, s in shapes.items()}
+  if pruner.kind == "global":
+    return _round(scheduled(SPARSITY), sum(math.prod(s) for s in shapes.values()))
+  if pruner.kind == "erk":
+    per_leaf = jaxprune.allocation.erk(SPARSITY, list(shapes.values()))
+    return {k: _round(scheduled(s), math.prod(shape)) for (k, shape), s in zip(shapes.items(), per_leaf)}
+  out = {}
+  for k, shape in shapes.items():
+    groups, size = num_groups(pruner, shape)
+    out[k] = _round(scheduled(SPARSITY), groups) * size
+  return out

@@ -1,0 +1,312 @@
+"""The conformance suite: the contract every pruning transformation of jaxprune keeps.
+
+Runs over every entry of `pruners.PRUNERS` (one per exported factory and pattern/distribution).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import jaxprune
+from pruners import PRUNERS, expected_zeros
+
+SCHEDULE = jaxprune.schedules.polynomial(begin_step=1, end_step=5, frequency=2)
+UPDATE_STEPS = (1, 3, 5)
+STEPS = 8
+SHAPES = {"dense0/kernel": (16, 32), "dense1/kernel": (32, 8)}
+
+ids = [p.name for p in PRUNERS]
+pruners = pytest.mark.parametrize("pruner", PRUNERS, ids=ids)
+forms = pytest.mark.parametrize("form", ["chain", "inner"])
+jits = pytest.mark.parametrize("use_jit", [False, True], ids=["nojit", "jit"])
+
+
+def make_params(dtype=jnp.float32, seed=0):
+  k = jax.random.split(jax.random.key(seed), 4)
+  return {
+      "dense0": {"kernel": jax.random.normal(k[0], (16, 32), dtype), "bias": jnp.zeros(32, dtype)},
+      "dense1": {"kernel": jax.random.normal(k[1], (32, 8), dtype), "bias": jnp.zeros(8, dtype)},
+  }
+
+
+def make_grads(params, step):
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(100 + step), len(leaves))
+  return jax.tree.unflatten(treedef, [jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, leaves)])
+
+
+def optimizer():
+  return optax.sgd(0.05, momentum=0.9)
+
+
+def build(pruner, form, **kwargs):
+  kwargs.setdefault("schedule", SCHEDULE)
+  if form == "chain":
+    return optax.chain(optimizer(), pruner.make(**kwargs))
+  return pruner.make(inner=optimizer(), **kwargs)
+
+
+def run(tx, params, use_jit=True, steps=STEPS):
+  state = tx.init(params)
+  update = jax.jit(tx.update) if use_jit else tx.update
+  history = []
+  for step in range(steps):
+    updates, state = update(make_grads(params, step), state, params)
+    params = optax.apply_updates(params, updates)
+    history.append((params, jaxprune.get_masks(state), state))
+  return history
+
+
+def pruning_states(state):
+  is_state = lambda x: isinstance(x, jaxprune.PruningState)
+  return [x for x in jax.tree.leaves(state, is_leaf=is_state) if is_state(x)]
+
+
+def kernels(tree):
+  return {"dense0/kernel": tree["dense0"]["kernel"], "dense1/kernel": tree["dense1"]["kernel"]}
+
+
+def scheduled_at(step):
+  """The sparsity the schedule gives a target at the last mask update at or before ``step``."""
+  last = max([s for s in UPDATE_STEPS if s <= step], default=None)
+  if last is None:
+    return None
+  return lambda target: np.asarray(SCHEDULE.sparsity(jnp.asarray(last, jnp.int32), target))
+
+
+def check_history(pruner, history):
+  previous = None
+  for step, (params, masks, _) in enumerate(history):
+    assert masks["dense0"]["bias"] is None and masks["dense1"]["bias"] is None
+    km, kp = kernels(masks), kernels(params)
+    for name in SHAPES:
+      m, p = np.asarray(km[name]), np.asarray(kp[name])
+      assert m.dtype == bool and m.shape == p.shape
+      # Contract 2: every pruned entry is exactly zero after apply_updates, at every step.
+      assert np.all(p[~m] == 0), f"{pruner.name}: pruned entries of {name} nonzero at step {step}"
+    zeros = {name: int((~np.asarray(km[name])).sum()) for name in SHAPES}
+    scheduled = scheduled_at(step)
+    if scheduled is None:
+      assert sum(zeros.values()) == 0, f"pruned before the first mask update: {zeros}"
+    else:
+      # Contract 5: exact sparsity.
+      expected = expected_zeros(pruner, SHAPES, scheduled)
+      if isinstance(expected, int):
+        assert sum(zeros.values()) == expected, (step, zeros, expected)
+      else:
+        assert zeros == expected, (step, zeros, expected)
+    if previous is not None and step not in UPDATE_STEPS:
+      for name in SHAPES:  # masks change only on mask-update steps
+        np.testing.assert_array_equal(km[name], previous[name])
+    previous = km
+
+
+@pruners
+@forms
+@jits
+def test_contract(pruner, form, use_jit):
+  history = run(build(pruner, form), make_params(), use_jit)
+  check_history(pruner, history)
+  [pruner_state] = pruning_states(history[-1][2])
+  assert int(pruner_state.count) == STEPS
+
+
+@pruners
+@forms
+def test_jit_equals_nojit(pruner, form):
+  a = run(build(pruner, form), make_params(), use_jit=False)
+  b = run(build(pruner, form), make_params(), use_jit=True)
+  for (pa, ma, _), (pb, mb, _) in zip(a, b):
+    jax.tree.map(np.testing.assert_array_equal, pa, pb)
+    jax.tree.map(np.testing.assert_array_equal, ma, mb)
+
+
+@pytest.mark.parametrize("pruner", [p for p in PRUNERS if not p.uses_grads],
+                         ids=[p.name for p in PRUNERS if not p.uses_grads])
+def test_chain_form_equals_inner_form(pruner):
+  # With scores that do not read gradients, wrapping the optimizer changes nothing for kept weights.
+  a = run(build(pruner, "chain"), make_params())
+  b = run(build(pruner, "inner"), make_params())
+  for (pa, ma, _), (pb, mb, _) in zip(a, b):
+    jax.tree.map(np.testing.assert_array_equal, ma, mb)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6), pa, pb)
+
+
+@pruners
+@forms
+def test_no_recompilation(pruner, form):
+  tx = build(pruner, form)
+  traces = []
+
+  def step(grads, state, params):
+    traces.append(1)
+    return tx.update(grads, state, params)
+
+  step = jax.jit(step)
+  params = make_params()
+  state = tx.init(params)
+  for t in range(STEPS):
+    updates, state = step(make_grads(params, t), state, params)
+    params = optax.apply_updates(params, updates)
+  assert len(traces) == 1
+
+
+@pruners
+def test_state_has_fixed_shapes_and_dtypes(pruner):
+  tx = build(pruner, "inner")
+  params = make_params()
+  state0 = tx.init(params)
+  updates, state1 = jax.jit(tx.update)(make_grads(params, 0), state0, params)
+  shape = lambda t: jax.tree.map(lambda x: (x.shape, x.dtype), t)
+  assert shape(state0) == shape(state1)
+  assert jax.tree.structure(state0) == jax.tree.structure(state1)
+
+
+@pruners
+@forms
+def test_unknown_extra_args_accepted(pruner, form):
+  tx = build(pruner, form)
+  params = make_params()
+  state = tx.init(params)
+  updates, state = tx.update(make_grads(params, 0), state, params, loss=1.0, something_else="x")
+  updates, state = tx.update(make_grads(params, 1), state, params, loss=1.0)
+  assert jax.tree.structure(updates) == jax.tree.structure(params)
+
+
+@pruners
+def test_inside_inject_hyperparams(pruner):
+  tx = optax.chain(optimizer(), optax.inject_hyperparams(pruner.factory)(**pruner.kwargs,
+                                                                         schedule=SCHEDULE))
+  history = run(tx, make_params())
+  check_history(pruner, history)
+
+
+@pruners
+def test_inside_multisteps(pruner):
+  # Every second mini-step applies an update; the pruner sees every applied update once.
+  tx = optax.MultiSteps(optax.chain(optimizer(), pruner.make(schedule=SCHEDULE)), every_k_schedule=2)
+  history = run(tx, make_params(), steps=2 * STEPS)
+  check_history(pruner, [history[i] for i in range(1, 2 * STEPS, 2)])
+  for params, masks, _ in history:  # exact zeros after every mini-step too
+    for name in SHAPES:
+      assert np.all(np.asarray(kernels(params)[name])[~np.asarray(kernels(masks)[name])] == 0)
+
+
+@pruners
+@forms
+def test_bf16_params_stay_bf16(pruner, form):
+  history = run(build(pruner, form), make_params(jnp.bfloat16))
+  for params, _, _ in history:
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
+  check_history(pruner, history)
+
+
+@pruners
+def test_flax_linen_train_state(pruner):
+  import flax.linen as nn
+  from flax.training import train_state
+
+  class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(nn.Dense(32, name="dense0")(x))
+      return nn.Dense(8, name="dense1")(x)
+
+  model = MLP()
+  x = jax.random.normal(jax.random.key(1), (4, 16))
+  variables = model.init(jax.random.key(0), x)
+  state = train_state.TrainState.create(apply_fn=model.apply, params=variables["params"],
+                                        tx=build(pruner, "chain"))
+
+  @jax.jit
+  def step(state, x):
+    grads = jax.grad(lambda p: jnp.sum(state.apply_fn({"params": p}, x) ** 2))(state.params)
+    return state.apply_gradients(grads=grads)
+
+  for t in range(STEPS):
+    state = step(state, x + t)
+    masks = jaxprune.get_masks(state.opt_state)
+    for layer in ("dense0", "dense1"):
+      m = np.asarray(masks[layer]["kernel"])
+      assert np.all(np.asarray(state.params[layer]["kernel"])[~m] == 0)
+      assert masks[layer]["bias"] is None
+  assert (~np.asarray(masks["dense0"]["kernel"])).sum() > 0
+
+
+@pruners
+def test_flax_nnx_optimizer(pruner):
+  from flax import nnx
+
+  class MLP(nnx.Module):
+    def __init__(self, rngs):
+      self.dense0 = nnx.Linear(16, 32, rngs=rngs)
+      self.dense1 = nnx.Linear(32, 8, rngs=rngs)
+
+    def __call__(self, x):
+      return self.dense1(nnx.relu(self.dense0(x)))
+
+  model = MLP(nnx.Rngs(0))
+  opt = nnx.Optimizer(model, build(pruner, "inner"), wrt=nnx.Param)
+  x = jax.random.normal(jax.random.key(1), (4, 16))
+
+  @nnx.jit
+  def step(model, opt, x):
+    grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model)
+    opt.update(model, grads)
+
+  for t in range(STEPS):
+    step(model, opt, x + t)
+    masks = jaxprune.get_masks(opt)
+    for layer in ("dense0", "dense1"):
+      m = np.asarray(masks[layer]["kernel"])
+      assert np.all(np.asarray(getattr(model, layer).kernel[...])[~m] == 0)
+      assert masks[layer]["bias"] is None
+  assert (~np.asarray(masks["dense0"]["kernel"])).sum() > 0
+
+
+@pruners
+@forms
+def test_sharded_equals_single_device(pruner, form):
+  assert jax.device_count() == 8
+  mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
+  specs = {"dense0": {"kernel": P("data", "model"), "bias": P("model")},
+           "dense1": {"kernel": P("data", "model"), "bias": P()}}
+  shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+  single = run(build(pruner, form), make_params())
+  sharded_params = jax.device_put(make_params(), shardings)
+  tx = build(pruner, form)
+  state = tx.init(sharded_params)
+  update = jax.jit(tx.update)
+  params = sharded_params
+  for step in range(STEPS):
+    grads = jax.device_put(make_grads(make_params(), step), shardings)
+    updates, state = update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    ref_params, ref_masks, _ = single[step]
+    masks = jaxprune.get_masks(state)
+    jax.tree.map(np.testing.assert_array_equal, params, ref_params)
+    jax.tree.map(np.testing.assert_array_equal, masks, ref_masks)
+  assert params["dense0"]["kernel"].sharding.is_equivalent_to(shardings["dense0"]["kernel"], 2)
+  if not pruner.kwargs.get("packed_masks"):
+    # Masks take the params' sharding.
+    [pruner_state] = pruning_states(state)
+    stored = pruner_state.masks
+    for layer in ("dense0", "dense1"):
+      assert stored[layer]["kernel"].sharding.is_equivalent_to(shardings[layer]["kernel"], 2), (
+          layer, stored[layer]["kernel"].sharding)
+
+
+def test_registry_covers_every_exported_pruner():
+  exported = {name for name in jaxprune.__all__ if name.endswith("_pruning")}
+  covered = {p.factory.__name__ for p in PRUNERS}
+  assert exported <= covered, f"add {exported - covered} to tests/pruners.py"
+  for name in exported:  # the conventions of the contract
+    params = inspect.signature(getattr(jaxprune, name)).parameters
+    assert "inner" in params and params["inner"].kind is inspect.Parameter.KEYWORD_ONLY
