@@ -14,7 +14,8 @@ from typing import Any, Union
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Selector", "path_str", "named_leaves", "default_prunable", "prunable_paths"]
+__all__ = ["Selector", "path_str", "named_leaves", "default_prunable", "prunable_paths",
+           "unwrap_variables"]
 
 Selector = Union[None, str, Sequence[str], Callable[[str, Any], bool]]
 """What to prune: ``None`` (floating-point leaves with ``ndim >= 2``), a regular expression or a list
@@ -29,6 +30,19 @@ def path_str(path: tuple[Any, ...]) -> str:
       continue
     parts.append(jax.tree_util.keystr((key,), simple=True, separator="/"))
   return "/".join(parts)
+
+
+def _is_variable(x: Any) -> bool:
+  return callable(getattr(x, "get_value", None))
+
+
+def unwrap_variables(tree: Any) -> Any:
+  """``tree`` with every Flax nnx ``Variable`` replaced by the array it holds (other trees unchanged).
+
+  ``nnx.Optimizer`` initialises optimizers with ``Variable``-wrapped params; state built from the
+  unwrapped tree holds plain arrays, which nnx wraps itself.
+  """
+  return jax.tree.map(lambda x: x.get_value() if _is_variable(x) else x, tree, is_leaf=_is_variable)
 
 
 def named_leaves(tree: Any) -> list[tuple[str, Any]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -11,36 +11,32 @@ import optax
 __all__ = ["PackedMask", "pack", "unpack", "get_masks"]
 
 
-@jax.tree_util.register_pytree_node_class
-class PackedMask:
+class PackedMask(NamedTuple):
   """A boolean mask stored one bit per entry, packed along the last axis (leading axes keep their
-  sharding). ``length`` is the size of the last axis before packing."""
+  sharding).
 
-  def __init__(self, bits: jax.Array, length: int):
-    self.bits = bits
-    self.length = length
+  Attributes:
+    bits: ``uint8`` array of shape ``mask.shape[:-1] + (ceil(mask.shape[-1] / 8),)``.
+    length: a zero-size array of shape ``(mask.shape[-1], 0)``: it carries the unpacked length in its
+      shape, so the mask can be unpacked from the state alone and survives every pytree transport
+      (``jit``, checkpoints, ``nnx.Optimizer``) at no memory cost.
+  """
 
-  def tree_flatten(self):
-    return (self.bits,), self.length
-
-  @classmethod
-  def tree_unflatten(cls, length, children):
-    return cls(children[0], length)
-
-  def __repr__(self):
-    return f"PackedMask(bits={self.bits!r}, length={self.length})"
+  bits: jax.Array
+  length: jax.Array
 
 
 def pack(mask: jax.Array) -> PackedMask:
   """Packs a boolean mask into bits (see `PackedMask`)."""
   mask = jnp.atleast_1d(mask)
-  return PackedMask(jnp.packbits(mask, axis=-1), mask.shape[-1])
+  return PackedMask(jnp.packbits(mask, axis=-1), jnp.zeros((mask.shape[-1], 0), bool))
 
 
 def unpack(mask: Any) -> Any:
   """The boolean mask of a `PackedMask`; other values are returned unchanged."""
   if isinstance(mask, PackedMask):
-    return jnp.unpackbits(mask.bits, axis=-1, count=mask.length).astype(bool)
+    bits, length = _unwrap(mask.bits), _unwrap(mask.length)
+    return jnp.unpackbits(bits, axis=-1, count=length.shape[0]).astype(bool)
   return mask
 
 
@@ -55,14 +51,11 @@ def _unwrap(x: Any) -> Any:
   return get_value() if callable(get_value) else x
 
 
-def _mask_leaves(masks: Any, treedef=None):
-  is_leaf = lambda x: x is None or isinstance(x, (PackedMask, optax.MaskedNode))
-  leaves, treedef_here = jax.tree.flatten(masks, is_leaf=lambda x: is_leaf(x) or _is_variable(x))
-  return leaves, treedef_here
-
-
-def _is_variable(x: Any) -> bool:
-  return callable(getattr(x, "get_value", None))
+def _mask_leaves(masks: Any):
+  """Leaves of a masks tree, a packed mask or an nnx ``Variable`` counting as one leaf."""
+  is_leaf = lambda x: (x is None or isinstance(x, (PackedMask, optax.MaskedNode))
+                       or callable(getattr(x, "get_value", None)))
+  return jax.tree.flatten(masks, is_leaf=is_leaf)
 
 
 def get_masks(opt_state: Any) -> Any:

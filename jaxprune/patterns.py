@@ -51,12 +51,11 @@ class Block(NamedTuple):
       raise ValueError(f"leaf {name!r}: block shape {self.shape} has more dims than the leaf "
                        f"shape {shape}.")
     trailing = shape[len(shape) - len(self.shape):]
-    for b, d in zip(self.shape, trailing):
-      if b > d:
-        raise ValueError(f"leaf {name!r}: block shape {self.shape} is larger than the leaf shape {shape}.")
-      if d % b:
-        raise ValueError(f"leaf {name!r}: block shape {self.shape} does not divide the leaf shape "
-                         f"{shape}.")
+    if any(b > d for b, d in zip(self.shape, trailing)):
+      raise ValueError(f"leaf {name!r}: block shape {self.shape} is larger than the leaf shape {shape}.")
+    if any(d % b for b, d in zip(self.shape, trailing)):
+      raise ValueError(f"leaf {name!r}: block shape {self.shape} does not divide the leaf shape "
+                       f"{shape}.")
 
   def _split_shape(self, shape):
     lead = shape[:len(shape) - len(self.shape)]

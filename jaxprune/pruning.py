@@ -183,7 +183,7 @@ def pruning(
 
   def init_fn(params):
     plan = plan_for(params)
-    leaves, treedef = jax.tree.flatten(params)
+    leaves, treedef = jax.tree.flatten(leaves_lib.unwrap_variables(params))
     masks = [None] * len(leaves)
     for leaf in plan:
       masks[leaf.index] = store(jnp.ones_like(leaves[leaf.index], dtype=bool))

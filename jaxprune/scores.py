@@ -44,12 +44,13 @@ def random(seed: int = 0) -> ScoreFn:
   not depend on how the params are sharded.
 
   Args:
-    seed: integer seed.
+    seed: integer seed (a Python int, or an integer scalar array under ``inject_hyperparams``).
 
   Returns:
     A score function.
   """
-  if isinstance(seed, bool) or not isinstance(seed, int):
+  if isinstance(seed, bool) or not (isinstance(seed, int) or (
+      hasattr(seed, "dtype") and jnp.issubdtype(seed.dtype, jnp.integer) and jnp.ndim(seed) == 0)):
     raise TypeError(f"random: seed must be an int, got {seed!r}.")
 
   def score(params: Any, grads: Any, count: jax.Array) -> Any:

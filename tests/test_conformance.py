@@ -25,7 +25,6 @@ SHAPES = {"dense0/kernel": (16, 32), "dense1/kernel": (32, 8)}
 ids = [p.name for p in PRUNERS]
 pruners = pytest.mark.parametrize("pruner", PRUNERS, ids=ids)
 forms = pytest.mark.parametrize("form", ["chain", "inner"])
-jits = pytest.mark.parametrize("use_jit", [False, True], ids=["nojit", "jit"])
 
 
 def make_params(dtype=jnp.float32, seed=0):
@@ -110,9 +109,8 @@ def check_history(pruner, history):
 
 @pruners
 @forms
-@jits
-def test_contract(pruner, form, use_jit):
-  history = run(build(pruner, form), make_params(), use_jit)
+def test_contract(pruner, form):
+  history = run(build(pruner, form), make_params(), use_jit=True)
   check_history(pruner, history)
   [pruner_state] = pruning_states(history[-1][2])
   assert int(pruner_state.count) == STEPS
@@ -123,9 +121,13 @@ def test_contract(pruner, form, use_jit):
 def test_jit_equals_nojit(pruner, form):
   a = run(build(pruner, form), make_params(), use_jit=False)
   b = run(build(pruner, form), make_params(), use_jit=True)
+  check_history(pruner, a)
   for (pa, ma, _), (pb, mb, _) in zip(a, b):
-    jax.tree.map(np.testing.assert_array_equal, pa, pb)
+    # Masks and the set of zeros agree exactly; XLA may fuse the optimizer's arithmetic into a
+    # different rounding under jit, so kept values agree to float32 rounding.
     jax.tree.map(np.testing.assert_array_equal, ma, mb)
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(x == 0, y == 0), pa, pb)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), pa, pb)
 
 
 @pytest.mark.parametrize("pruner", [p for p in PRUNERS if not p.uses_grads],
@@ -164,7 +166,7 @@ def test_state_has_fixed_shapes_and_dtypes(pruner):
   params = make_params()
   state0 = tx.init(params)
   updates, state1 = jax.jit(tx.update)(make_grads(params, 0), state0, params)
-  shape = lambda t: jax.tree.map(lambda x: (x.shape, x.dtype), t)
+  shape = lambda t: [(x.shape, x.dtype) for x in jax.tree.leaves(t)]
   assert shape(state0) == shape(state1)
   assert jax.tree.structure(state0) == jax.tree.structure(state1)
 

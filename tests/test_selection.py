@@ -1,0 +1,176 @@
+"""Property-based tests of the selection: exact counts and the right entries, whatever the ties."""
+
+from __future__ import annotations
+
+import math
+
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import jaxprune
+from jaxprune import selection
+
+SETTINGS = settings(max_examples=60, deadline=None)
+
+shapes = hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=9)
+
+
+@st.composite
+def scores_with_ties(draw, shape=None):
+  shape = draw(shapes) if shape is None else shape
+  # Few distinct values give many ties; occasionally all equal; signed zeros and infinities included.
+  palette = draw(st.lists(st.sampled_from([0.0, -0.0, 1.0, -1.0, 0.5, 2.0, 1e-30, -3.0, np.inf,
+                                           -np.inf, 7.25]), min_size=1, max_size=4))
+  values = draw(hnp.arrays(np.float32, shape, elements=st.sampled_from(palette)))
+  return values
+
+
+def reference_top_k(arrays, k):
+  """Keep the k largest in (value desc, position asc) order; positions run across arrays."""
+  flat = np.concatenate([a.ravel() for a in arrays]).astype(np.float64)
+  flat = np.where(flat == 0, 0.0, flat)  # -0.0 ties with +0.0
+  order = sorted(range(flat.size), key=lambda i: (-flat[i], i))
+  keep = np.zeros(flat.size, bool)
+  keep[order[:k]] = True
+  out, start = [], 0
+  for a in arrays:
+    out.append(keep[start:start + a.size].reshape(a.shape))
+    start += a.size
+  return out
+
+
+@SETTINGS
+@given(scores=scores_with_ties(), data=st.data())
+def test_top_k_mask_matches_sorted_reference(scores, data):
+  k = data.draw(st.integers(0, scores.size))
+  mask = np.asarray(jax.jit(selection.top_k_mask)(jnp.asarray(scores), k))
+  assert mask.sum() == k
+  np.testing.assert_array_equal(mask, reference_top_k([scores], k)[0])
+
+
+@SETTINGS
+@given(arrays=st.lists(scores_with_ties(), min_size=1, max_size=4), data=st.data())
+def test_global_top_k_spans_arrays_without_concatenating(arrays, data):
+  total = sum(a.size for a in arrays)
+  k = data.draw(st.integers(0, total))
+  masks = selection.top_k_masks([jnp.asarray(a) for a in arrays], k)
+  assert sum(int(np.asarray(m).sum()) for m in masks) == k
+  for got, want in zip(masks, reference_top_k(arrays, k)):
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+@SETTINGS
+@given(values=hnp.arrays(np.float32, st.integers(1, 300),
+                         elements=st.floats(-1e6, 1e6, allow_nan=False, width=32)), data=st.data())
+def test_top_k_on_continuous_values(values, data):
+  k = data.draw(st.integers(0, values.size))
+  mask = np.asarray(selection.top_k_mask(jnp.asarray(values), k))
+  np.testing.assert_array_equal(mask, reference_top_k([values], k)[0])
+
+
+def test_out_of_range_k_is_clipped_to_the_size():
+  x = jnp.arange(5.0)
+  assert int(selection.top_k_mask(x, -3).sum()) == 0
+  assert int(selection.top_k_mask(x, 9).sum()) == 5
+
+
+def test_ordered_key_preserves_order():
+  x = jnp.array([-np.inf, -2.0, -1e-30, -0.0, 0.0, 1e-30, 3.0, np.inf], jnp.float32)
+  keys = np.asarray(selection.ordered_key(x)).astype(np.int64)
+  assert np.all(np.diff(keys) >= 0)
+  assert keys[3] == keys[4]  # -0.0 and +0.0 share a key
+  assert np.all(np.diff(np.delete(keys, 3)) > 0)
+
+
+@SETTINGS
+@given(shape=hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=8),
+       sparsity=st.floats(0.0, 0.999), seed=st.integers(0, 2**16), ties=st.booleans())
+def test_layerwise_pruning_prunes_exactly_round_s_times_size(shape, sparsity, seed, ties):
+  w = jax.random.normal(jax.random.key(seed), shape)
+  if ties:
+    w = jnp.round(w)  # many equal magnitudes, zeros included
+  params = {"w": w}
+  tx = jaxprune.magnitude_pruning(sparsity)
+  state = tx.init(params)
+  updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+  mask = np.asarray(jaxprune.get_masks(state)["w"])
+  assert (~mask).sum() == round(sparsity * math.prod(shape))
+  # Kept magnitudes dominate pruned ones.
+  a = np.abs(np.asarray(w))
+  if mask.any() and (~mask).any():
+    assert a[mask].min() >= a[~mask].max()
+
+
+@SETTINGS
+@given(shapes_=st.lists(hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=8), min_size=1,
+                        max_size=3),
+       sparsity=st.floats(0.0, 0.999), seed=st.integers(0, 2**16))
+def test_global_pruning_prunes_exactly_over_all_leaves(shapes_, sparsity, seed):
+  keys = jax.random.split(jax.random.key(seed), len(shapes_))
+  params = {f"w{i}": jnp.round(2 * jax.random.normal(k, s)) for i, (k, s) in enumerate(zip(keys, shapes_))}
+  tx = jaxprune.magnitude_pruning(sparsity, distribution="global")
+  state = tx.init(params)
+  _, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+  masks = jaxprune.get_masks(state)
+  total = sum(math.prod(s) for s in shapes_)
+  assert sum(int((~np.asarray(m)).sum()) for m in masks.values()) == round(sparsity * total)
+  kept = np.concatenate([np.abs(np.asarray(params[k]))[np.asarray(m)] for k, m in masks.items()])
+  pruned = np.concatenate([np.abs(np.asarray(params[k]))[~np.asarray(m)] for k, m in masks.items()])
+  if kept.size and pruned.size:
+    assert kept.min() >= pruned.max()
+
+
+@SETTINGS
+@given(rows=st.integers(1, 6), groups=st.integers(1, 4), nm=st.sampled_from([(1, 2), (2, 4), (1, 4),
+                                                                              (3, 4), (2, 8), (4, 4)]),
+       axis=st.sampled_from([0, 1]), ties=st.booleans(), seed=st.integers(0, 2**16))
+def test_n_m_keeps_exactly_n_per_group(rows, groups, nm, axis, ties, seed):
+  n, m = nm
+  shape = (groups * m, rows) if axis == 0 else (rows, groups * m)
+  w = jax.random.normal(jax.random.key(seed), shape)
+  if ties:
+    w = jnp.round(w)
+  mask = np.asarray(jaxprune.patterns.n_m(n, m, axis=axis).mask(jnp.abs(w)))
+  moved = np.moveaxis(mask, axis, -1).reshape(-1, m)
+  assert np.all(moved.sum(-1) == n)
+  a = np.moveaxis(np.abs(np.asarray(w)), axis, -1).reshape(-1, m)
+  for keep, vals in zip(moved, a):
+    if keep.all():
+      continue
+    assert vals[keep].min() >= vals[~keep].max()
+
+
+@SETTINGS
+@given(blocks=st.tuples(st.integers(1, 4), st.integers(1, 4)), reps=st.tuples(st.integers(1, 4),
+                                                                              st.integers(1, 4)),
+       sparsity=st.floats(0, 0.99), seed=st.integers(0, 2**16))
+def test_block_pattern_prunes_whole_blocks_exactly(blocks, reps, sparsity, seed):
+  shape = (blocks[0] * reps[0], blocks[1] * reps[1])
+  params = {"w": jax.random.normal(jax.random.key(seed), shape)}
+  tx = jaxprune.magnitude_pruning(sparsity, pattern=jaxprune.patterns.block(blocks))
+  state = tx.init(params)
+  _, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+  mask = np.asarray(jaxprune.get_masks(state)["w"])
+  tiles = mask.reshape(reps[0], blocks[0], reps[1], blocks[1])
+  per_block = tiles.all(axis=(1, 3))
+  assert np.array_equal(per_block, tiles.any(axis=(1, 3)))  # every block all kept or all pruned
+  assert (~per_block).sum() == round(sparsity * reps[0] * reps[1])
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_channel_pattern_prunes_whole_channels(axis):
+  w = jax.random.normal(jax.random.key(0), (6, 10))
+  params = {"w": w}
+  tx = jaxprune.magnitude_pruning(0.5, pattern=jaxprune.patterns.channel(axis))
+  state = tx.init(params)
+  _, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+  mask = np.asarray(jaxprune.get_masks(state)["w"])
+  per = np.moveaxis(mask, axis, 0).reshape(mask.shape[axis], -1)
+  assert np.all(per.all(1) == per.any(1))
+  assert (~per.all(1)).sum() == round(0.5 * mask.shape[axis])
+  means = np.moveaxis(np.abs(np.asarray(w)), axis, 0).reshape(mask.shape[axis], -1).mean(1)
+  assert means[per.all(1)].min() >= means[~per.all(1)].max()
