@@ -155,8 +155,11 @@ def test_data_dir_resolution(monkeypatch, tmp_path):
 def test_batch_iterator_shuffles_per_epoch():
     x = np.arange(10, dtype=np.float32)[:, None]
     y = np.arange(10, dtype=np.int32)
-    epoch = lambda e, **kw: [b[1].tolist() for b in data_lib.batch_iterator(
-        x, y, 4, seed=3, epoch=e, **kw)]
+
+    def epoch(e, **kw):
+        batches = data_lib.batch_iterator(x, y, 4, seed=3, epoch=e, **kw)
+        return [labels.tolist() for _, labels in batches]
+
     assert epoch(0) == epoch(0)
     assert epoch(0) != epoch(1)
     assert [len(b) for b in epoch(0)] == [4, 4]  # drop_remainder

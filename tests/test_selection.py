@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 import jaxprune
 from jaxprune import selection
 
-SETTINGS = settings(max_examples=60, deadline=None)
+SETTINGS = settings(max_examples=40, deadline=None)
 
 shapes = hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=9)
 

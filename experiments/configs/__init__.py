@@ -1,0 +1,1 @@
+"""Experiment configurations: Python files with a ``get_config()`` returning a ConfigDict."""

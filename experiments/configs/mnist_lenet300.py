@@ -1,0 +1,68 @@
+"""The main job: LeNet-300-100 on MNIST, dense vs one-shot vs gradual magnitude pruning.
+
+Methods (all trained for the same ``num_train_steps``, from the same initialisation per seed):
+
+* ``dense``: no pruning (reference).
+* ``one_shot``: train dense until ``one_shot.prune_fraction * num_train_steps``, prune to the
+  target sparsity by weight magnitude once, then fine-tune the remaining weights (masks fixed).
+* ``gradual``: Zhu & Gupta (2017) gradual magnitude pruning: sparsity follows the cubic ramp
+  ``s_t = s_f * (1 - (1 - (t - t0) / (t1 - t0))^3)`` from ``t0 = begin_fraction * steps`` to
+  ``t1 = end_fraction * steps``, masks recomputed every ``frequency_fraction * steps`` steps,
+  then fine-tuning with the final masks.
+
+Pruning is global (one magnitude threshold over all kernels; biases are not pruned).
+
+With the defaults below (batch 128, 4,000 steps, about 8.5 epochs, SGD with momentum and a
+cosine learning-rate decay) dense LeNet-300-100 reaches about 98.3% test accuracy; the 9 runs
+take about 3 minutes on 2 CPU cores.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    config.model = "lenet300_100"
+    config.dataset = "mnist"
+    # None: $TFDS_DATA_DIR, then ../shared/tensorflow_datasets, then the tfds default.
+    config.data_dir = None
+    config.cache_dir = None  # None: $JAXPRUNE_CACHE_DIR, then ~/.cache/jaxprune
+    config.output_dir = "results/mnist_lenet300"
+
+    config.batch_size = 128
+    config.eval_batch_size = 2000
+    config.num_train_steps = 4000
+    config.eval_every = 500  # steps between evaluations (the last step is always evaluated)
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "sgd"  # "sgd" or "adam"
+    config.optimizer.learning_rate = 0.05
+    config.optimizer.momentum = 0.9
+    config.optimizer.nesterov = False
+    config.optimizer.weight_decay = 0.0
+    config.optimizer.schedule = "cosine"  # "constant", "cosine" or "step"
+    config.optimizer.warmup_steps = 0
+    config.optimizer.decay_boundaries = (0.5, 0.75)  # fractions of the steps ("step" only)
+    config.optimizer.decay_factor = 0.1  # ("step" only)
+
+    config.methods = ("dense", "one_shot", "gradual")
+    config.sparsities = (0.8, 0.9, 0.95, 0.98)
+    config.seeds = (0,)
+    # How the target sparsity is spread over the kernels: "global" = one magnitude threshold
+    # over all of them. ("uniform" prunes every layer to the same sparsity, which leaves the
+    # 100x10 output layer only 20 weights at 98% and costs ~10 points of accuracy there;
+    # "erk" is also available.)
+    config.distribution = "global"
+
+    config.one_shot = ml_collections.ConfigDict()
+    config.one_shot.prune_fraction = 0.5  # prune at this fraction of the steps, then fine-tune
+
+    config.gradual = ml_collections.ConfigDict()
+    config.gradual.begin_fraction = 0.1
+    config.gradual.end_fraction = 0.7
+    config.gradual.frequency_fraction = 0.025  # masks updated every 2.5% of the steps
+    config.gradual.power = 3.0
+
+    config.progress = True  # tqdm progress bars
+    return config

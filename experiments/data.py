@@ -1,0 +1,337 @@
+"""Image classification data for the experiments: TFDS data sources cached as NumPy.
+
+Datasets are read with ``tfds.data_source`` (random access over ArrayRecord files; no
+TensorFlow needed). Decoding a record means decoding one PNG, which is slow (10-15 s for the
+70,000 MNIST images), so each split is decoded once into ``uint8`` NumPy arrays
+and cached as an ``.npz`` file keyed on dataset name, version and split. Later runs load
+the cache in well under a second.
+
+Preprocessing: images are converted to float32 in ``[0, 1]`` (division by 255) and then
+standardised per channel, ``(x - mean) / std``. For MNIST the usual constants
+``mean = 0.1307``, ``std = 0.3081`` are used (the statistics of the MNIST training set);
+other well-known datasets have their own constants in :data:`NORMALIZATION`, and for any
+other dataset the per-channel statistics are computed from its training split.
+
+Where the data lives (``data_dir``) is resolved in this order:
+
+1. the explicit ``data_dir`` argument (``--data_dir`` / ``--config.data_dir`` on the CLI);
+2. the ``TFDS_DATA_DIR`` environment variable;
+3. ``../shared/tensorflow_datasets`` next to the repository checkout, if that folder exists
+   (this is where the prepared offline copy of MNIST lives for this project);
+4. TFDS's own default (``~/tensorflow_datasets``).
+
+The cache directory is the explicit ``cache_dir`` argument, else ``JAXPRUNE_CACHE_DIR``,
+else ``~/.cache/jaxprune``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA_DIR = REPO_ROOT.parent / "shared" / "tensorflow_datasets"
+DEFAULT_CACHE_DIR = Path("~/.cache/jaxprune")
+
+# Per-channel (mean, std) of the training split, for pixel values scaled to [0, 1].
+NORMALIZATION = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+_DECODE_CHUNK = 5000
+
+
+@dataclasses.dataclass
+class Split:
+    """A split held in memory: ``images`` float32 (N, H, W, C), ``labels`` int32 (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Normalised train and test splits plus the metadata the runner needs."""
+
+    name: str
+    version: str
+    train: Split
+    test: Split
+    num_classes: int
+    mean: tuple
+    std: tuple
+
+    @property
+    def image_shape(self) -> tuple:
+        return tuple(self.train.images.shape[1:])
+
+
+# --------------------------------------------------------------------------- locations
+
+
+def resolve_data_dir(data_dir: Optional[os.PathLike | str] = None) -> Optional[str]:
+    """Returns the TFDS data directory to read from (see the module docstring).
+
+    ``None`` means "TFDS's own default", which TFDS resolves itself.
+    """
+    if data_dir:
+        return str(Path(data_dir).expanduser())
+    env = os.environ.get("TFDS_DATA_DIR")
+    if env:
+        return str(Path(env).expanduser())
+    if SHARED_DATA_DIR.is_dir():
+        return str(SHARED_DATA_DIR)
+    return None
+
+
+def resolve_cache_dir(cache_dir: Optional[os.PathLike | str] = None) -> Path:
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("JAXPRUNE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    return DEFAULT_CACHE_DIR.expanduser()
+
+
+def _tfds():
+    # Imported lazily: tensorflow_datasets is slow-ish to import and noisy.
+    import tensorflow_datasets as tfds
+
+    return tfds
+
+
+def _default_tfds_data_dir() -> str:
+    try:
+        return str(_tfds().core.constants.DATA_DIR)
+    except AttributeError:  # pragma: no cover - very old/new tfds
+        return str(Path("~/tensorflow_datasets").expanduser())
+
+
+def _missing_dataset_message(name: str, looked_in: str, detail: str = "") -> str:
+    base = name.split(":")[0]
+    msg = (
+        f"Dataset {name!r} is not prepared in {looked_in!r}"
+        + (f" ({detail})" if detail else "")
+        + ". Prepare it on a machine with internet access with\n"
+        f"    tfds build {base} --data_dir <DIR> --file_format=array_record\n"
+        "and copy <DIR> here, then pass it with --data_dir <DIR> (or "
+        "--config.data_dir=<DIR>) or set the TFDS_DATA_DIR environment variable."
+    )
+    return msg
+
+
+def _builder(name: str, data_dir: Optional[str]):
+    """A TFDS builder for an already prepared dataset, or a clear FileNotFoundError."""
+    tfds = _tfds()
+    looked_in = data_dir or _default_tfds_data_dir()
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise FileNotFoundError(
+            _missing_dataset_message(name, looked_in, "the directory does not exist")
+        )
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # unknown dataset name, unreadable metadata, ...
+        raise ValueError(
+            f"Cannot open TFDS dataset {name!r} in {looked_in!r}: "
+            f"{str(e).splitlines()[0]}"
+        ) from e
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            _missing_dataset_message(name, looked_in, f"nothing at {builder.data_dir}")
+        )
+    return builder
+
+
+def _feature_keys(builder) -> tuple[str, str]:
+    keys = builder.info.supervised_keys
+    if keys and len(keys) == 2 and all(isinstance(k, str) for k in keys):
+        return keys
+    return "image", "label"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _decode_image(value, shape: tuple) -> np.ndarray:
+    if isinstance(value, (bytes, bytearray)):
+        from PIL import Image
+
+        with Image.open(io.BytesIO(value)) as img:
+            mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(shape[-1])
+            if mode and img.mode != mode:  # e.g. palette PNGs
+                img = img.convert(mode)
+            value = np.asarray(img)
+    return np.asarray(value, np.uint8).reshape(shape)
+
+
+def _decode_split(name: str, split: str, data_dir: Optional[str], builder, progress: bool):
+    tfds = _tfds()
+    image_key, label_key = _feature_keys(builder)
+    shape = tuple(builder.info.features[image_key].shape)
+    if None in shape:
+        raise ValueError(f"{name}: images of variable shape {shape} are not supported")
+    # Skip tfds' own image decoding and decode the PNG/JPEG bytes with Pillow directly:
+    # the same pixels, about twice as fast.
+    source = tfds.data_source(
+        name, split=split, data_dir=data_dir, download=False,
+        decoders={image_key: tfds.decode.SkipDecoding()},
+    )
+    n = len(source)
+    images = np.empty((n, *shape), np.uint8)
+    labels = np.empty((n,), np.int32)
+    chunks = range(0, n, _DECODE_CHUNK)
+    if progress:
+        from tqdm import tqdm
+
+        chunks = tqdm(
+            chunks, desc=f"decoding {name}/{split} (once; cached after)", unit="chunk",
+            leave=False,
+        )
+    for start in chunks:
+        idx = list(range(start, min(start + _DECODE_CHUNK, n)))
+        if hasattr(source, "__getitems__"):  # batched read
+            records = source.__getitems__(idx)
+        else:
+            records = [source[i] for i in idx]
+        for j, rec in zip(idx, records, strict=True):
+            images[j] = _decode_image(rec[image_key], shape)
+            labels[j] = rec[label_key]
+    return images, labels
+
+
+def load_split_arrays(
+    name: str,
+    split: str,
+    *,
+    data_dir: Optional[os.PathLike | str] = None,
+    cache_dir: Optional[os.PathLike | str] = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Raw ``uint8`` images (N, H, W, C) and ``int32`` labels of one split, cached.
+
+    Returns ``(images, labels, info)`` where ``info`` has ``version`` and ``num_classes``.
+    """
+    data_dir = resolve_data_dir(data_dir)
+    builder = _builder(name, data_dir)
+    version = str(builder.info.version)
+    _, label_key = _feature_keys(builder)
+    num_classes = int(builder.info.features[label_key].num_classes)
+    info = {"version": version, "num_classes": num_classes}
+
+    base = name.split(":")[0].replace("/", "_")
+    cache_file = resolve_cache_dir(cache_dir) / f"{base}-{version}-{split}.npz"
+    if cache_file.is_file():
+        try:
+            with np.load(cache_file) as z:
+                return z["images"], z["labels"], info
+        except Exception as e:  # corrupt cache: decode again
+            log.warning("Ignoring unreadable cache file %s (%s)", cache_file, e)
+
+    images, labels = _decode_split(name, split, data_dir, builder, progress)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    # Write to a temporary file then rename, so an interrupted run leaves no half file.
+    fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, images=images, labels=labels)
+        os.replace(tmp, cache_file)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return images, labels, info
+
+
+def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 -> float32 in [0, 1] -> per-channel standardisation."""
+    x = images.astype(np.float32) / 255.0
+    x -= np.asarray(mean, np.float32)
+    x /= np.asarray(std, np.float32)
+    return x
+
+
+def load_dataset(
+    name: str = "mnist",
+    *,
+    data_dir: Optional[os.PathLike | str] = None,
+    cache_dir: Optional[os.PathLike | str] = None,
+    train_split: str = "train",
+    test_split: str = "test",
+    progress: bool = True,
+) -> Dataset:
+    """Loads a TFDS image classification dataset as normalised in-memory arrays."""
+    kw = dict(data_dir=data_dir, cache_dir=cache_dir, progress=progress)
+    train_x, train_y, info = load_split_arrays(name, train_split, **kw)
+    test_x, test_y, _ = load_split_arrays(name, test_split, **kw)
+    base = name.split(":")[0]
+    if base in NORMALIZATION:
+        mean, std = NORMALIZATION[base]
+    else:
+        flat = train_x.reshape(-1, train_x.shape[-1]).astype(np.float64) / 255.0
+        mean = tuple(float(m) for m in flat.mean(0))
+        std = tuple(float(s) for s in flat.std(0))
+    return Dataset(
+        name=base,
+        version=info["version"],
+        train=Split(normalize(train_x, mean, std), train_y),
+        test=Split(normalize(test_x, mean, std), test_y),
+        num_classes=info["num_classes"],
+        mean=tuple(mean),
+        std=tuple(std),
+    )
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The generator that shuffles epoch ``epoch`` of a run with seed ``seed``."""
+    return np.random.default_rng([int(seed), int(epoch)])
+
+
+def batch_iterator(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle: bool = True,
+    drop_remainder: bool = True,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One pass over the data in batches, shuffled with ``epoch_rng(seed, epoch)``."""
+    n = len(labels)
+    order = epoch_rng(seed, epoch).permutation(n) if shuffle else np.arange(n)
+    stop = n - n % batch_size if drop_remainder else n
+    for start in range(0, stop, batch_size):
+        idx = order[start : start + batch_size]
+        yield images[idx], labels[idx]
+
+
+def train_batches(
+    images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: int = 0
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless shuffled training batches (drop_remainder), reshuffled every epoch."""
+    if len(labels) < batch_size:
+        raise ValueError(f"batch_size {batch_size} exceeds the {len(labels)} examples")
+    epoch = 0
+    while True:
+        yield from batch_iterator(
+            images, labels, batch_size, seed=seed, epoch=epoch, shuffle=True,
+            drop_remainder=True,
+        )
+        epoch += 1
