@@ -249,3 +249,12 @@ def test_sparsity_summary_of_packed_masks_state():
   params = {"w": jax.random.normal(jax.random.key(0), (8, 10))}
   _, state = prune_once(jaxprune.magnitude_pruning(0.5, packed_masks=True), params)
   assert jaxprune.sparsity_summary(state.masks).zeros == 40
+
+
+def test_importing_the_core_library_loads_no_data_plot_or_notebook_package():
+  import subprocess
+  import sys
+  code = ("import sys, jaxprune; heavy = [m for m in ('tensorflow_datasets', 'tensorflow', 'matplotlib', "
+          "'nbclient', 'flax', 'ml_collections') if m in sys.modules]; print(heavy)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]"

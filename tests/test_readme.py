@@ -1,0 +1,19 @@
+"""The README's quick start is real: run it and check what it says it prints."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _block_after(heading: str, lang: str) -> str:
+  text = README.read_text()
+  section = text[text.index(heading):]
+  return re.search(rf"```{lang}\n(.*?)```", section, re.S).group(1)
+
+
+def test_quick_start_runs_and_prints_what_readme_shows(capsys):
+  exec(compile(_block_after("## Quick start", "python"), "README quick start", "exec"), {})
+  printed = capsys.readouterr().out.strip()
+  shown = _block_after("It prints", "").strip()
+  assert printed == shown
