@@ -1,5 +1,20 @@
-"""Experiments for jaxprune: models, data and the pruning sweep runner.
+"""Experiments for jaxprune: models, data and the pruning sweep.
 
 Run the main job (LeNet-300-100 on MNIST; dense vs one-shot vs gradual magnitude pruning at
 80/90/95/98% sparsity) with ``python -m experiments``.
+
+Modules:
+
+* `experiments.config`: loading ``get_config()`` files, ``--config.FIELD=VALUE`` overrides,
+  the config fingerprint;
+* `experiments.cli`: the command line of ``python -m experiments``;
+* `experiments.sweep`: the runs of a config and how they are grouped into vmapped programs;
+* `experiments.train`: optimizers, pruners, the compiled training programs, the run loop;
+* `experiments.stacking`: stacking run states along a leading axis for ``jax.vmap``;
+* `experiments.checkpointing`: orbax checkpoints of a run;
+* `experiments.evaluation`: test accuracy, sparsity, compression ratio and speedup;
+* `experiments.outputs`: per-run and summary JSON/CSV, the table, the log;
+* `experiments.plots`: accuracy-vs-sparsity and training-curve PNGs;
+* `experiments.data`, `experiments.models`, `experiments.metrics`: datasets, Flax models,
+  ShrinkBench metrics (multiply-adds from the jaxpr).
 """

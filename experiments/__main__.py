@@ -1,11 +1,11 @@
 """``python -m experiments``: runs the main job (LeNet-300-100 on MNIST pruning sweep).
 
-See ``python -m experiments --help`` and :mod:`experiments.runner`.
+See ``python -m experiments --help`` and :mod:`experiments.cli`.
 """
 
 import sys
 
-from experiments.runner import main
+from experiments.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

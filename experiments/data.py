@@ -335,3 +335,82 @@ def train_batches(
             drop_remainder=True,
         )
         epoch += 1
+
+
+def batches_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Number of full batches in one epoch (the remainder is dropped, as in `train_batches`).
+
+    Args:
+        num_examples: size of the training split.
+        batch_size: examples per batch.
+
+    Returns:
+        ``num_examples // batch_size``.
+
+    Raises:
+        ValueError: if the split holds fewer than ``batch_size`` examples.
+    """
+    if num_examples < batch_size:
+        raise ValueError(f"batch_size {batch_size} exceeds the {num_examples} examples")
+    return num_examples // batch_size
+
+
+def data_position(step: int, num_examples: int, batch_size: int) -> tuple[int, int]:
+    """Where the data stream of a run stands after ``step`` training steps.
+
+    Args:
+        step: number of batches consumed so far.
+        num_examples: size of the training split.
+        batch_size: examples per batch.
+
+    Returns:
+        ``(epoch, index)``: the next batch is batch ``index`` of epoch ``epoch``.
+    """
+    return divmod(int(step), batches_per_epoch(num_examples, batch_size))
+
+
+def batch_indices(
+    num_examples: int,
+    batch_size: int,
+    *,
+    seed: int,
+    position: tuple[int, int],
+    count: int,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Example indices of the next ``count`` training batches of a run, from ``position``.
+
+    The order is exactly that of `train_batches` with the same seed (epoch ``e`` is shuffled
+    with ``epoch_rng(seed, e)``, the last partial batch of each epoch is dropped), so a run can
+    gather its batches on the device and restart from a saved position.
+
+    Args:
+        num_examples: size of the training split.
+        batch_size: examples per batch.
+        seed: the run's seed.
+        position: ``(epoch, index)`` of the first batch wanted, see `data_position`.
+        count: number of batches.
+
+    Returns:
+        ``(indices, position)``: an int32 array of shape ``(count, batch_size)`` and the
+        position of the batch after the last one returned.
+
+    Raises:
+        ValueError: if the split holds fewer than ``batch_size`` examples or ``position``
+            is outside an epoch.
+    """
+    per_epoch = batches_per_epoch(num_examples, batch_size)
+    epoch, index = (int(p) for p in position)
+    if epoch < 0 or not 0 <= index < per_epoch:
+        raise ValueError(f"position {position} is outside an epoch of {per_epoch} batches")
+    out = np.empty((int(count), batch_size), np.int32)
+    done = 0
+    while done < count:
+        order = epoch_rng(seed, epoch).permutation(num_examples)
+        take = min(count - done, per_epoch - index)
+        block = order[index * batch_size : (index + take) * batch_size]
+        out[done : done + take] = block.reshape(take, batch_size)
+        done += take
+        index += take
+        if index == per_epoch:
+            epoch, index = epoch + 1, 0
+    return out, (epoch, index)

@@ -1,21 +1,28 @@
-"""Tests of the experiments package: models, MNIST data, configs/CLI and a tiny sweep.
+"""Tests of the experiments package: models, MNIST data, configs/CLI, MACs and the sweep.
 
 MNIST is read from ``../shared/tensorflow_datasets`` next to the repository (the prepared
 offline copy); the data tests are skipped when it is not there. The split is decoded once
 per test session into a temporary cache directory.
+
+The sweep tests share one small training config (`TINY`: 20 steps of batch 32), so that
+the programs compiled by the first test are reused by the others (the compiled programs
+are cached per config fingerprint in `experiments.train`).
 """
 
 import json
 import time
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import checkpointing, cli, evaluation, metrics, models, outputs, stacking
+from experiments import config as config_lib
 from experiments import data as data_lib
-from experiments import models, runner
+from experiments import sweep, train
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "tensorflow_datasets"
 
@@ -111,8 +118,11 @@ def test_mnist_arrays(mnist, cache_dir):
     assert mnist.test.images.shape == (10000, 28, 28, 1)
     assert mnist.train.images.dtype == np.float32 and mnist.train.labels.dtype == np.int32
     assert mnist.num_classes == 10 and mnist.version == "3.0.1"
-    for split in (mnist.train, mnist.test):
-        assert set(np.unique(split.labels)) == set(range(10))
+    # The label counts of MNIST (LeCun et al. 1998) per class.
+    assert np.bincount(mnist.train.labels).tolist() == [
+        5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert np.bincount(mnist.test.labels).tolist() == [
+        980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     # Standardised with the MNIST training statistics.
     assert abs(float(mnist.train.images.mean())) < 0.01
     assert abs(float(mnist.train.images.std()) - 1.0) < 0.01
@@ -170,22 +180,49 @@ def test_batch_iterator_shuffles_per_epoch():
     assert first_two_epochs == epoch(0) + epoch(1)
 
 
+def test_batch_indices_follow_train_batches_from_any_position():
+    x = np.zeros((10, 1), np.float32)
+    y = np.arange(10, dtype=np.int32)
+    stream = data_lib.train_batches(x, y, 3, seed=5)
+    expected = [next(stream)[1].tolist() for _ in range(8)]  # 3 batches per epoch
+    indices, pos = data_lib.batch_indices(10, 3, seed=5, position=(0, 0), count=8)
+    assert indices.dtype == np.int32 and indices.tolist() == expected
+    assert pos == (2, 2) == data_lib.data_position(8, 10, 3)
+    # Restarting from a saved position gives the rest of the same stream.
+    head, pos = data_lib.batch_indices(10, 3, seed=5, position=(0, 0), count=4)
+    assert pos == (1, 1)
+    tail, _ = data_lib.batch_indices(10, 3, seed=5, position=pos, count=4)
+    assert np.concatenate([head, tail]).tolist() == expected
+    with pytest.raises(ValueError):
+        data_lib.batch_indices(10, 3, seed=5, position=(0, 3), count=1)
+
+
 # ------------------------------------------------------------------------------ config
 
 
 def test_default_config():
-    config = runner.load_config()
+    config = config_lib.load_config()
     assert config.model == "lenet300_100" and config.dataset == "mnist"
     assert config.data_dir is None
     assert tuple(config.sparsities) == (0.8, 0.9, 0.95, 0.98)
     assert tuple(config.methods) == ("dense", "one_shot", "gradual")
     assert config.optimizer.name == "sgd" and config.optimizer.momentum == 0.9
     assert config.output_dir == "results/mnist_lenet300"
-    assert len(runner.sweep_plan(config)) == 9
+    assert len(sweep.sweep_plan(config)) == 9
+    assert config.checkpoint_every is None and config.resume is True
+    assert config.stop_after_step is None and config.vmap_seeds is True
+    assert config_lib.checkpoint_interval(config) == config.eval_every
+    # The published LeNet-300-100 results of ../shared/REFERENCES.md, in percent.
+    points = outputs.published_points(config)
+    assert [(p["sparsity"], round(p["accuracy"], 2)) for p in points] == [
+        (0.0, 98.3), (0.95, 98.4), (0.98, 97.6), (0.918, 98.41)]
+    assert all(p["label"] for p in points)
+    # The seeds of a (method, sparsity) are vmapped together; there is one seed here.
+    assert [len(g) for g in sweep.run_groups(config)] == [1] * 9
 
 
 def test_config_overrides():
-    args, config = runner.parse_args([
+    args, config = cli.parse_args([
         "--config", "mnist_lenet300",
         "--config.batch_size=64",
         "--config.optimizer.learning_rate", "0.1",
@@ -200,10 +237,49 @@ def test_config_overrides():
     assert tuple(config.methods) == ("gradual",)
     assert config.progress is False
     assert config.data_dir == "/some/where"
-    assert runner.sweep_plan(config) == [("gradual", 0.5, 0), ("gradual", 0.75, 0)]
+    assert sweep.sweep_plan(config) == [("gradual", 0.5, 0), ("gradual", 0.75, 0)]
     # A config given as a file path works too.
-    path = Path(runner.__file__).parent / "configs" / "mnist_lenet300.py"
-    assert runner.load_config(str(path)).model == "lenet300_100"
+    path = config_lib.CONFIG_DIR / "mnist_lenet300.py"
+    assert config_lib.load_config(str(path)).model == "lenet300_100"
+    # Fields that default to None take any literal; lists take Python literals.
+    _, config = cli.parse_args([
+        "--set", "stop_after_step=30", "--set", "checkpoint_every=none",
+        "--set", "published=[{'label': 'x', 'sparsity': 0.5, 'error': 2.0}]",
+        "--set", "seeds=0,1,2", "--set", "vmap_sparsities=true",
+    ])
+    assert config.stop_after_step == 30 and config.checkpoint_every is None
+    assert outputs.published_points(config) == [
+        {"label": "x", "sparsity": 0.5, "accuracy": 98.0, "source": ""}]
+    assert [len(g) for g in sweep.run_groups(config)] == [3, 12, 12]
+    with config.unlocked():
+        config.vmap_seeds, config.vmap_sparsities = False, False
+    assert [len(g) for g in sweep.run_groups(config)] == [1] * 27
+
+
+def test_fingerprint_ignores_only_execution_fields():
+    config = config_lib.load_config()
+    base = config_lib.fingerprint(config)
+    for field, value in [("output_dir", "/x"), ("seeds", (4, 5)), ("vmap_seeds", False),
+                         ("stop_after_step", 3), ("published", []), ("progress", False)]:
+        changed = config_lib.load_config()
+        changed[field] = value
+        assert config_lib.fingerprint(changed) == base, field
+    changed = config_lib.load_config()
+    changed.optimizer.learning_rate = 0.01
+    assert config_lib.fingerprint(changed) != base
+
+
+@pytest.mark.parametrize("entry,match", [
+    ({"sparsity": 0.9, "accuracy": 98.0}, "label"),
+    ({"label": "x", "sparsity": 0.9}, "accuracy or an error"),
+    ({"label": "x", "sparsity": 0.9, "accuracy": 0.98}, "percent"),
+    ({"label": "x", "sparsity": 1.5, "accuracy": 98.0}, "sparsity"),
+])
+def test_bad_published_points(entry, match):
+    config = config_lib.load_config()
+    config.published = [entry]
+    with pytest.raises(ValueError, match=match):
+        outputs.published_points(config)
 
 
 @pytest.mark.parametrize(
@@ -212,33 +288,159 @@ def test_config_overrides():
 )
 def test_bad_overrides_exit(argv, capsys):
     with pytest.raises(SystemExit):
-        runner.parse_args(argv)
+        cli.parse_args(argv)
     assert "error" in capsys.readouterr().err
 
 
 def test_unknown_method_rejected():
-    config = runner.load_config()
+    config = config_lib.load_config()
     config.methods = ("dense", "lottery")
     with pytest.raises(ValueError, match="lottery"):
-        runner.sweep_plan(config)
+        sweep.sweep_plan(config)
+
+
+# ------------------------------------------------------------------------------ MACs
+
+
+def _macs(model, shape):
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
+    return evaluation.model_macs(model, variables, shape)
+
+
+def test_mac_counts_of_layers_with_known_counts():
+    # LeNet-300-100: 784*300 + 300*100 + 100*10 multiply-adds per example.
+    lenet = _macs(models.get_model("lenet300_100", 10), (28, 28, 1))
+    assert lenet["by_leaf"] == {"Dense_0/kernel": 235_200, "Dense_1/kernel": 30_000,
+                                "Dense_2/kernel": 1_000}
+    assert lenet["total"] == 266_200 and lenet["unattributed"] == 0
+    # LeNet-5 (Caffe): conv 5x5x1->20 on 24x24 outputs, conv 5x5x20->50 on 8x8 outputs,
+    # dense 800->500 and 500->10.
+    lenet5 = _macs(models.get_model("lenet5", 10), (28, 28, 1))
+    assert lenet5["by_leaf"] == {"Conv_0/kernel": 24 * 24 * 20 * 25,
+                                 "Conv_1/kernel": 8 * 8 * 50 * 25 * 20,
+                                 "Dense_0/kernel": 800 * 500, "Dense_1/kernel": 5000}
+    # A strided grouped convolution: 5x5 outputs x 8 features x 3x3 kernel x 4/2 inputs.
+    conv = nn.Conv(8, (3, 3), strides=(2, 2), padding="SAME", feature_group_count=2)
+    x = jnp.zeros((1, 10, 10, 4))
+    params = jax.eval_shape(conv.init, jax.random.PRNGKey(0), x)["params"]
+    counts = metrics.count_macs(lambda p, x: conv.apply({"params": p}, x), params, x)
+    assert counts["by_leaf"] == {"kernel": 5 * 5 * 8 * 9 * 2}
+
+
+def test_speedup_and_compression_scale_layers_by_density():
+    model = models.get_model("lenet300_100", 10)
+    macs = _macs(model, (28, 28, 1))
+    rng = np.random.default_rng(0)
+    params = {f"Dense_{i}": {"kernel": rng.uniform(0.5, 1.0, (n, m)).astype(np.float32),
+                             "bias": np.zeros(m, np.float32)}
+              for i, (n, m) in enumerate([(784, 300), (300, 100), (100, 10)])}
+    keep = np.arange(784 * 300).reshape(784, 300) % 10 == 0  # 10% of Dense_0 kept
+    params["Dense_0"]["kernel"] = np.where(keep, params["Dense_0"]["kernel"], 0.0)
+    m = evaluation.measure(params, macs)
+    assert m["theoretical_speedup"] == pytest.approx(266_200 / (23_520 + 30_000 + 1_000))
+    # The 410 biases are zero, so only the kept kernel entries are nonzero.
+    assert m["compression_ratio"] == pytest.approx(266_610 / (23_520 + 30_000 + 1_000))
+    assert m["zeros"] == 211_680 + 410 and m["size"] == 266_610
+    assert m["leaves"]["Dense_0/kernel"] == pytest.approx(0.9)
+    assert m["kernel_sparsity"] == pytest.approx(211_680 / 266_200)
+    assert metrics.theoretical_speedup(macs, jax.tree.map(np.zeros_like, params)) == np.inf
+
+
+def test_stacking_shares_counters_and_round_trips():
+    import optax
+    import jaxprune
+
+    params = [{"w": jnp.full((3, 4), float(i)), "b": jnp.zeros(4)} for i in range(3)]
+    tx = optax.chain(optax.sgd(0.1, momentum=0.9),
+                     optax.inject_hyperparams(jaxprune.magnitude_pruning)(sparsity=0.5))
+    states = [tx.init(p) for p in params]
+    axes = stacking.run_axes(states[0])
+    stacked = stacking.stack(states, axes)
+    assert stacked[1].count.shape == () and stacked[1].inner_state.count.shape == ()
+    assert stacked[1].hyperparams["sparsity"].shape == (3,)
+    assert stacked[1].inner_state.masks["w"].shape == (3, 3, 4)
+    for a, b in zip(stacking.unstack(stacked, axes, 3), states):
+        assert jax.tree.all(jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)), a, b))
+    later = (states[0][0], states[0][1]._replace(count=jnp.ones((), jnp.int32)))
+    with pytest.raises(ValueError, match="same step"):
+        stacking.stack([later, states[1]], axes)
 
 
 # ------------------------------------------------------------------------------ sweep
 
+# One small training config for every sweep test (20 steps; evaluations at 10 and 20), so
+# that the compiled programs are shared between the tests.
+TINY = ["--set", "num_train_steps=20", "--set", "eval_every=10", "--set", "batch_size=32",
+        "--set", "eval_batch_size=5000"]
+# The runs compared between tests: two seeds of gradual pruning to 90% (no plots: only the
+# tiny sweep checks them).
+PAIR = ["--set", "methods=gradual", "--set", "sparsities=0.9", "--set", "seeds=0,1",
+        "--set", "plots=false"]
+PAIR_RUNS = [train.RunSpec("gradual", 0.9, 0), train.RunSpec("gradual", 0.9, 1)]
+
+
+def _argv(out, cache_dir, *extra):
+    return ["--data_dir", str(DATA_DIR), "--cache_dir", str(cache_dir), "--output_dir",
+            str(out), "--no_progress", *TINY, *extra]
+
+
+def _records(out):
+    """The run records of a sweep, without their wall-clock times."""
+    records = {}
+    for path in sorted((out / "runs").glob("*.json")):
+        record = json.loads(path.read_text())
+        record.pop("train_time_s")
+        records[record["name"]] = record
+    return records
+
+
+def _final_state(out, argv, spec):
+    """The whole training state in the final checkpoint of run ``spec`` (NumPy leaves)."""
+    _, config = cli.parse_args(argv)
+    model = models.get_model(config.model, 10)
+    template = train.init_state(model, train.make_tx(spec.method, spec.sparsity, config),
+                                spec.seed, (28, 28, 1))
+    checkpoints = checkpointing.RunCheckpoints(out / "checkpoints" / spec.name)
+    try:
+        state, meta = checkpoints.restore(checkpoints.steps()[-1], template)
+    finally:
+        checkpoints.close()
+    assert meta["step"] == config.num_train_steps
+    return [np.asarray(x) for x in jax.tree.leaves(state)]
+
+
+def _assert_same_states(out_a, out_b, argv):
+    """The final params, optimizer states (masks, counters), RNG keys are bitwise equal."""
+    for spec in PAIR_RUNS:
+        a, b = _final_state(out_a, argv, spec), _final_state(out_b, argv, spec)
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert x.dtype == y.dtype and np.array_equal(x, y), spec.name
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(mnist, cache_dir, tmp_path_factory):
+    """Every method at 50% and 90%, one seed, run sequentially (one run per program)."""
+    out = tmp_path_factory.mktemp("tiny_sweep")
+    rc = cli.main(_argv(out, cache_dir, "--set", "sparsities=0.5,0.9"))
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(mnist, cache_dir, tmp_path_factory):
+    """`PAIR` trained without interruption, its two seeds as one vmapped program."""
+    out = tmp_path_factory.mktemp("reference")
+    assert cli.main(_argv(out, cache_dir, *PAIR)) == 0
+    return out
+
 
 @needs_mnist
-def test_tiny_sweep_writes_every_output(mnist, cache_dir, tmp_path, capsys):
-    out = tmp_path / "results"
-    rc = runner.main([
-        "--data_dir", str(DATA_DIR), "--cache_dir", str(cache_dir),
-        "--output_dir", str(out), "--no_progress",
-        "--set", "num_train_steps=20", "--set", "eval_every=10",
-        "--set", "batch_size=32", "--set", "eval_batch_size=5000",
-        "--set", "sparsities=0.5,0.9",
-    ])
-    assert rc == 0
-    printed = capsys.readouterr().out
+def test_tiny_sweep_writes_every_output(tiny_sweep):
+    out = tiny_sweep
+    printed = (out / "log.txt").read_text()
     assert "test acc" in printed and "one_shot" in printed and "gradual" in printed
+    assert "compression" in printed and "speedup" in printed and "SNIP" in printed
 
     for name in ("config.json", "summary.json", "summary.csv", "accuracy_vs_sparsity.png",
                  "training_curves.png", "log.txt"):
@@ -248,21 +450,116 @@ def test_tiny_sweep_writes_every_output(mnist, cache_dir, tmp_path, capsys):
     for run in runs:
         record = json.loads((out / "runs" / f"{run}.json").read_text())
         assert [e["step"] for e in record["evaluations"]] == [10, 20]
+        for e in record["evaluations"]:
+            assert e["compression_ratio"] == pytest.approx(1 / (1 - e["sparsity"]))
+            assert e["theoretical_speedup"] >= 1.0
         lines = (out / "runs" / f"{run}.csv").read_text().splitlines()
-        assert lines[0].startswith("step,loss,train_accuracy,test_loss,test_accuracy,sparsity")
-        assert any(col.startswith("sparsity/") for col in lines[0].split(","))
+        assert lines[0].startswith("step,epoch,loss,train_accuracy,test_loss,test_accuracy,"
+                                   "sparsity,kernel_sparsity,compression_ratio,"
+                                   "theoretical_speedup,sparsity/")
         assert len(lines) == 3
+        # A checkpoint at each evaluation (the orbax steps of the run).
+        assert sorted(p.name for p in (out / "checkpoints" / run).iterdir()
+                      if p.name.isdigit()) == ["10", "20"]
 
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["runs"]) == 5
+    assert summary["macs_per_example"] == 266_200
+    assert [p["sparsity"] for p in summary["published"]] == [0.0, 0.95, 0.98, 0.918]
     by_run = {r["run"]: r for r in summary["runs"]}
     assert by_run["dense_seed0"]["kernel_sparsity"] < 1e-3  # (a few biases of dead units stay 0)
+    assert by_run["dense_seed0"]["theoretical_speedup"] == pytest.approx(1.0, abs=1e-3)
     for method in ("one_shot", "gradual"):
         for s in (0.5, 0.9):
             row = by_run[f"{method}_s{s}_seed0"]
             assert row["kernel_sparsity"] == pytest.approx(s, abs=1e-3)
             assert s - 0.01 < row["sparsity"] <= row["kernel_sparsity"]
             assert 0.0 <= row["test_accuracy"] <= 1.0
+            # In an MLP every kernel entry is one multiply-add per example, so the
+            # speedup is the inverse kernel density; biases count in the compression only.
+            assert row["theoretical_speedup"] == pytest.approx(1 / (1 - row["kernel_sparsity"]))
+            assert row["compression_ratio"] == pytest.approx(1 / (1 - row["sparsity"]))
     # Some learning happens even in 20 steps.
     assert by_run["dense_seed0"]["test_accuracy"] > 0.5
-    assert len((out / "summary.csv").read_text().splitlines()) == 6
+    csv_lines = (out / "summary.csv").read_text().splitlines()
+    assert len(csv_lines) == 6 and "compression_ratio,theoretical_speedup" in csv_lines[0]
+
+
+@needs_mnist
+def test_same_command_twice_gives_the_same_numbers(reference, cache_dir, tmp_path):
+    out = tmp_path / "again"
+    assert cli.main(_argv(out, cache_dir, *PAIR)) == 0
+    assert _records(out) == _records(reference)
+    _assert_same_states(out, reference, _argv(out, cache_dir, *PAIR))
+
+
+@needs_mnist
+def test_killed_run_resumes_to_identical_results(reference, cache_dir, tmp_path, capsys):
+    out = tmp_path / "killed"
+    # Checkpoints every 5 steps (evaluations every 10) and a kill after step 15: the resumed
+    # run also restores the training-loss sums of steps 11-15.
+    argv = _argv(out, cache_dir, *PAIR, "--set", "checkpoint_every=5",
+                 "--set", "stop_after_step=15")
+    assert cli.main(argv) == cli.EXIT_STOPPED
+    assert "rerun the same command" in capsys.readouterr().err
+    for spec in PAIR_RUNS:
+        assert not (out / "runs" / f"{spec.name}.json").exists()
+        assert checkpointing.RunCheckpoints(out / "checkpoints" / spec.name).steps() == [10, 15]
+    # The same command again resumes from step 15 and finishes.
+    assert cli.main(argv) == 0
+    assert "resuming from the checkpoint of step 15/20" in capsys.readouterr().out
+    assert _records(out) == _records(reference)
+    _assert_same_states(out, reference, argv)
+
+
+@needs_mnist
+def test_finished_runs_are_reported_not_retrained(reference, cache_dir, capsys):
+    before = _records(reference)
+    mtimes = {p: p.stat().st_mtime_ns for p in (reference / "checkpoints").rglob("*")}
+    assert cli.main(_argv(reference, cache_dir, *PAIR)) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("already finished") == 2 and "step     10/20" not in printed
+    assert _records(reference) == before
+    assert {p: p.stat().st_mtime_ns for p in (reference / "checkpoints").rglob("*")} == mtimes
+    # A changed training config does not reuse them.
+    assert outputs.read_finished_run(reference, "gradual_s0.9_seed0", "0" * 16) is None
+
+
+def _assert_close_records(a, b, names):
+    for name in names:
+        ea, eb = a[name]["evaluations"], b[name]["evaluations"]
+        assert [e["step"] for e in ea] == [e["step"] for e in eb]
+        for x, y in zip(ea, eb):
+            for key in ("loss", "train_accuracy", "test_loss", "test_accuracy", "sparsity",
+                        "theoretical_speedup", "compression_ratio"):
+                assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (name, key)
+
+
+@needs_mnist
+def test_vmapped_seeds_equal_sequential_runs(reference, cache_dir, tmp_path):
+    out = tmp_path / "sequential"
+    argv = _argv(out, cache_dir, *PAIR, "--set", "vmap_seeds=false")
+    assert cli.main(argv) == 0
+    vmapped, sequential = _records(reference), _records(out)
+    names = [spec.name for spec in PAIR_RUNS]
+    assert [vmapped[n]["vmapped"] for n in names] == [True, True]
+    assert [sequential[n]["vmapped"] for n in names] == [False, False]
+    # Each seed has its own initialisation and data order...
+    assert vmapped[names[0]]["final"]["loss"] != vmapped[names[1]]["final"]["loss"]
+    # ...and the vmapped program computes what the sequential runs compute.
+    _assert_close_records(vmapped, sequential, names)
+    for spec in PAIR_RUNS:
+        for x, y in zip(_final_state(reference, argv, spec), _final_state(out, argv, spec)):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+@needs_mnist
+def test_vmapped_sparsities_equal_sequential_runs(tiny_sweep, cache_dir, tmp_path):
+    out = tmp_path / "sparsities"
+    argv = _argv(out, cache_dir, "--set", "methods=gradual", "--set", "sparsities=0.5,0.9",
+                 "--set", "vmap_sparsities=true", "--set", "plots=false")
+    assert cli.main(argv) == 0
+    vmapped, sequential = _records(out), _records(tiny_sweep)
+    names = ["gradual_s0.5_seed0", "gradual_s0.9_seed0"]
+    assert vmapped[names[0]]["trained_with"] == names
+    _assert_close_records(vmapped, sequential, names)

@@ -64,5 +64,36 @@ def get_config() -> ml_collections.ConfigDict:
     config.gradual.frequency_fraction = 0.025  # masks updated every 2.5% of the steps
     config.gradual.power = 3.0
 
+    # Checkpoints (orbax) in output_dir/checkpoints/<run>/: params, the full optimizer state
+    # (masks included), data position, RNG key and evaluations so far. A rerun of the same
+    # command resumes from them; finished runs (runs/<run>.json) are reported, not retrained.
+    config.checkpoint_every = None  # steps between checkpoints; None: at every evaluation
+    config.keep_checkpoints = 2  # latest checkpoints kept per run
+    config.resume = True  # False: ignore existing checkpoints and results, train from scratch
+    config.stop_after_step = None  # testing hook: stop (as if killed) after saving this step
+
+    # Runs trained together as one jax.vmap-ped program (each run keeps its own init, data
+    # order and target sparsity; results equal those of sequential runs).
+    config.vmap_seeds = True  # the seeds of a (method, sparsity)
+    config.vmap_sparsities = False  # also the sparsities of a method
+
+    # Published results drawn on the accuracy-vs-sparsity plot (accuracy in %; sparsity 0
+    # is drawn as a line). From ../shared/REFERENCES.md:
+    # Lee, Ajanthan & Torr, "SNIP: Single-shot network pruning based on connection
+    # sensitivity", ICLR 2019, Table 1 (LeNet-300-100 on MNIST);
+    # Han, Pool, Tran & Dally, "Learning both weights and connections for efficient neural
+    # networks", NeurIPS 2015, Table 1 (LeNet-300-100: 12x fewer weights, 1.59% error).
+    config.published = [
+        dict(label="dense (Lee et al. 2019)", sparsity=0.0, error=1.7,
+             source="SNIP, Table 1"),
+        dict(label="SNIP (Lee et al. 2019)", sparsity=0.95, error=1.6,
+             source="SNIP, Table 1"),
+        dict(label="SNIP (Lee et al. 2019)", sparsity=0.98, error=2.4,
+             source="SNIP, Table 1"),
+        dict(label="magnitude + retraining (Han et al. 2015)", sparsity=0.918, error=1.59,
+             source="Han et al. 2015, Table 1"),
+    ]
+
     config.progress = True  # tqdm progress bars
+    config.plots = True  # write the PNG plots (False: only JSON/CSV, for quick runs)
     return config

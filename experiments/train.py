@@ -1,0 +1,614 @@
+"""Training runs: the optimizer and pruner of a method, the compiled programs, the run loop.
+
+A run is one (method, target sparsity, seed). `train_runs` trains one run, or several runs of
+the same method as one ``jax.vmap``-ped program over their stacked states (see
+`experiments.stacking`): each run keeps its own initialisation (from its seed), its own data
+order (the batches its sequential run would read, gathered on the device from per-run
+indices) and its own target sparsity (a hyperparameter in its optimizer state, via
+``optax.inject_hyperparams(jaxprune.magnitude_pruning)``).
+
+Training advances in chunks between events (evaluations, checkpoints, the end): one call of
+a compiled ``lax.fori_loop`` whose trip count is an argument, so every chunk length runs the
+same program and a run restarted from any checkpoint computes exactly what the
+uninterrupted run computed. The training state holds everything a run needs to continue:
+params, model state, the full optimizer state (pruning masks and step counters included),
+a JAX RNG key (split every step and passed to the model as its ``dropout`` RNG) and the sums
+of the training loss and accuracy since the last evaluation; the data position (epoch,
+index within the epoch) is kept next to it and saved in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+import jaxprune
+from experiments import checkpointing
+from experiments import config as config_lib
+from experiments import data as data_lib
+from experiments import evaluation
+from experiments import models
+from experiments import stacking
+
+
+class StopRequested(Exception):
+    """Raised after the checkpoint of ``config.stop_after_step``: a simulated kill.
+
+    Rerunning the same command resumes from that checkpoint.
+    """
+
+
+class RunSpec(NamedTuple):
+    """One run of a sweep."""
+
+    method: str
+    sparsity: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """The run's name: ``dense_seed0``, ``gradual_s0.9_seed1``, ..."""
+        if self.method == "dense":
+            return f"dense_seed{self.seed}"
+        return f"{self.method}_s{self.sparsity:g}_seed{self.seed}"
+
+
+class TrainState(NamedTuple):
+    """Everything one run carries from step to step (per run, or stacked over runs)."""
+
+    params: Any
+    model_state: Any
+    opt_state: Any
+    rng: jax.Array
+    loss_sum: jax.Array
+    accuracy_sum: jax.Array
+
+
+class DeviceData(NamedTuple):
+    """The training split on the device and the padded test split."""
+
+    train_images: jax.Array
+    train_labels: jax.Array
+    test: evaluation.TestData
+
+
+def prepare_data(dataset: data_lib.Dataset, eval_batch_size: int) -> DeviceData:
+    """Puts a dataset on the device once for all the runs of a sweep.
+
+    Args:
+        dataset: the loaded dataset.
+        eval_batch_size: examples per evaluation batch.
+
+    Returns:
+        The device copies.
+    """
+    return DeviceData(jnp.asarray(dataset.train.images), jnp.asarray(dataset.train.labels),
+                      evaluation.prepare_test_data(dataset.test, eval_batch_size))
+
+
+# ============================================================================ optimizers
+
+
+def make_learning_rate(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+    """The learning-rate schedule of ``config.optimizer``.
+
+    Args:
+        opt: the optimizer config (``learning_rate``, ``schedule``, ``warmup_steps``, ...).
+        num_steps: the number of training steps.
+
+    Returns:
+        An optax schedule.
+
+    Raises:
+        ValueError: for an unknown schedule.
+    """
+    lr = float(opt.learning_rate)
+    kind = opt.get("schedule", "constant")
+    warmup = int(opt.get("warmup_steps", 0) or 0)
+    main_steps = max(1, num_steps - warmup)
+    if kind == "constant":
+        schedule = optax.constant_schedule(lr)
+    elif kind == "cosine":
+        schedule = optax.cosine_decay_schedule(lr, decay_steps=main_steps)
+    elif kind == "step":
+        boundaries = {
+            int(b * main_steps): float(opt.get("decay_factor", 0.1))
+            for b in opt.get("decay_boundaries", (0.5, 0.75))
+        }
+        schedule = optax.piecewise_constant_schedule(lr, boundaries)
+    else:
+        raise ValueError(f"Unknown learning rate schedule {kind!r} (constant, cosine, step)")
+    if warmup > 0:
+        schedule = optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, warmup), schedule], [warmup])
+    return schedule
+
+
+def make_optimizer(opt: ml_collections.ConfigDict,
+                   num_steps: int) -> optax.GradientTransformation:
+    """The optimizer of ``config.optimizer`` (SGD with optional momentum, or Adam).
+
+    Args:
+        opt: the optimizer config.
+        num_steps: the number of training steps (for the schedule).
+
+    Returns:
+        The optax transformation.
+
+    Raises:
+        ValueError: for an unknown optimizer or schedule.
+    """
+    lr = make_learning_rate(opt, num_steps)
+    wd = float(opt.get("weight_decay", 0.0) or 0.0)
+    name = opt.get("name", "sgd")
+    if name == "sgd":
+        tx = optax.sgd(lr, momentum=opt.get("momentum", None) or None,
+                       nesterov=bool(opt.get("nesterov", False)))
+        if wd > 0:
+            tx = optax.chain(optax.add_decayed_weights(wd), tx)
+        return tx
+    if name == "adam":
+        return optax.adamw(lr, weight_decay=wd) if wd > 0 else optax.adam(lr)
+    raise ValueError(f"Unknown optimizer {name!r} (sgd, adam)")
+
+
+def prune_steps(config: ml_collections.ConfigDict) -> dict[str, int]:
+    """The step numbers derived from the fractions in the config.
+
+    Args:
+        config: the config.
+
+    Returns:
+        ``one_shot_step``, ``gradual_begin``, ``gradual_end`` and ``gradual_frequency``.
+    """
+    n = int(config.num_train_steps)
+    g = config.gradual
+    begin = int(round(g.begin_fraction * n))
+    end = max(begin + 1, int(round(g.end_fraction * n)))
+    return {
+        "one_shot_step": int(round(config.one_shot.prune_fraction * n)),
+        "gradual_begin": begin,
+        "gradual_end": end,
+        "gradual_frequency": max(1, int(round(g.frequency_fraction * n))),
+    }
+
+
+def make_pruner(method: str, sparsity: float,
+                config: ml_collections.ConfigDict) -> Optional[optax.GradientTransformation]:
+    """The jaxprune transformation of ``method``, or None for the dense baseline.
+
+    The target sparsity is an ``optax.inject_hyperparams`` hyperparameter: it lives in the
+    optimizer state, so one compiled program trains every sparsity of a method and runs of
+    different sparsities can be stacked and vmapped.
+
+    Args:
+        method: ``dense``, ``one_shot`` or ``gradual``.
+        sparsity: the target sparsity.
+        config: the config (schedule fractions, ``distribution``).
+
+    Returns:
+        The pruner, or None.
+
+    Raises:
+        ValueError: for an unknown method or a bad sparsity.
+    """
+    if method == "dense":
+        return None
+    steps = prune_steps(config)
+    if method == "one_shot":
+        schedule = jaxprune.schedules.one_shot(steps["one_shot_step"])
+    elif method == "gradual":
+        schedule = jaxprune.schedules.polynomial(
+            steps["gradual_begin"], steps["gradual_end"], steps["gradual_frequency"],
+            power=float(config.gradual.power),
+        )
+    else:
+        raise ValueError(f"Unknown method {method!r}; valid methods: "
+                         f"{', '.join(config_lib.METHODS)}")
+    return optax.inject_hyperparams(jaxprune.magnitude_pruning)(
+        sparsity=float(sparsity), distribution=config.distribution, schedule=schedule)
+
+
+def make_tx(method: str, sparsity: float,
+            config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """The optimizer chained with the method's pruner.
+
+    Args:
+        method: the method.
+        sparsity: the target sparsity (ignored for ``dense``).
+        config: the config.
+
+    Returns:
+        The full transformation.
+    """
+    tx = make_optimizer(config.optimizer, int(config.num_train_steps))
+    pruner = make_pruner(method, sparsity, config)
+    return tx if pruner is None else optax.chain(tx, pruner)
+
+
+# ============================================================================ programs
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, seed: int,
+               image_shape: tuple) -> TrainState:
+    """A run's initial state: params from its seed, optimizer state, RNG key, zero sums.
+
+    Args:
+        model: the Flax model.
+        tx: the run's transformation (its target sparsity is stored in the state).
+        seed: the run's seed.
+        image_shape: the shape of one input.
+
+    Returns:
+        The state.
+    """
+    init_key, rng = jax.random.split(jax.random.PRNGKey(int(seed)))
+    variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    params = variables["params"]
+    model_state = {k: v for k, v in variables.items() if k != "params"}
+    zero = jnp.zeros((), jnp.float32)
+    state = TrainState(params, model_state, tx.init(params), rng, zero, zero)
+    # Strong dtypes everywhere, so that a restored state has the same jit signature.
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.result_type(x)), state)
+
+
+def make_train_fn(model: nn.Module, tx: optax.GradientTransformation) -> Callable:
+    """The (unjitted) training of one run for a number of steps.
+
+    Args:
+        model: the Flax model.
+        tx: the transformation.
+
+    Returns:
+        ``train(state, indices, num_steps, images, labels) -> state``: runs ``num_steps``
+        steps (a traced count, at most ``len(indices)``), step ``i`` on the examples
+        ``indices[i]`` of ``images`` / ``labels``.
+    """
+
+    def step(state: TrainState, x, y) -> TrainState:
+        rng, dropout_rng = jax.random.split(state.rng)
+
+        def loss_fn(params):
+            variables = {"params": params, **state.model_state}
+            rngs = {"dropout": dropout_rng}
+            if state.model_state:
+                logits, new_model_state = model.apply(
+                    variables, x, train=True, rngs=rngs,
+                    mutable=list(state.model_state.keys()))
+            else:
+                logits = model.apply(variables, x, train=True, rngs=rngs)
+                new_model_state = state.model_state
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return loss, (logits, new_model_state)
+
+        (loss, (logits, new_model_state)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        accuracy = jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
+        return TrainState(params, dict(new_model_state), opt_state, rng,
+                          state.loss_sum + loss, state.accuracy_sum + accuracy)
+
+    def train(state, indices, num_steps, images, labels):
+        def body(i, s):
+            idx = indices[i]
+            return step(s, images[idx], labels[idx])
+
+        return jax.lax.fori_loop(0, num_steps, body, state)
+
+    return train
+
+
+class Program(NamedTuple):
+    """The compiled training and evaluation of a run, or of a stacked group of runs."""
+
+    train: Callable
+    evaluate: Callable
+
+
+_TRAIN_PROGRAMS: dict[tuple, Callable] = {}
+_EVAL_PROGRAMS: dict[tuple, Callable] = {}
+
+
+def get_program(key: tuple, model: nn.Module, tx: optax.GradientTransformation,
+                eval_batch_size: int, axes: Any = None) -> Program:
+    """The jitted (and, with ``axes``, vmapped) programs, cached under ``key``.
+
+    Cached so that every run of a method, every sparsity and every resumed run reuses one
+    compiled training program, and every method one evaluation program.
+
+    Args:
+        key: what determines the training program (config fingerprint, method, ...).
+        model: the Flax model (its config and the number of classes determine the
+            evaluation program).
+        tx: the transformation (any sparsity: it is read from the state).
+        eval_batch_size: the test data's batch size.
+        axes: `experiments.stacking.run_axes` of a run's `TrainState` to vmap over stacked
+            runs, or None for one run.
+
+    Returns:
+        The programs.
+    """
+    vmapped = axes is not None
+    train_key = (key, vmapped)
+    if train_key not in _TRAIN_PROGRAMS:
+        train = make_train_fn(model, tx)
+        if vmapped:
+            train = jax.vmap(train, in_axes=(axes, 0, None, None, None), out_axes=axes)
+        _TRAIN_PROGRAMS[train_key] = jax.jit(train)
+    eval_key = (repr(model), vmapped, int(eval_batch_size))
+    if eval_key not in _EVAL_PROGRAMS:
+        evaluate = evaluation.make_eval_fn(model, eval_batch_size)
+        if vmapped:
+            evaluate = jax.vmap(evaluate, in_axes=(axes.params, axes.model_state, None,
+                                                   None, None))
+        _EVAL_PROGRAMS[eval_key] = jax.jit(evaluate)
+    return Program(_TRAIN_PROGRAMS[train_key], _EVAL_PROGRAMS[eval_key])
+
+
+# ============================================================================ the run loop
+
+
+def _next_multiple(step: int, every: int) -> float:
+    return (step // every + 1) * every if every > 0 else math.inf
+
+
+def _reset_sums(state: TrainState) -> TrainState:
+    return state._replace(loss_sum=jnp.zeros_like(state.loss_sum),
+                          accuracy_sum=jnp.zeros_like(state.accuracy_sum))
+
+
+def _restore(checkpoints: Sequence[checkpointing.RunCheckpoints], templates: Sequence,
+             fingerprint: str, log: Callable) -> tuple[int, list, list[dict]]:
+    """The latest step checkpointed by every run with this fingerprint, restored."""
+    common = set.intersection(*(set(c.steps()) for c in checkpoints))
+    for step in sorted(common, reverse=True):
+        metas = [c.read_meta(step) for c in checkpoints]
+        if all(m.get("fingerprint") == fingerprint for m in metas):
+            restored = [c.restore(step, t) for c, t in zip(checkpoints, templates)]
+            return step, [s for s, _ in restored], [m for _, m in restored]
+    if any(c.steps() for c in checkpoints):
+        log(f"Ignoring the checkpoints in {checkpoints[0].directory.parent} of "
+            f"{', '.join(c.directory.name for c in checkpoints)}: none was saved by this "
+            "config at a step common to these runs; training from scratch")
+    return 0, list(templates), []
+
+
+def train_runs(
+    config: ml_collections.ConfigDict,
+    dataset: data_lib.Dataset,
+    runs: Sequence[RunSpec],
+    *,
+    data: DeviceData,
+    mac_counts: dict[str, Any],
+    output_dir: Path,
+    vmap: bool = True,
+    log: Callable[[str], None] = print,
+    position: int = 1,
+) -> list[dict]:
+    """Trains runs of one method, as one vmapped program if ``vmap`` and there are several.
+
+    Resumes from the runs' latest common checkpoint in ``output_dir/checkpoints/<run>/``
+    when ``config.resume`` (and the checkpoints were saved by a config with the same
+    `experiments.config.fingerprint`); saves every ``checkpoint_interval(config)`` steps and
+    at the end.
+
+    Args:
+        config: the config.
+        dataset: the dataset (for its shapes and sizes).
+        runs: the runs, all of the same method.
+        data: the device copies of the dataset, from `prepare_data`.
+        mac_counts: `experiments.evaluation.model_macs` of the model.
+        output_dir: the sweep's output directory.
+        vmap: train several runs as one vmapped program (else ``runs`` must hold one run).
+        log: prints a line.
+        position: tqdm position of the progress bar.
+
+    Returns:
+        One record per run: its evaluations and final metrics.
+
+    Raises:
+        ValueError: for runs of different methods, or several runs without ``vmap``.
+        StopRequested: after the checkpoint of ``config.stop_after_step``.
+    """
+    if len({r.method for r in runs}) != 1:
+        raise ValueError("train_runs: the runs must share their method")
+    if len(runs) > 1 and not vmap:
+        raise ValueError("train_runs: several runs are only trained together when vmapped")
+    method = runs[0].method
+    num_steps = int(config.num_train_steps)
+    eval_every = max(1, int(config.eval_every))
+    checkpoint_every = config_lib.checkpoint_interval(config)
+    batch_size = int(config.batch_size)
+    num_examples = len(dataset.train)
+    fingerprint = config_lib.fingerprint(config)
+    stacked = vmap and len(runs) > 1
+
+    model = models.get_model(config.model, dataset.num_classes)
+    txs = [make_tx(method, r.sparsity, config) for r in runs]
+    templates = [init_state(model, tx, r.seed, dataset.image_shape)
+                 for tx, r in zip(txs, runs)]
+    axes = stacking.run_axes(templates[0]) if stacked else None
+    program = get_program((fingerprint, method, dataset.num_classes), model, txs[0],
+                          data.test.batch_size, axes)
+
+    keep = int(config.get("keep_checkpoints", 2) or 2)
+    checkpoints = [checkpointing.RunCheckpoints(output_dir / "checkpoints" / r.name, keep)
+                   for r in runs]
+    evaluations: list[list[dict]] = [[] for _ in runs]
+    diverged = [False] * len(runs)
+    positions = [(0, 0)] * len(runs)
+    since_eval, elapsed = 0, 0.0
+    step = 0
+    states = templates
+    if config.get("resume", True):
+        step, states, metas = _restore(checkpoints, templates, fingerprint, log)
+    else:
+        metas = []
+    if metas:
+        for i, m in enumerate(metas):
+            evaluations[i] = list(m["evaluations"])
+            diverged[i] = bool(m["diverged"])
+            positions[i] = (int(m["epoch"]), int(m["index_in_epoch"]))
+            if positions[i] != data_lib.data_position(step, num_examples, batch_size):
+                raise ValueError(f"{checkpoints[i].directory}/{step}: data position "
+                                 f"{positions[i]} does not match step {step}")
+        since_eval, elapsed = int(metas[0]["steps_since_eval"]), float(metas[0]["elapsed_s"])
+        log(f"[{', '.join(r.name for r in runs)}] resuming from the checkpoint of step "
+            f"{step}/{num_steps}")
+    else:
+        for c in checkpoints:
+            c.clear()
+    state = stacking.stack(states, axes) if stacked else states[0]
+    capacity = min(eval_every, num_steps)
+    stop_after = config.get("stop_after_step", None)
+    stop_after = int(stop_after) if stop_after is not None and int(stop_after) > step else None
+
+    def run_state(i: int) -> TrainState:
+        return stacking.take(state, axes, i) if stacked else state
+
+    def save(at: int) -> None:
+        for i, (r, c) in enumerate(zip(runs, checkpoints)):
+            epoch, index = positions[i]
+            c.save(at, run_state(i), {
+                "run": r.name, "method": r.method, "target_sparsity": r.sparsity,
+                "seed": r.seed, "fingerprint": fingerprint, "epoch": epoch,
+                "index_in_epoch": index, "steps_since_eval": since_eval,
+                "evaluations": evaluations[i], "diverged": diverged[i],
+                "elapsed_s": elapsed + time.perf_counter() - start,
+            })
+
+    label = runs[0].name if len(runs) == 1 else (
+        f"{method} x{len(runs)} (vmapped: {', '.join(r.name for r in runs)})")
+    bar = None
+    if config.get("progress", True):
+        from tqdm import tqdm
+
+        bar = tqdm(total=num_steps, initial=step, desc=label[:60], position=position,
+                   leave=False, unit="step", dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        while step < num_steps and not all(diverged):
+            target = min(num_steps, _next_multiple(step, eval_every),
+                         _next_multiple(step, checkpoint_every),
+                         stop_after if stop_after is not None else math.inf)
+            count = int(target - step)
+            indices = np.zeros((len(runs), capacity, batch_size), np.int32)
+            for i, r in enumerate(runs):
+                indices[i, :count], positions[i] = data_lib.batch_indices(
+                    num_examples, batch_size, seed=r.seed, position=positions[i],
+                    count=count)
+            state = program.train(state, indices if stacked else indices[0], np.int32(count),
+                                  data.train_images, data.train_labels)
+            step += count
+            since_eval += count
+            if bar is not None:
+                bar.update(count)
+            if step % eval_every == 0 or step == num_steps:
+                _evaluate(state, program, data, runs, axes, step, since_eval, evaluations,
+                          diverged, mac_counts, num_examples, batch_size, num_steps, log, bar)
+                since_eval = 0
+                state = _reset_sums(state)
+            if (checkpoint_every and step % checkpoint_every == 0) or step == num_steps \
+                    or step == stop_after or all(diverged):
+                save(step)
+            if step == stop_after:
+                log(f"[{label}] stopping after the checkpoint of step {step} "
+                    "(stop_after_step); rerun the same command to resume")
+                raise StopRequested(step)
+    finally:
+        if bar is not None:
+            bar.close()
+        for c in checkpoints:
+            c.close()
+    train_time = elapsed + time.perf_counter() - start
+
+    num_params = sum(int(np.size(x)) for x in jax.tree.leaves(templates[0].params))
+    records = []
+    for i, r in enumerate(runs):
+        evals = evaluations[i]
+        if not evals:
+            raise RuntimeError(f"{r.name}: finished without an evaluation")
+        final = evals[-1]
+        # The last evaluation measured the final params (or, for a run that diverged and
+        # stopped early, the params it stopped with; a vmapped group trains on past that).
+        zeros = int(round(final["sparsity"] * num_params))
+        records.append({
+            "name": r.name,
+            "method": r.method,
+            "target_sparsity": float(r.sparsity),
+            "seed": int(r.seed),
+            "num_train_steps": num_steps,
+            "fingerprint": fingerprint,
+            "trained_with": [x.name for x in runs],
+            "vmapped": stacked,
+            "train_time_s": train_time,
+            "final": {
+                "step": final["step"],
+                "test_accuracy": final["test_accuracy"],
+                "test_error": round(1.0 - final["test_accuracy"], 12),
+                "test_loss": final["test_loss"],
+                "best_test_accuracy": max(e["test_accuracy"] for e in evals),
+                "loss": final["loss"],
+                "sparsity": final["sparsity"],
+                "kernel_sparsity": final["kernel_sparsity"],
+                "zeros": zeros,
+                "size": num_params,
+                "compression_ratio": final["compression_ratio"],
+                "theoretical_speedup": final["theoretical_speedup"],
+                "leaf_sparsity": final["leaf_sparsity"],
+            },
+            "evaluations": evals,
+        })
+    return records
+
+
+def _evaluate(state, program, data, runs, axes, step, since_eval, evaluations, diverged,
+              mac_counts, num_examples, batch_size, num_steps, log, bar) -> None:
+    """Appends an evaluation record to every run still training (in place)."""
+    correct, loss_sum = program.evaluate(state.params, state.model_state, data.test.images,
+                                         data.test.labels, data.test.valid)
+    correct, loss_sum, train_loss, train_acc = (
+        np.atleast_1d(np.asarray(x)) for x in jax.device_get(
+            (correct, loss_sum, state.loss_sum, state.accuracy_sum)))
+    for i, r in enumerate(runs):
+        if diverged[i]:
+            continue
+        params = stacking.take(state.params, axes.params, i) if axes is not None \
+            else state.params
+        sp = evaluation.measure(params, mac_counts)
+        record = {
+            "step": step,
+            "epoch": step * batch_size / num_examples,
+            "loss": float(train_loss[i]) / since_eval,
+            "train_accuracy": float(train_acc[i]) / since_eval,
+            "test_loss": float(loss_sum[i]) / data.test.size,
+            "test_accuracy": int(correct[i]) / data.test.size,
+            "sparsity": sp["sparsity"],
+            "kernel_sparsity": sp["kernel_sparsity"],
+            "compression_ratio": sp["compression_ratio"],
+            "theoretical_speedup": sp["theoretical_speedup"],
+            "leaf_sparsity": sp["leaves"],
+        }
+        evaluations[i].append(record)
+        if not math.isfinite(record["loss"]):
+            log(f"[{r.name}] loss is {record['loss']}; stopping this run early")
+            diverged[i] = True
+            continue
+        log(f"[{r.name}] step {step:>6d}/{num_steps}  loss {record['loss']:.4f}  "
+            f"train acc {record['train_accuracy']:.4f}  test acc {record['test_accuracy']:.4f}"
+            f"  sparsity {sp['sparsity']:.4f} (kernels {sp['kernel_sparsity']:.4f})  "
+            f"compression {sp['compression_ratio']:.2f}x  speedup "
+            f"{sp['theoretical_speedup']:.2f}x")
+    if bar is not None:
+        best = max(range(len(runs)), key=lambda i: int(correct[i]))
+        bar.set_postfix(test_acc=f"{int(correct[best]) / data.test.size:.4f}")
