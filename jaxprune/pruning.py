@@ -201,30 +201,33 @@ def pruning(
     shared = iter(shared)
     return [leaf.override if leaf.override is not None else next(shared) for leaf in plan]
 
-  def compute_masks(plan, params_leaves, grads, params, count, old):
+  def compute_masks(plan, grads, params, count, old):
     scores = jax.tree.structure(params).flatten_up_to(score_fn(params, grads, count))
     targets = leaf_targets(plan)
     new = {}
-    groups, shared_leaves = [], []
+    # One batched selection: each layer-wise leaf is its own segment; the leaves sharing the global
+    # threshold form segment 0.
+    groups, segments, keeps, selected = [], [], [], []
+    shared = [leaf for leaf, target in zip(plan, targets) if target is None and not is_nm]
+    if shared:
+      num_groups = sum(pattern.num_groups(leaf.shape) for leaf in shared)
+      keeps.append(num_groups - _num_pruned(schedule.sparsity(count, sparsity), num_groups))
     for leaf, target in zip(plan, targets):
       score = scores[leaf.index].astype(jnp.float32)
       score = jnp.where(old[leaf.index], score, -jnp.inf)  # pruned weights stay pruned
       if is_nm:
         new[leaf.index] = pattern.mask(score)
         continue
-      group_scores = pattern.group_scores(score)
+      groups.append(pattern.group_scores(score))
+      selected.append(leaf)
       if target is None:
-        groups.append(group_scores)
-        shared_leaves.append(leaf)
-        continue
-      num_groups = pattern.num_groups(leaf.shape)
-      keep = num_groups - _num_pruned(schedule.sparsity(count, target), num_groups)
-      new[leaf.index] = pattern.expand(selection.top_k_mask(group_scores, keep), leaf.shape)
-    if groups:
-      num_groups = sum(pattern.num_groups(leaf.shape) for leaf in shared_leaves)
-      keep = num_groups - _num_pruned(schedule.sparsity(count, sparsity), num_groups)
-      for leaf, group_mask in zip(shared_leaves, selection.top_k_masks(groups, keep)):
-        new[leaf.index] = pattern.expand(group_mask, leaf.shape)
+        segments.append(0)
+      else:
+        segments.append(len(keeps))
+        num_groups = pattern.num_groups(leaf.shape)
+        keeps.append(num_groups - _num_pruned(schedule.sparsity(count, target), num_groups))
+    for leaf, group_mask in zip(selected, selection.top_k_masks(groups, keeps, segments=segments)):
+      new[leaf.index] = pattern.expand(group_mask, leaf.shape)
     return [new[leaf.index] for leaf in plan]
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -235,7 +238,7 @@ def pruning(
     old = [masks_lib.unpack(m) for m in stored]
 
     def recompute():
-      fresh = compute_masks(plan, params_leaves, updates, params, state.count, old)
+      fresh = compute_masks(plan, updates, params, state.count, old)
       return [store(m) for m in fresh]
 
     kept = [stored[leaf.index] for leaf in plan]

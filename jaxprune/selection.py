@@ -17,6 +17,7 @@ the ties straddle the threshold (``lax.cond``), which for continuous scores is a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,36 +59,45 @@ def ordered_key(scores: jax.Array) -> jax.Array:
   return jnp.where(bits & sign, ~bits, bits | sign)
 
 
-def _histogram(digits: jax.Array, weights: jax.Array | None) -> jax.Array:
-  """Counts of each 16-bit digit value (weighted by a boolean ``weights`` if given)."""
-  ones = jnp.ones((), jnp.int32) if weights is None else weights.astype(jnp.int32)
-  ones = jnp.broadcast_to(ones, digits.shape)
-  return jnp.zeros(_NUM_BINS, jnp.int32).at[digits.astype(jnp.int32)].add(
-      ones, mode="promise_in_bounds")
+def _segment_histograms(digits: Sequence[jax.Array], weights: Sequence[jax.Array | None],
+                        segments: Sequence[int], num_segments: int) -> jax.Array:
+  """Counts of each 16-bit digit value per segment, shape ``(num_segments, 65536)``.
+
+  Every array adds its (boolean-weighted) counts into its segment's row of one buffer; no array
+  larger than a leaf is built.
+  """
+  hist = jnp.zeros(num_segments * _NUM_BINS, jnp.int32)
+  for d, w, seg in zip(digits, weights, segments):
+    ones = jnp.ones(d.shape, jnp.int32) if w is None else w.astype(jnp.int32)
+    index = d.astype(jnp.int32) + jnp.int32(seg * _NUM_BINS)
+    hist = hist.at[index].add(ones, mode="promise_in_bounds")
+  return hist.reshape(num_segments, _NUM_BINS)
 
 
-def _select_digit(hist: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Largest digit ``d`` with ``#(digit >= d) >= k``, and ``#(digit > d)``."""
-  at_or_above = jnp.cumsum(hist[::-1])[::-1]  # at_or_above[d] = #(digit >= d)
-  digit = jnp.sum(at_or_above >= k, dtype=jnp.int32) - 1
-  digit = jnp.maximum(digit, 0)  # k <= 0: any digit; the caller keeps nothing then.
-  above = at_or_above[digit] - hist[digit]
-  return digit, above
+def _select_digit(hist: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Per segment: the largest digit ``d`` with ``#(digit >= d) >= k``, ``#(digit > d)``, ``#(digit == d)``."""
+  at_or_above = jnp.cumsum(hist[:, ::-1], axis=1)[:, ::-1]  # at_or_above[s, d] = #(digit >= d)
+  digit = jnp.sum(at_or_above >= k[:, None], axis=1, dtype=jnp.int32) - 1
+  digit = jnp.maximum(digit, 0)[:, None]  # k <= 0: any digit; the caller keeps nothing then.
+  count = jnp.take_along_axis(hist, digit, axis=1)[:, 0]
+  above = jnp.take_along_axis(at_or_above, digit, axis=1)[:, 0] - count
+  return digit[:, 0], above, count
 
 
-def _kth_largest(keys: Sequence[jax.Array], active: Sequence[jax.Array] | None, k: jax.Array):
-  """The k-th largest ``uint32`` key among the active entries, ``#(key > it)`` and ``#(key == it)``."""
+def _kth_largest(keys: Sequence[jax.Array], active: Sequence[jax.Array] | None, k: jax.Array,
+                 segments: Sequence[int], num_segments: int):
+  """Per segment: the k-th largest ``uint32`` key among the active entries, ``#(key > it)`` and
+  ``#(key == it)``; ``k`` has one entry per segment."""
+  active = [None] * len(keys) if active is None else list(active)
   high = [key >> _DIGIT_BITS for key in keys]
-  hist = sum(_histogram(h, None if active is None else a)
-             for h, a in zip(high, active or [None] * len(keys)))
-  high_digit, above_high = _select_digit(hist, k)
-  in_bucket = [h == high_digit for h in high]
-  if active is not None:
-    in_bucket = [b & a for b, a in zip(in_bucket, active)]
-  hist = sum(_histogram(key & _DIGIT_MASK, b) for key, b in zip(keys, in_bucket))
-  low_digit, above_low = _select_digit(hist, k - above_high)
+  hist = _segment_histograms(high, active, segments, num_segments)
+  high_digit, above_high, _ = _select_digit(hist, k)
+  in_bucket = [h == high_digit[seg] for h, seg in zip(high, segments)]
+  in_bucket = [b if a is None else b & a for b, a in zip(in_bucket, active)]
+  hist = _segment_histograms([key & _DIGIT_MASK for key in keys], in_bucket, segments, num_segments)
+  low_digit, above_low, ties = _select_digit(hist, k - above_high)
   threshold = (high_digit.astype(jnp.uint32) << _DIGIT_BITS) | low_digit.astype(jnp.uint32)
-  return threshold, above_high + above_low, hist[low_digit]
+  return threshold, above_high + above_low, ties
 
 
 def _positions(shape: tuple[int, ...], offset: int) -> jax.Array:
@@ -100,45 +110,71 @@ def _positions(shape: tuple[int, ...], offset: int) -> jax.Array:
   return pos
 
 
-def top_k_masks(scores: Sequence[jax.Array], k: jax.Array | int) -> list[jax.Array]:
-  """Boolean masks keeping exactly the ``k`` highest scores over all arrays together.
+def top_k_masks(
+    scores: Sequence[jax.Array],
+    k: Any,
+    *,
+    segments: Sequence[int] | None = None,
+) -> list[jax.Array]:
+  """Boolean masks keeping exactly the ``k`` highest scores of each segment.
+
+  By default all arrays form one segment: one global selection over all of them together. With
+  ``segments`` (a segment index per array, ``0 .. S-1``) several independent selections run in one
+  pass, e.g. one per leaf for layer-wise pruning; ``k`` then has one entry per segment. Batching
+  them shares the bookkeeping, so the program has a handful of operations per array instead of a
+  selection's worth.
 
   Args:
-    scores: floating-point arrays of any shapes, the leaves taking part in one selection.
-    k: how many entries to keep over all arrays, an int or an integer scalar array (may be traced).
-      Values below 0 keep nothing and values above the total size keep everything.
+    scores: floating-point arrays of any shapes.
+    k: how many entries to keep: an int or integer scalar array for one segment, else a sequence or
+      1-D array with one entry per segment (may be traced). Values below 0 keep nothing and values
+      above the segment's size keep everything.
+    segments: the segment of each array; ``None`` puts all arrays in segment 0.
 
   Returns:
-    One boolean mask per input, of the input's shape, with ``clip(k, 0, total)`` ``True`` entries in
-    total: every score above the k-th largest, and the ties at the k-th largest in position order.
+    One boolean mask per input, of the input's shape. Each segment keeps ``clip(k, 0, size)``
+    entries: every score above its k-th largest, and the ties at the k-th largest in position order
+    (position runs through the segment's arrays in the order given).
 
   Raises:
-    ValueError: if the arrays hold ``2**31`` or more entries together.
+    ValueError: if a segment holds ``2**31`` or more entries, or ``segments`` does not match.
   """
   if not scores:
     return []
+  segments = [0] * len(scores) if segments is None else [int(s) for s in segments]
+  if len(segments) != len(scores):
+    raise ValueError(f"top_k_masks: {len(segments)} segment indices for {len(scores)} arrays.")
+  num_segments = max(segments) + 1
   sizes = [int(s.size) for s in scores]
-  total = sum(sizes)
-  if total >= 2**31:
-    raise ValueError(f"top_k_masks supports fewer than 2**31 entries in one selection, got {total}.")
+  totals = [0] * num_segments
+  offsets = []
+  for size, seg in zip(sizes, segments):
+    offsets.append(totals[seg])
+    totals[seg] += size
+  if max(totals) >= 2**31:
+    raise ValueError(f"top_k_masks supports fewer than 2**31 entries per segment, got {max(totals)}.")
+  k = jnp.stack([jnp.asarray(v, jnp.int32) for v in k]) if isinstance(k, (list, tuple)) else (
+      jnp.asarray(k, jnp.int32))
+  k = jnp.broadcast_to(k.reshape(-1), (num_segments,))
+  k = jnp.clip(k, 0, jnp.asarray(totals, jnp.int32))
   keys = [ordered_key(s) for s in scores]
-  k = jnp.clip(jnp.asarray(k, jnp.int32), 0, total)
-  threshold, num_greater, num_ties = _kth_largest(keys, None, k)
-  needed = k - num_greater  # ties to keep: 0 <= needed <= num_ties.
-  ties = [key == threshold for key in keys]
-  offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+  threshold, num_greater, num_ties = _kth_largest(keys, None, k, segments, num_segments)
+  needed = k - num_greater  # ties to keep per segment: 0 <= needed <= num_ties.
+  ties = [key == threshold[seg] for key, seg in zip(keys, segments)]
 
   def tie_cut() -> jax.Array:
-    # Keep the `needed` tied entries of smallest position: the largest keys of ~position.
+    # Keep each segment's `needed` tied entries of smallest position: the largest keys of ~position.
     flipped = [~_positions(key.shape, off) for key, off in zip(keys, offsets)]
-    cut, _, _ = _kth_largest(flipped, ties, needed)
-    return ~cut  # the largest position kept
+    cut, _, _ = _kth_largest(flipped, ties, needed, segments, num_segments)
+    return ~cut  # per segment, the largest position kept
 
-  last_kept = cond(needed < num_ties, tie_cut, lambda: jnp.uint32(total))
+  last_kept = cond(jnp.any(needed < num_ties), tie_cut,
+                   lambda: jnp.asarray(totals, jnp.uint32))
   keep_any_tie = needed > 0
   return [
-      (key > threshold) | (tie & keep_any_tie & (_positions(key.shape, off) <= last_kept))
-      for key, tie, off in zip(keys, ties, offsets)
+      (key > threshold[seg])
+      | (tie & keep_any_tie[seg] & (_positions(key.shape, off) <= last_kept[seg]))
+      for key, tie, off, seg in zip(keys, ties, offsets, segments)
   ]
 
 
