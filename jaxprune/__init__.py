@@ -2,6 +2,7 @@
 
 from jaxprune import allocation as allocation
 from jaxprune import patterns as patterns
+from jaxprune import retraining as retraining
 from jaxprune import schedules as schedules
 from jaxprune import scores as scores
 from jaxprune import selection as selection
@@ -27,6 +28,7 @@ __all__ = [
     "patterns",
     "pruning",
     "random_pruning",
+    "retraining",
     "saliency_pruning",
     "schedules",
     "scores",

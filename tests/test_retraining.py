@@ -1,0 +1,118 @@
+"""Retraining schedules against their formulas (Zimmer et al. 2021; Liu et al. 2023), at cycle
+boundaries and inside cycles."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxprune import retraining
+
+T, TW, R = 100, 10, 50
+ORIGINAL = optax.warmup_cosine_decay_schedule(0.0, 0.1, TW, T, end_value=0.001)
+LR0 = [float(ORIGINAL(i)) for i in range(T)]
+LR_MAX, LR_MIN = max(LR0), min(LR0[TW:])
+W, M = R // 10, R - R // 10
+
+
+def reference(name, step, cycle_len=R, cycle_start=None, cycle=None):
+  """The formulas of ../shared/REFERENCES.md, written out with Python floats."""
+  if step < T:
+    return LR0[step]
+  if cycle_start is None:
+    cycle, j = divmod(step - T, cycle_len)
+  else:
+    j = step - cycle_start
+  w, m = cycle_len // 10, cycle_len - cycle_len // 10
+  if name == "ft":
+    return LR_MIN
+  if name == "lrw":
+    return LR0[T - cycle_len + j]
+  if j < w and name != "silo":
+    return LR_MAX * j / w
+  jp = j - w
+  if name == "slr":
+    i = math.floor(jp * T / m)
+    return LR_MAX if i < TW else LR0[i]
+  if name == "clr":
+    return LR_MIN + (LR_MAX - LR_MIN) * (1 + math.cos(math.pi * jp / m)) / 2
+  if name == "llr":
+    return LR_MAX * (1 - jp / m)
+  if name == "silo":
+    p = 1 - 0.8 ** (cycle + 1)
+    peak = 0.04 / (1 + (p / (1 - p)) ** -5) + 0.03
+    if j < w:
+      return peak * j / w
+    return peak * 0.1 ** sum(jp >= math.floor(b * m) for b in (0.5, 0.75))
+  raise AssertionError(name)
+
+
+NAMES = ["ft", "lrw", "slr", "clr", "llr", "silo"]
+STEPS = [0, 5, TW, 50, T - 1, T, T + 1, T + W - 1, T + W, T + W + 1, T + 30, T + R - 1, T + R,
+         T + R + 3, T + 2 * R - 1, T + 3 * R + 17]
+
+
+def make(name, retrain_steps=R):
+  fn = getattr(retraining, name)
+  kwargs = {"prune_fraction": 0.2} if name == "silo" else {}
+  return fn(ORIGINAL, T, retrain_steps, warmup_steps=TW, **kwargs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("use_jit", [False, True], ids=["nojit", "jit"])
+def test_schedule_matches_formula(name, use_jit):
+  schedule = make(name)
+  schedule = jax.jit(schedule) if use_jit else schedule
+  for step in STEPS:
+    np.testing.assert_allclose(float(schedule(step)), reference(name, step), rtol=2e-5, atol=1e-7,
+                               err_msg=f"{name} at step {step}")
+
+
+@pytest.mark.parametrize("name", ["slr", "clr", "silo"])
+def test_cycles_of_different_lengths(name):
+  lengths = [50, 20, 30]
+  schedule = make(name, lengths)
+  starts = [T, T + 50, T + 70]
+  for cycle, (start, length) in enumerate(zip(starts, lengths)):
+    for j in (0, 1, length // 10, length // 2, length - 1):
+      np.testing.assert_allclose(float(schedule(start + j)),
+                                 reference(name, start + j, length, start, cycle), rtol=2e-5, atol=1e-7)
+  # After the last cycle the final rate stays.
+  assert float(schedule(T + 100 + 40)) == pytest.approx(float(schedule(T + 99)))
+
+
+def test_usable_as_an_optax_learning_rate():
+  tx = optax.sgd(make("slr"))
+  params = {"w": jnp.ones(3)}
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for _ in range(3):
+    updates, state = update({"w": jnp.ones(3)}, state, params)
+  np.testing.assert_allclose(updates["w"], -LR0[2] * np.ones(3), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(original_steps=0, retrain_steps=5), "original_steps must be >= 1"),
+    (dict(original_steps=10, retrain_steps=0), "retrain_steps must be >= 1"),
+    (dict(original_steps=10, retrain_steps=[5, -1]), "retrain_steps must be >= 1"),
+    (dict(original_steps=10, retrain_steps=5, warmup_steps=10), r"warmup_steps \(10\) must be below"),
+    (dict(original_steps=10, retrain_steps=[]), "retrain_steps is empty"),
+])
+def test_bad_cycle_structure(kwargs, match):
+  with pytest.raises((ValueError, TypeError), match=match):
+    retraining.clr(ORIGINAL, **kwargs)
+
+
+def test_lrw_cycle_longer_than_original():
+  with pytest.raises(ValueError, match="longer than the original phase"):
+    retraining.lrw(ORIGINAL, 10, 20)
+
+
+def test_silo_bad_prune_fraction():
+  with pytest.raises(ValueError, match="prune_fraction must be in"):
+    retraining.silo(ORIGINAL, T, R, prune_fraction=1.2)
