@@ -1,6 +1,8 @@
 """jaxprune: neural-network pruning and sparse training as optax gradient transformations."""
 
+from jaxprune import analysis as analysis
 from jaxprune import allocation as allocation
+from jaxprune import masks as masks
 from jaxprune import patterns as patterns
 from jaxprune import retraining as retraining
 from jaxprune import schedules as schedules
@@ -23,8 +25,10 @@ __all__ = [
     "PruningState",
     "SparsitySummary",
     "allocation",
+    "analysis",
     "get_masks",
     "magnitude_pruning",
+    "masks",
     "patterns",
     "pruning",
     "random_pruning",

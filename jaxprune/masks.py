@@ -77,7 +77,7 @@ def get_masks(opt_state: Any) -> Any:
     ValueError: if the state contains no pruner.
 
   Example:
-    >>> import jax.numpy as jnp, optax, jaxprune
+    >>> import jax, jax.numpy as jnp, optax, jaxprune
     >>> params = {'w': jnp.arange(1.0, 5.0).reshape(2, 2)}
     >>> tx = optax.chain(optax.sgd(0.1), jaxprune.magnitude_pruning(0.5))
     >>> state = tx.init(params)
