@@ -10,3 +10,14 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+import pytest  # noqa: E402
+
+from shared_data import require_mnist  # noqa: E402
+
+
+@pytest.fixture
+def mnist_required():
+  """Use as ``@pytest.mark.usefixtures("mnist_required")`` on tests that read the prepared MNIST."""
+  return require_mnist()

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
+import ipykernel  # noqa: F401  (the kernel the notebooks run in)
+import nbclient
+import nbformat
 
 REPO = Path(__file__).resolve().parents[1]
 COLABS = REPO / "colabs"
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "tensorflow_datasets"
+from shared_data import DATA_DIR, require_mnist
 KERNEL_NAME = "jaxprune-colab-test"
 
 
@@ -39,8 +39,7 @@ def _install_kernelspec(root: Path) -> None:
 @pytest.fixture
 def kernel_env(tmp_path, monkeypatch):
   """Environment the kernel inherits; returns the working directory for the notebook."""
-  if not (DATA_DIR / "mnist").is_dir():
-    pytest.skip(f"prepared MNIST not found in {DATA_DIR} (the colabs need it offline)")
+  require_mnist()
   jupyter_dir = tmp_path / "jupyter"
   _install_kernelspec(jupyter_dir)
   monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(

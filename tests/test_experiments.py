@@ -1,7 +1,7 @@
 """Tests of the experiments package: models, MNIST data, configs/CLI, MACs and the sweep.
 
 MNIST is read from ``../shared/tensorflow_datasets`` next to the repository (the prepared
-offline copy); the data tests are skipped when it is not there. The split is decoded once
+offline copy); the data tests fail, naming the directory, when it is not there. The split is decoded once
 per test session into a temporary cache directory.
 
 The sweep tests share one small training config (`TINY`: 20 steps of batch 32), so that
@@ -11,7 +11,6 @@ are cached per config fingerprint in `experiments.train`).
 
 import json
 import time
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -24,11 +23,9 @@ from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import sweep, train
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "tensorflow_datasets"
+from shared_data import DATA_DIR, require_mnist
 
-needs_mnist = pytest.mark.skipif(
-    not (DATA_DIR / "mnist").is_dir(), reason=f"MNIST is not prepared in {DATA_DIR}"
-)
+needs_mnist = pytest.mark.usefixtures("mnist_required")
 
 
 @pytest.fixture(scope="session")
@@ -38,8 +35,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def mnist(cache_dir):
-    if not (DATA_DIR / "mnist").is_dir():
-        pytest.skip(f"MNIST is not prepared in {DATA_DIR}")
+    require_mnist()
     return data_lib.load_dataset("mnist", data_dir=DATA_DIR, cache_dir=cache_dir,
                                  progress=False)
 
