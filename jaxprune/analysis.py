@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import jax
 import numpy as np
 
-from jaxprune import leaves as leaves_lib
 from jaxprune import masks as masks_lib
 
 __all__ = ["LeafOverlap", "MaskOverlap", "mask_overlap", "overlap_matrix"]
@@ -46,15 +44,11 @@ def _overlap(kept_a: int, kept_b: int, both: int) -> LeafOverlap:
 
 
 def _named_masks(masks: Any) -> dict[str, np.ndarray]:
-  is_leaf = lambda x: isinstance(x, masks_lib.PackedMask)
-  flat = jax.tree_util.tree_flatten_with_path(masks, is_leaf=is_leaf)[0]
-  out = {}
-  for path, mask in flat:
-    array = np.asarray(jax.device_get(masks_lib.unpack(mask)))
+  out = masks_lib.host_arrays(masks)
+  for name, array in out.items():
     if array.dtype != bool:
-      raise TypeError(f"mask_overlap: leaf {leaves_lib.path_str(path)!r} has dtype {array.dtype}, "
+      raise TypeError(f"mask_overlap: leaf {name!r} has dtype {array.dtype}, "
                       "expected boolean masks (for example from jaxprune.get_masks).")
-    out[leaves_lib.path_str(path)] = array
   return out
 
 

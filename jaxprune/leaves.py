@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["Selector", "path_str", "named_leaves", "default_prunable", "prunable_paths",
-           "unwrap_variables"]
+           "unwrap_variables", "unwrap_variable", "is_variable"]
 
 Selector = Union[None, str, Sequence[str], Callable[[str, Any], bool]]
 """What to prune: ``None`` (floating-point leaves with ``ndim >= 2``), a regular expression or a list
@@ -32,8 +32,14 @@ def path_str(path: tuple[Any, ...]) -> str:
   return "/".join(parts)
 
 
-def _is_variable(x: Any) -> bool:
+def is_variable(x: Any) -> bool:
+  """Whether ``x`` is a Flax nnx ``Variable`` (duck-typed, so flax is not imported)."""
   return callable(getattr(x, "get_value", None))
+
+
+def unwrap_variable(x: Any) -> Any:
+  """The array inside an nnx ``Variable``; anything else unchanged."""
+  return x.get_value() if is_variable(x) else x
 
 
 def unwrap_variables(tree: Any) -> Any:
@@ -42,7 +48,7 @@ def unwrap_variables(tree: Any) -> Any:
   ``nnx.Optimizer`` initialises optimizers with ``Variable``-wrapped params; state built from the
   unwrapped tree holds plain arrays, which nnx wraps itself.
   """
-  return jax.tree.map(lambda x: x.get_value() if _is_variable(x) else x, tree, is_leaf=_is_variable)
+  return jax.tree.map(unwrap_variable, tree, is_leaf=is_variable)
 
 
 def named_leaves(tree: Any) -> list[tuple[str, Any]]:

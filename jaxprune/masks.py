@@ -6,9 +6,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-__all__ = ["PackedMask", "pack", "unpack", "get_masks"]
+from jaxprune import leaves as leaves_lib
+
+__all__ = ["PackedMask", "pack", "unpack", "get_masks", "host_arrays"]
 
 
 class PackedMask(NamedTuple):
@@ -35,7 +38,7 @@ def pack(mask: jax.Array) -> PackedMask:
 def unpack(mask: Any) -> Any:
   """The boolean mask of a `PackedMask`; other values are returned unchanged."""
   if isinstance(mask, PackedMask):
-    bits, length = _unwrap(mask.bits), _unwrap(mask.length)
+    bits, length = leaves_lib.unwrap_variable(mask.bits), leaves_lib.unwrap_variable(mask.length)
     return jnp.unpackbits(bits, axis=-1, count=length.shape[0]).astype(bool)
   return mask
 
@@ -45,16 +48,10 @@ def _is_pruning_state(x: Any) -> bool:
   return isinstance(x, tuple) and hasattr(x, "_fields") and "masks" in x._fields and "count" in x._fields
 
 
-def _unwrap(x: Any) -> Any:
-  """The array inside a Flax nnx ``Variable`` (optimizer states of ``nnx.Optimizer`` hold them)."""
-  get_value = getattr(x, "get_value", None)
-  return get_value() if callable(get_value) else x
-
-
 def _mask_leaves(masks: Any):
   """Leaves of a masks tree, a packed mask or an nnx ``Variable`` counting as one leaf."""
   is_leaf = lambda x: (x is None or isinstance(x, (PackedMask, optax.MaskedNode))
-                       or callable(getattr(x, "get_value", None)))
+                       or leaves_lib.is_variable(x))
   return jax.tree.flatten(masks, is_leaf=is_leaf)
 
 
@@ -95,7 +92,7 @@ def get_masks(opt_state: Any) -> Any:
   combined, treedef = None, None
   for state in states:
     leaves, here = _mask_leaves(state.masks)
-    leaves = [None if isinstance(m, optax.MaskedNode) else unpack(_unwrap(m)) for m in leaves]
+    leaves = [None if isinstance(m, optax.MaskedNode) else unpack(leaves_lib.unwrap_variable(m)) for m in leaves]
     if combined is None:
       combined, treedef = leaves, here
       continue
@@ -103,3 +100,12 @@ def get_masks(opt_state: Any) -> Any:
       raise ValueError("get_masks: the pruners in this state have masks of different structures.")
     combined = [a if b is None else b if a is None else a & b for a, b in zip(combined, leaves)]
   return jax.tree.unflatten(treedef, combined)
+
+
+def host_arrays(tree: Any) -> dict[str, np.ndarray]:
+  """Every array leaf of ``tree`` as a NumPy array keyed by its path, packed masks unpacked and nnx
+  ``Variable`` values unwrapped; ``None`` leaves are skipped. For reporting, not for jitted code."""
+  is_leaf = lambda x: isinstance(x, PackedMask) or leaves_lib.is_variable(x)
+  flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
+  return {leaves_lib.path_str(path): np.asarray(jax.device_get(unpack(leaves_lib.unwrap_variable(x))))
+          for path, x in flat}

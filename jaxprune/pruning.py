@@ -234,15 +234,15 @@ def pruning(
     treedef = jax.tree.structure(params)
     params_leaves = treedef.flatten_up_to(params)
     stored = treedef.flatten_up_to(state.masks)
-    old = [masks_lib.unpack(m) for m in stored]
 
     def recompute():
-      fresh = compute_masks(plan, updates, params, state.count, old)
-      return [store(m) for m in fresh]
+      # Unpacking the current masks is only needed here, not on steps that keep them.
+      old = {leaf.index: masks_lib.unpack(stored[leaf.index]) for leaf in plan}
+      return [store(m) for m in compute_masks(plan, updates, params, state.count, old)]
 
     kept = [stored[leaf.index] for leaf in plan]
     new_stored = selection.cond(schedule.is_update_step(state.count), recompute, lambda: kept)
-    masks = list(old)
+    masks = {}
     for leaf, m in zip(plan, new_stored):
       stored[leaf.index] = m
       masks[leaf.index] = masks_lib.unpack(m)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax
 import numpy as np
 
-from jaxprune import leaves as leaves_lib
 from jaxprune import masks as masks_lib
 
 __all__ = ["LeafSparsity", "SparsitySummary", "sparsity_summary"]
@@ -56,15 +54,11 @@ def sparsity_summary(tree: Any) -> SparsitySummary:
     >>> s.sparsity, s.leaves['w'].zeros
     (0.5, 2)
   """
-  is_leaf = lambda x: isinstance(x, masks_lib.PackedMask)
-  flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
   leaves = {}
-  for path, leaf in flat:
-    array = np.asarray(jax.device_get(masks_lib.unpack(leaf)))
+  for name, array in masks_lib.host_arrays(tree).items():
     zeros = int(np.count_nonzero(~array)) if array.dtype == bool else int(array.size -
                                                                          np.count_nonzero(array))
-    leaves[leaves_lib.path_str(path)] = LeafSparsity(int(array.size), zeros,
-                                                      zeros / array.size if array.size else 0.0)
+    leaves[name] = LeafSparsity(int(array.size), zeros, zeros / array.size if array.size else 0.0)
   size = sum(leaf.size for leaf in leaves.values())
   zeros = sum(leaf.zeros for leaf in leaves.values())
   return SparsitySummary(leaves, size, zeros, zeros / size if size else 0.0)
