@@ -8,6 +8,10 @@ from jaxprune import retraining as retraining
 from jaxprune import schedules as schedules
 from jaxprune import scores as scores
 from jaxprune import selection as selection
+from jaxprune.imp import CycleInfo as CycleInfo
+from jaxprune.imp import IMPState as IMPState
+from jaxprune.imp import get_cycle as get_cycle
+from jaxprune.imp import imp as imp
 from jaxprune.magnitude import magnitude_pruning as magnitude_pruning
 from jaxprune.masks import PackedMask as PackedMask
 from jaxprune.masks import get_masks as get_masks
@@ -21,12 +25,16 @@ from jaxprune.summary import sparsity_summary as sparsity_summary
 __version__ = "0.1.0"
 
 __all__ = [
+    "CycleInfo",
+    "IMPState",
     "PackedMask",
     "PruningState",
     "SparsitySummary",
     "allocation",
     "analysis",
+    "get_cycle",
     "get_masks",
+    "imp",
     "magnitude_pruning",
     "masks",
     "patterns",

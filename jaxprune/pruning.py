@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -98,6 +98,119 @@ def _plan(params: Any, *, owner: str, prune: leaves_lib.Selector, pattern: patte
   return plan
 
 
+class _Engine(NamedTuple):
+  """What every mask-keeping transformation shares: the validated plan and the mask computation."""
+
+  plan_for: Callable[[Any], list[_Leaf]]
+  init_masks: Callable[[Any], Any]  # params -> tree of stored all-True masks
+  compute_masks: Callable[..., list[jax.Array]]  # (plan, grads, params, count, old) -> masks
+  store: Callable[[jax.Array], Any]
+  schedule: schedules_lib.Schedule
+
+
+def _mask_grads(plan: list[_Leaf], masks: Mapping[int, jax.Array], grads: list[Any]) -> list[Any]:
+  """Zeroes the gradients of pruned entries (before a wrapped optimizer sees them)."""
+  grads = list(grads)
+  for leaf in plan:
+    g = grads[leaf.index]
+    grads[leaf.index] = jnp.where(masks[leaf.index], g, jnp.zeros((), g.dtype))
+  return grads
+
+
+def _project(plan: list[_Leaf], masks: Mapping[int, jax.Array], updates: list[Any],
+             params: list[Any]) -> list[Any]:
+  """Updates that leave every pruned entry exactly 0 after ``optax.apply_updates``."""
+  updates = list(updates)
+  for leaf in plan:
+    u, p = updates[leaf.index], params[leaf.index]
+    updates[leaf.index] = jnp.where(masks[leaf.index], u, -p.astype(u.dtype))
+  return updates
+
+
+def _engine(score_fn: ScoreFn, sparsity: Any, *, distribution: Any, pattern: Any, schedule: Any,
+            prune: leaves_lib.Selector, overrides: Any, packed_masks: bool, name: str) -> _Engine:
+  """Validates a pruner's arguments and builds its mask machinery."""
+  pattern = patterns_lib.unstructured() if pattern is None else pattern
+  schedule = schedules_lib.one_shot(0) if schedule is None else schedule
+  overrides = dict(overrides or {})
+  if not isinstance(pattern, (patterns_lib.Unstructured, patterns_lib.Block, patterns_lib.Channel,
+                              patterns_lib.NM)):
+    raise TypeError(f"{name}: pattern must come from jaxprune.patterns, got {pattern!r}.")
+  if not isinstance(schedule, schedules_lib.Schedule):
+    raise TypeError(f"{name}: schedule must be a jaxprune.schedules.Schedule, got {schedule!r}.")
+  is_nm = isinstance(pattern, patterns_lib.NM)
+  if is_nm:
+    if sparsity is not None or overrides:
+      raise ValueError(f"{name}: an N:M pattern fixes the sparsity at 1 - n/m = "
+                       f"{1 - pattern.n / pattern.m}; pass sparsity=None and no overrides, got "
+                       f"sparsity={sparsity!r}, overrides={overrides!r}.")
+    if distribution != "uniform":
+      raise ValueError(f"{name}: an N:M pattern selects within groups; distribution must be "
+                       f"'uniform', got {distribution!r}.")
+  else:
+    if sparsity is None:
+      raise ValueError(f"{name}: sparsity is required (only N:M patterns fix it themselves).")
+    check_sparsity(sparsity, f"{name}: sparsity")
+  allocate = allocation_lib.get_allocation(distribution)
+  if not isinstance(packed_masks, bool):
+    raise TypeError(f"{name}: packed_masks must be a bool, got {packed_masks!r}.")
+
+  def plan_for(params):
+    return _plan(params, owner=name, prune=prune, pattern=pattern, overrides=overrides)
+
+  def store(mask):
+    return masks_lib.pack(mask) if packed_masks else mask
+
+  def init_masks(params):
+    plan = plan_for(params)
+    leaves, treedef = jax.tree.flatten(leaves_lib.unwrap_variables(params))
+    masks = [None] * len(leaves)
+    for leaf in plan:
+      masks[leaf.index] = store(jnp.ones_like(leaves[leaf.index], dtype=bool))
+    return jax.tree.unflatten(treedef, masks)
+
+  def leaf_targets(plan):
+    """Per-leaf final sparsities; for global, None for the leaves that share the threshold."""
+    free = [leaf for leaf in plan if leaf.override is None]
+    if allocate is None:
+      shared = [None] * len(free)
+    else:
+      shared = allocate(sparsity, [leaf.shape for leaf in free])
+    shared = iter(shared)
+    return [leaf.override if leaf.override is not None else next(shared) for leaf in plan]
+
+  def compute_masks(plan, grads, params, count, old):
+    scores = jax.tree.structure(params).flatten_up_to(score_fn(params, grads, count))
+    targets = leaf_targets(plan)
+    new = {}
+    # One batched selection: each layer-wise leaf is its own segment; the leaves sharing the global
+    # threshold form segment 0.
+    groups, segments, keeps, selected = [], [], [], []
+    shared = [leaf for leaf, target in zip(plan, targets) if target is None and not is_nm]
+    if shared:
+      num_groups = sum(pattern.num_groups(leaf.shape) for leaf in shared)
+      keeps.append(num_groups - _num_pruned(schedule.sparsity(count, sparsity), num_groups))
+    for leaf, target in zip(plan, targets):
+      score = scores[leaf.index].astype(jnp.float32)
+      score = jnp.where(old[leaf.index], score, -jnp.inf)  # pruned weights stay pruned
+      if is_nm:
+        new[leaf.index] = pattern.mask(score)
+        continue
+      groups.append(pattern.group_scores(score))
+      selected.append(leaf)
+      if target is None:
+        segments.append(0)
+      else:
+        segments.append(len(keeps))
+        num_groups = pattern.num_groups(leaf.shape)
+        keeps.append(num_groups - _num_pruned(schedule.sparsity(count, target), num_groups))
+    for leaf, group_mask in zip(selected, selection.top_k_masks(groups, keeps, segments=segments)):
+      new[leaf.index] = pattern.expand(group_mask, leaf.shape)
+    return [new[leaf.index] for leaf in plan]
+
+  return _Engine(plan_for, init_masks, compute_masks, store, schedule)
+
+
 def pruning(
     score_fn: ScoreFn,
     sparsity: float | jax.Array | None = None,
@@ -147,87 +260,16 @@ def pruning(
       axis, block larger than the leaf), or ``params=None`` in update.
     TypeError: for a non-floating-point leaf selected for pruning.
   """
-  pattern = patterns_lib.unstructured() if pattern is None else pattern
-  schedule = schedules_lib.one_shot(0) if schedule is None else schedule
-  overrides = dict(overrides or {})
-  if not isinstance(pattern, (patterns_lib.Unstructured, patterns_lib.Block, patterns_lib.Channel,
-                              patterns_lib.NM)):
-    raise TypeError(f"{name}: pattern must come from jaxprune.patterns, got {pattern!r}.")
-  if not isinstance(schedule, schedules_lib.Schedule):
-    raise TypeError(f"{name}: schedule must be a jaxprune.schedules.Schedule, got {schedule!r}.")
-  is_nm = isinstance(pattern, patterns_lib.NM)
-  if is_nm:
-    if sparsity is not None or overrides:
-      raise ValueError(f"{name}: an N:M pattern fixes the sparsity at 1 - n/m = "
-                       f"{1 - pattern.n / pattern.m}; pass sparsity=None and no overrides, got "
-                       f"sparsity={sparsity!r}, overrides={overrides!r}.")
-    if distribution != "uniform":
-      raise ValueError(f"{name}: an N:M pattern selects within groups; distribution must be "
-                       f"'uniform', got {distribution!r}.")
-  else:
-    if sparsity is None:
-      raise ValueError(f"{name}: sparsity is required (only N:M patterns fix it themselves).")
-    check_sparsity(sparsity, f"{name}: sparsity")
-  allocate = allocation_lib.get_allocation(distribution)
-  if not isinstance(packed_masks, bool):
-    raise TypeError(f"{name}: packed_masks must be a bool, got {packed_masks!r}.")
+  engine = _engine(score_fn, sparsity, distribution=distribution, pattern=pattern, schedule=schedule,
+                   prune=prune, overrides=overrides, packed_masks=packed_masks, name=name)
+  plan_for, compute_masks, store = engine.plan_for, engine.compute_masks, engine.store
   if inner is not None:
     inner = optax.with_extra_args_support(inner)
 
-  def plan_for(params):
-    return _plan(params, owner=name, prune=prune, pattern=pattern, overrides=overrides)
-
-  def store(mask):
-    return masks_lib.pack(mask) if packed_masks else mask
-
   def init_fn(params):
-    plan = plan_for(params)
-    leaves, treedef = jax.tree.flatten(leaves_lib.unwrap_variables(params))
-    masks = [None] * len(leaves)
-    for leaf in plan:
-      masks[leaf.index] = store(jnp.ones_like(leaves[leaf.index], dtype=bool))
     inner_state = optax.EmptyState() if inner is None else inner.init(params)
-    return PruningState(count=jnp.zeros([], jnp.int32), masks=jax.tree.unflatten(treedef, masks),
+    return PruningState(count=jnp.zeros([], jnp.int32), masks=engine.init_masks(params),
                         inner_state=inner_state)
-
-  def leaf_targets(plan):
-    """Per-leaf final sparsities; for global, None for the leaves that share the threshold."""
-    free = [leaf for leaf in plan if leaf.override is None]
-    if allocate is None:
-      shared = [None] * len(free)
-    else:
-      shared = allocate(sparsity, [leaf.shape for leaf in free])
-    shared = iter(shared)
-    return [leaf.override if leaf.override is not None else next(shared) for leaf in plan]
-
-  def compute_masks(plan, grads, params, count, old):
-    scores = jax.tree.structure(params).flatten_up_to(score_fn(params, grads, count))
-    targets = leaf_targets(plan)
-    new = {}
-    # One batched selection: each layer-wise leaf is its own segment; the leaves sharing the global
-    # threshold form segment 0.
-    groups, segments, keeps, selected = [], [], [], []
-    shared = [leaf for leaf, target in zip(plan, targets) if target is None and not is_nm]
-    if shared:
-      num_groups = sum(pattern.num_groups(leaf.shape) for leaf in shared)
-      keeps.append(num_groups - _num_pruned(schedule.sparsity(count, sparsity), num_groups))
-    for leaf, target in zip(plan, targets):
-      score = scores[leaf.index].astype(jnp.float32)
-      score = jnp.where(old[leaf.index], score, -jnp.inf)  # pruned weights stay pruned
-      if is_nm:
-        new[leaf.index] = pattern.mask(score)
-        continue
-      groups.append(pattern.group_scores(score))
-      selected.append(leaf)
-      if target is None:
-        segments.append(0)
-      else:
-        segments.append(len(keeps))
-        num_groups = pattern.num_groups(leaf.shape)
-        keeps.append(num_groups - _num_pruned(schedule.sparsity(count, target), num_groups))
-    for leaf, group_mask in zip(selected, selection.top_k_masks(groups, keeps, segments=segments)):
-      new[leaf.index] = pattern.expand(group_mask, leaf.shape)
-    return [new[leaf.index] for leaf in plan]
 
   def update_fn(updates, state, params=None, **extra_args):
     plan = plan_for(params)
@@ -241,7 +283,7 @@ def pruning(
       return [store(m) for m in compute_masks(plan, updates, params, state.count, old)]
 
     kept = [stored[leaf.index] for leaf in plan]
-    new_stored = selection.cond(schedule.is_update_step(state.count), recompute, lambda: kept)
+    new_stored = selection.cond(engine.schedule.is_update_step(state.count), recompute, lambda: kept)
     masks = {}
     for leaf, m in zip(plan, new_stored):
       stored[leaf.index] = m
@@ -249,16 +291,10 @@ def pruning(
 
     inner_state = state.inner_state
     if inner is not None:
-      grads = treedef.flatten_up_to(updates)
-      for leaf in plan:
-        g = grads[leaf.index]
-        grads[leaf.index] = jnp.where(masks[leaf.index], g, jnp.zeros((), g.dtype))
+      grads = _mask_grads(plan, masks, treedef.flatten_up_to(updates))
       updates, inner_state = inner.update(jax.tree.unflatten(treedef, grads), inner_state, params,
                                           **extra_args)
-    out = treedef.flatten_up_to(updates)
-    for leaf in plan:
-      u, p = out[leaf.index], params_leaves[leaf.index]
-      out[leaf.index] = jnp.where(masks[leaf.index], u, -p.astype(u.dtype))
+    out = _project(plan, masks, treedef.flatten_up_to(updates), params_leaves)
     new_state = PruningState(count=optax.safe_increment(state.count),
                              masks=jax.tree.unflatten(treedef, stored), inner_state=inner_state)
     return jax.tree.unflatten(treedef, out), new_state
