@@ -19,6 +19,7 @@ from jaxprune.pruning import PruningState as PruningState
 from jaxprune.pruning import pruning as pruning
 from jaxprune.random_pruning import random_pruning as random_pruning
 from jaxprune.saliency import saliency_pruning as saliency_pruning
+from jaxprune.static import static_sparse as static_sparse
 from jaxprune.summary import SparsitySummary as SparsitySummary
 from jaxprune.summary import sparsity_summary as sparsity_summary
 
@@ -46,4 +47,5 @@ __all__ = [
     "scores",
     "selection",
     "sparsity_summary",
+    "static_sparse",
 ]
