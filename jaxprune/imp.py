@@ -194,7 +194,9 @@ def imp(
   - ``rewind="init"`` or ``rewind=k``: the kept weights (biases and other unpruned floating-point
     leaves too) are set back to their values at update ``k`` (``"init"`` is ``k = 0``, the lottery
     ticket; ``k > 0`` is late rewinding). The weights are stored in the state at update ``k``. The
-    prune step's own gradient update is dropped.
+    prune step's own gradient update is dropped. Rewinding goes through an additive update
+    ``t - w``, so a rewound weight equals the stored ``t`` up to the rounding of ``w + (t - w)``
+    (half an ulp of the larger of the two); pruned weights are exactly zero.
 
   After every update, pruned weights are exactly zero, as with every jaxprune pruner. Updates after
   the last cycle keep the final masks.
@@ -224,7 +226,9 @@ def imp(
     pattern: what is pruned together (unstructured, block or channel, see `jaxprune.patterns`).
     prune: which leaves are pruned, as in `jaxprune.pruning`.
     packed_masks: store masks as bits.
-    inner: an optimizer to wrap; without it `imp` must be the last link of a chain.
+    inner: an optimizer to wrap; without it `imp` must be the last link of a chain. Its update
+      receives the extra arguments ``imp_count``, ``imp_norm_drop`` and ``imp_pruned_fraction``
+      (read by `jaxprune.retraining.allr`; transformations that do not use them ignore them).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is an `IMPState`; `get_cycle` reads
@@ -397,8 +401,10 @@ def imp(
     inner_state = state.inner_state
     if inner is not None:
       grads = _mask_grads(plan, masks, treedef.flatten_up_to(updates))
-      updates, inner_state = inner.update(jax.tree.unflatten(treedef, grads), inner_state, params,
-                                          **extra_args)
+      # The prune statistics reach schedules that read them (`jaxprune.retraining.allr`).
+      updates, inner_state = inner.update(
+          jax.tree.unflatten(treedef, grads), inner_state, params, **extra_args, imp_count=count,
+          imp_norm_drop=norm_drop, imp_pruned_fraction=pruned_fraction)
     out = treedef.flatten_up_to(updates)
 
     if rewind is not None:

@@ -20,26 +20,29 @@ class PackedMask(NamedTuple):
 
   Attributes:
     bits: ``uint8`` array of shape ``mask.shape[:-1] + (ceil(mask.shape[-1] / 8),)``.
-    length: a zero-size array of shape ``(mask.shape[-1], 0)``: it carries the unpacked length in its
-      shape, so the mask can be unpacked from the state alone and survives every pytree transport
-      (``jit``, checkpoints, ``nnx.Optimizer``) at no memory cost.
+    padding: a ``uint8`` array of shape ``(p + 1,)``, where ``p`` (0 to 7) is the number of padding
+      bits in the last byte. It carries the unpacked length in its shape, so the mask can be
+      unpacked from the state alone and survives every pytree transport (``jit``, orbax checkpoints,
+      which reject zero-size arrays, ``nnx.Optimizer``) for at most 8 bytes.
   """
 
   bits: jax.Array
-  length: jax.Array
+  padding: jax.Array
 
 
 def pack(mask: jax.Array) -> PackedMask:
   """Packs a boolean mask into bits (see `PackedMask`)."""
   mask = jnp.atleast_1d(mask)
-  return PackedMask(jnp.packbits(mask, axis=-1), jnp.zeros((mask.shape[-1], 0), bool))
+  padding = -mask.shape[-1] % 8
+  return PackedMask(jnp.packbits(mask, axis=-1), jnp.zeros((padding + 1,), jnp.uint8))
 
 
 def unpack(mask: Any) -> Any:
   """The boolean mask of a `PackedMask`; other values are returned unchanged."""
   if isinstance(mask, PackedMask):
-    bits, length = leaves_lib.unwrap_variable(mask.bits), leaves_lib.unwrap_variable(mask.length)
-    return jnp.unpackbits(bits, axis=-1, count=length.shape[0]).astype(bool)
+    bits, padding = leaves_lib.unwrap_variable(mask.bits), leaves_lib.unwrap_variable(mask.padding)
+    length = 8 * bits.shape[-1] - (padding.shape[0] - 1)
+    return jnp.unpackbits(bits, axis=-1, count=length).astype(bool)
   return mask
 
 

@@ -14,6 +14,7 @@ References:
   Le & Hua, `Network pruning that matters: a case study on retraining variants
   <https://arxiv.org/abs/2105.03193>`_, 2021 (LLR); Renda, Frankle & Carbin, `Comparing rewinding and
   fine-tuning in neural network pruning <https://arxiv.org/abs/2003.02389>`_, 2020 (LRW);
+  Zimmer et al. also define ALLR (adaptive linear learning-rate restarting);
   Liu et al., `Optimizing learning rate schedules for iterative pruning of deep neural networks
   <https://arxiv.org/abs/2212.06144>`_, TMLR 2023 (SILO).
 """
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["ft", "lrw", "slr", "clr", "llr", "silo"]
+__all__ = ["AdaptiveLinear", "allr", "clr", "ft", "llr", "lrw", "silo", "slr"]
 
 
 class _Cycles(NamedTuple):
@@ -79,7 +80,7 @@ def _schedule(cycles: _Cycles, retrain: Callable[[jax.Array, jax.Array, jax.Arra
   starts = jnp.asarray(cycles.starts, jnp.int32)
   lengths = jnp.asarray(cycles.lengths, jnp.int32)
 
-  def schedule(step):
+  def schedule(step, *args):  # args: extra inputs of `retrain` (ALLR's prune statistics)
     step = jnp.asarray(step, jnp.int32)
     if repeat_last:
       offset = step - cycles.original_steps
@@ -92,7 +93,7 @@ def _schedule(cycles: _Cycles, retrain: Callable[[jax.Array, jax.Array, jax.Arra
       j = jnp.minimum(step - starts[cycle], length - 1)
     original = cycles.table[jnp.clip(step, 0, cycles.original_steps - 1)]
     return jnp.where(step < cycles.original_steps, original,
-                     retrain(cycle, j, length).astype(jnp.float32))
+                     retrain(cycle, j, length, *args).astype(jnp.float32))
 
   return schedule
 
@@ -203,6 +204,88 @@ def silo(original: optax.Schedule, original_steps: int, retrain_steps: int | Seq
     return retrain
 
   return _make("silo", original, original_steps, retrain_steps, warmup_steps, build)
+
+
+class AdaptiveLinear:
+  """ALLR as an optax stateful schedule; build it with `allr`.
+
+  Its value depends on the latest prune, which `jaxprune.imp` passes to the optimizer it wraps as the
+  extra arguments ``imp_count``, ``imp_norm_drop`` and ``imp_pruned_fraction``. Inside
+  ``optax.inject_hyperparams`` (which forwards extra arguments to stateful schedules) it therefore
+  follows the run on its own; `value` computes it directly.
+  """
+
+  def __init__(self, cycles: _Cycles, retrain: Callable[..., jax.Array], repeat: bool):
+    self._schedule = _schedule(cycles, retrain, repeat_last=repeat)
+
+  def value(self, step: jax.Array, norm_drop: jax.Array, pruned_fraction: jax.Array) -> jax.Array:
+    """The learning rate at ``step`` when the latest prune removed ``pruned_fraction`` of the kept
+    weights and dropped their norm by ``norm_drop`` (relative)."""
+    return self._schedule(step, jnp.asarray(norm_drop, jnp.float32),
+                          jnp.asarray(pruned_fraction, jnp.float32))
+
+  def init(self) -> jax.Array:
+    return jnp.zeros([], jnp.int32)
+
+  def update(self, state: jax.Array, **extra_args) -> jax.Array:
+    del extra_args
+    return optax.safe_increment(state)
+
+  def __call__(self, state: jax.Array, *, imp_count: jax.Array | None = None,
+               imp_norm_drop: jax.Array | None = None,
+               imp_pruned_fraction: jax.Array | None = None, **extra_args) -> jax.Array:
+    del extra_args
+    step = state if imp_count is None else imp_count  # imp's count survives optimizer resets
+    return self.value(step, 0.0 if imp_norm_drop is None else imp_norm_drop,
+                      1.0 if imp_pruned_fraction is None else imp_pruned_fraction)
+
+
+def allr(original: optax.Schedule, original_steps: int, retrain_steps: int | Sequence[int], *,
+         warmup_steps: int = 0) -> AdaptiveLinear:
+  """Adaptive linear learning-rate restarting: LLR whose peak adapts to how much the prune hurt.
+
+  In each retraining cycle the rate warms up linearly over ``W`` steps to
+  ``start = clip(lr_max * d / sqrt(p), min(R / T, 1) * lr_max, lr_max)``, then falls linearly to 0,
+  where ``d`` is the relative norm drop of the prune that opened the cycle and ``p`` the fraction of
+  weights it removed (both kept in `jaxprune.IMPState`).
+
+  Use it as the learning rate of the optimizer that `jaxprune.imp` wraps:
+
+  >>> import optax, jaxprune
+  >>> lr = jaxprune.retraining.allr(optax.constant_schedule(0.1), 1000, 500)
+  >>> tx = jaxprune.imp(rate=0.5, cycles=3, cycle_steps=[1000, 500, 500, 500],
+  ...                   inner=optax.inject_hyperparams(optax.sgd)(learning_rate=lr))
+  >>> round(float(lr.value(1000 + 50, norm_drop=0.3, pruned_fraction=0.5)), 6)  # peak after warm-up
+  0.05
+
+  (``0.1 * 0.3 / sqrt(0.5) = 0.042`` is below the floor ``min(500 / 1000, 1) * 0.1 = 0.05``.)
+
+  Args:
+    original: the original run's learning-rate schedule ``lr0`` (an optax schedule).
+    original_steps: ``T``, the length of the original training phase.
+    retrain_steps: ``R``, the length of every retraining cycle, or a sequence of cycle lengths.
+    warmup_steps: ``Tw``, the original schedule's warm-up length.
+
+  Returns:
+    An `AdaptiveLinear`: an optax stateful schedule, with a ``value(step, norm_drop,
+    pruned_fraction)`` method for direct use.
+
+  Raises:
+    ValueError, TypeError: as the other schedules of this module.
+  """
+  cycles = _cycles("allr", original, original_steps, retrain_steps, warmup_steps)
+
+  def retrain(cycle, j, length, norm_drop, pruned_fraction):
+    del cycle
+    floor = jnp.minimum(length / cycles.original_steps, 1.0) * cycles.lr_max
+    raw = cycles.lr_max * norm_drop / jnp.sqrt(jnp.maximum(pruned_fraction, 1e-12))
+    start = jnp.clip(raw, floor, cycles.lr_max)
+    warmup = length // 10
+    main = length - warmup
+    ramp = start * j / jnp.maximum(warmup, 1)
+    return jnp.where(j < warmup, ramp, start * (1 - (j - warmup) / main))
+
+  return AdaptiveLinear(cycles, retrain, repeat=not isinstance(retrain_steps, Sequence))
 
 
 for _f in (ft, lrw, slr, clr, llr, silo):

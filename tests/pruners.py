@@ -27,12 +27,20 @@ class Pruner:
   group: tuple[int, ...] = ()  # block shape, for block patterns
   channel: bool = False
   uses_grads: bool = False  # scores depend on gradients (chain and inner= forms then differ)
+  timing: str = "schedule"  # 'schedule' (takes schedule=), 'cycles' (imp: CYCLES) or 'static' (step 0)
+  target: float = SPARSITY  # what the schedule is applied to: the final sparsity, or imp's rate
+  leaf_targets: tuple[tuple[str, float], ...] = ()  # per-leaf targets (imp's leaf_rates)
+  chain: bool = True  # can be the last link of a chain (False: needs inner=)
+  static_args: tuple[str, ...] = ()  # arguments inject_hyperparams must not trace
 
   def make(self, **kwargs):
     return self.factory(**self.kwargs, **kwargs)
 
 
 S = {"sparsity": SPARSITY}
+# imp's timing in the suite: prunes at updates 1, 3 and 5, the update steps of the suite's schedule.
+CYCLES = {"cycles": 3, "cycle_steps": [1, 2, 2, 3]}
+IMP_STATIC = ("cycles", "rewind", "seed")
 PRUNERS = [
     Pruner("magnitude", jaxprune.magnitude_pruning, S, "layerwise"),
     Pruner("magnitude_global", jaxprune.magnitude_pruning, {**S, "distribution": "global"}, "global"),
@@ -47,6 +55,19 @@ PRUNERS = [
     Pruner("saliency", jaxprune.saliency_pruning, S, "layerwise", uses_grads=True),
     Pruner("saliency_global", jaxprune.saliency_pruning, {**S, "distribution": "global"}, "global",
            uses_grads=True),
+    Pruner("static_sparse_random", jaxprune.static_sparse, {**S, "distribution": "uniform"},
+           "layerwise", timing="static", static_args=("seed",)),
+    Pruner("imp", jaxprune.imp, {"rate": 0.4}, "global", timing="cycles", target=0.4, static_args=IMP_STATIC),
+    Pruner("imp_rewind_layerwise", jaxprune.imp,
+           {"rate": 0.5, "distribution": "uniform", "leaf_rates": {"dense1/kernel": 0.25},
+            "rewind": "init"}, "layerwise", timing="cycles", target=0.5,
+           leaf_targets=(("dense1/kernel", 0.25),), static_args=IMP_STATIC),
+    Pruner("imp_lr_rewinding_packed", jaxprune.imp,
+           {"sparsity": 0.75, "reset_optimizer": True, "packed_masks": True}, "global", timing="cycles",
+           target=1 - 0.25 ** (1 / 3), chain=False, static_args=IMP_STATIC),
+    Pruner("imp_random_masks", jaxprune.imp,
+           {"rate": 0.4, "random_masks": True, "seed": 5}, "global", timing="cycles", target=0.4,
+           static_args=IMP_STATIC),
 ]
 
 
@@ -71,12 +92,12 @@ def expected_zeros(pruner: Pruner, shapes: dict[str, tuple[int, ...]], scheduled
   if pruner.kind == "nm":
     return {k: math.prod(s) // 2 for k, s in shapes.items()}
   if pruner.kind == "global":
-    return _round(scheduled(SPARSITY), sum(math.prod(s) for s in shapes.values()))
+    return _round(scheduled(pruner.target), sum(math.prod(s) for s in shapes.values()))
   if pruner.kind == "erk":
     per_leaf = jaxprune.allocation.erk(SPARSITY, list(shapes.values()))
     return {k: _round(scheduled(s), math.prod(shape)) for (k, shape), s in zip(shapes.items(), per_leaf)}
   out = {}
   for k, shape in shapes.items():
     groups, size = num_groups(pruner, shape)
-    out[k] = _round(scheduled(SPARSITY), groups) * size
+    out[k] = _round(scheduled(dict(pruner.leaf_targets).get(k, pruner.target)), groups) * size
   return out

@@ -198,7 +198,7 @@ def test_packed_masks_use_one_bit_per_weight_and_match_unpacked():
   _, plain = prune_once(jaxprune.magnitude_pruning(0.7), params)
   bits = packed.masks["w"]
   assert isinstance(bits, jaxprune.PackedMask) and bits.bits.dtype == jnp.uint8
-  assert bits.bits.shape == (64, 13) and bits.length.shape == (100, 0)
+  assert bits.bits.shape == (64, 13) and bits.padding.shape == (5,)
   np.testing.assert_array_equal(jaxprune.get_masks(packed)["w"], jaxprune.get_masks(plain)["w"])
 
 

@@ -15,7 +15,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import jaxprune
-from pruners import PRUNERS, expected_zeros
+from pruners import CYCLES, PRUNERS, expected_zeros
 
 SCHEDULE = jaxprune.schedules.polynomial(begin_step=1, end_step=5, frequency=2)
 UPDATE_STEPS = (1, 3, 5)
@@ -24,7 +24,9 @@ SHAPES = {"dense0/kernel": (16, 32), "dense1/kernel": (32, 8)}
 
 ids = [p.name for p in PRUNERS]
 pruners = pytest.mark.parametrize("pruner", PRUNERS, ids=ids)
-forms = pytest.mark.parametrize("form", ["chain", "inner"])
+# Every pruner in every form it supports (a pruner that resets the wrapped optimizer needs inner=).
+_FORMS = [(p, f) for p in PRUNERS for f in ("chain", "inner") if f == "inner" or p.chain]
+forms = pytest.mark.parametrize("pruner,form", _FORMS, ids=[f"{p.name}-{f}" for p, f in _FORMS])
 
 
 def make_params(dtype=jnp.float32, seed=0):
@@ -45,8 +47,18 @@ def optimizer():
   return optax.sgd(0.05, momentum=0.9)
 
 
+def timing(pruner):
+  """The keyword arguments that make a pruner update its masks at UPDATE_STEPS."""
+  return {"schedule": {"schedule": SCHEDULE}, "cycles": dict(CYCLES), "static": {}}[pruner.timing]
+
+
+def default_form(pruner):
+  return "chain" if pruner.chain else "inner"
+
+
 def build(pruner, form, **kwargs):
-  kwargs.setdefault("schedule", SCHEDULE)
+  for key, value in timing(pruner).items():
+    kwargs.setdefault(key, value)
   if form == "chain":
     return optax.chain(optimizer(), pruner.make(**kwargs))
   return pruner.make(inner=optimizer(), **kwargs)
@@ -64,7 +76,7 @@ def run(tx, params, use_jit=True, steps=STEPS):
 
 
 def pruning_states(state):
-  is_state = lambda x: isinstance(x, jaxprune.PruningState)
+  is_state = lambda x: isinstance(x, (jaxprune.PruningState, jaxprune.IMPState))
   return [x for x in jax.tree.leaves(state, is_leaf=is_state) if is_state(x)]
 
 
@@ -72,11 +84,16 @@ def kernels(tree):
   return {"dense0/kernel": tree["dense0"]["kernel"], "dense1/kernel": tree["dense1"]["kernel"]}
 
 
-def scheduled_at(step):
+def scheduled_at(pruner, step):
   """The sparsity the schedule gives a target at the last mask update at or before ``step``."""
+  if pruner.timing == "static":  # pruned to the target at the first update
+    return lambda target: np.float32(target)
   last = max([s for s in UPDATE_STEPS if s <= step], default=None)
   if last is None:
     return None
+  if pruner.timing == "cycles":  # after c prunes at rate r: 1 - (1 - r)^c, computed in float64
+    done = sum(s <= step for s in UPDATE_STEPS)
+    return lambda rate: np.float32(1.0 - (1.0 - rate) ** done)
   return lambda target: np.asarray(SCHEDULE.sparsity(jnp.asarray(last, jnp.int32), target))
 
 
@@ -91,7 +108,7 @@ def check_history(pruner, history):
       # Contract 2: every pruned entry is exactly zero after apply_updates, at every step.
       assert np.all(p[~m] == 0), f"{pruner.name}: pruned entries of {name} nonzero at step {step}"
     zeros = {name: int((~np.asarray(km[name])).sum()) for name in SHAPES}
-    scheduled = scheduled_at(step)
+    scheduled = scheduled_at(pruner, step)
     if scheduled is None:
       assert sum(zeros.values()) == 0, f"pruned before the first mask update: {zeros}"
     else:
@@ -107,7 +124,6 @@ def check_history(pruner, history):
     previous = km
 
 
-@pruners
 @forms
 def test_contract(pruner, form):
   history = run(build(pruner, form), make_params(), use_jit=True)
@@ -116,7 +132,6 @@ def test_contract(pruner, form):
   assert int(pruner_state.count) == STEPS
 
 
-@pruners
 @forms
 def test_jit_equals_nojit(pruner, form):
   a = run(build(pruner, form), make_params(), use_jit=False)
@@ -130,8 +145,8 @@ def test_jit_equals_nojit(pruner, form):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), pa, pb)
 
 
-@pytest.mark.parametrize("pruner", [p for p in PRUNERS if not p.uses_grads],
-                         ids=[p.name for p in PRUNERS if not p.uses_grads])
+@pytest.mark.parametrize("pruner", [p for p in PRUNERS if p.chain and not p.uses_grads],
+                         ids=[p.name for p in PRUNERS if p.chain and not p.uses_grads])
 def test_chain_form_equals_inner_form(pruner):
   # With scores that do not read gradients, wrapping the optimizer changes nothing for kept weights.
   a = run(build(pruner, "chain"), make_params())
@@ -141,7 +156,6 @@ def test_chain_form_equals_inner_form(pruner):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6), pa, pb)
 
 
-@pruners
 @forms
 def test_no_recompilation(pruner, form):
   tx = build(pruner, form)
@@ -171,7 +185,6 @@ def test_state_has_fixed_shapes_and_dtypes(pruner):
   assert jax.tree.structure(state0) == jax.tree.structure(state1)
 
 
-@pruners
 @forms
 def test_unknown_extra_args_accepted(pruner, form):
   tx = build(pruner, form)
@@ -184,8 +197,11 @@ def test_unknown_extra_args_accepted(pruner, form):
 
 @pruners
 def test_inside_inject_hyperparams(pruner):
-  tx = optax.chain(optimizer(), optax.inject_hyperparams(pruner.factory)(**pruner.kwargs,
-                                                                         schedule=SCHEDULE))
+  injected = optax.inject_hyperparams(pruner.factory, static_args=pruner.static_args)
+  if pruner.chain:
+    tx = optax.chain(optimizer(), injected(**pruner.kwargs, **timing(pruner)))
+  else:
+    tx = injected(**pruner.kwargs, **timing(pruner), inner=optimizer())
   history = run(tx, make_params())
   check_history(pruner, history)
 
@@ -193,7 +209,7 @@ def test_inside_inject_hyperparams(pruner):
 @pruners
 def test_inside_multisteps(pruner):
   # Every second mini-step applies an update; the pruner sees every applied update once.
-  tx = optax.MultiSteps(optax.chain(optimizer(), pruner.make(schedule=SCHEDULE)), every_k_schedule=2)
+  tx = optax.MultiSteps(build(pruner, default_form(pruner)), every_k_schedule=2)
   history = run(tx, make_params(), steps=2 * STEPS)
   check_history(pruner, [history[i] for i in range(1, 2 * STEPS, 2)])
   for params, masks, _ in history:  # exact zeros after every mini-step too
@@ -201,7 +217,6 @@ def test_inside_multisteps(pruner):
       assert np.all(np.asarray(kernels(params)[name])[~np.asarray(kernels(masks)[name])] == 0)
 
 
-@pruners
 @forms
 def test_bf16_params_stay_bf16(pruner, form):
   history = run(build(pruner, form), make_params(jnp.bfloat16))
@@ -225,7 +240,7 @@ def test_flax_linen_train_state(pruner):
   x = jax.random.normal(jax.random.key(1), (4, 16))
   variables = model.init(jax.random.key(0), x)
   state = train_state.TrainState.create(apply_fn=model.apply, params=variables["params"],
-                                        tx=build(pruner, "chain"))
+                                        tx=build(pruner, default_form(pruner)))
 
   @jax.jit
   def step(state, x):
@@ -273,7 +288,6 @@ def test_flax_nnx_optimizer(pruner):
   assert (~np.asarray(masks["dense0"]["kernel"])).sum() > 0
 
 
-@pruners
 @forms
 def test_sharded_equals_single_device(pruner, form):
   assert jax.device_count() == 8
@@ -306,7 +320,7 @@ def test_sharded_equals_single_device(pruner, form):
 
 
 def test_registry_covers_every_exported_pruner():
-  exported = {name for name in jaxprune.__all__ if name.endswith("_pruning")}
+  exported = {name for name in jaxprune.__all__ if name.endswith("_pruning")} | {"imp", "static_sparse"}
   covered = {p.factory.__name__ for p in PRUNERS}
   assert exported <= covered, f"add {exported - covered} to tests/pruners.py"
   for name in exported:  # the conventions of the contract

@@ -116,3 +116,52 @@ def test_lrw_cycle_longer_than_original():
 def test_silo_bad_prune_fraction():
   with pytest.raises(ValueError, match="prune_fraction must be in"):
     retraining.silo(ORIGINAL, T, R, prune_fraction=1.2)
+
+
+def allr_reference(step, norm_drop, fraction, cycle_len=R):
+  if step < T:
+    return LR0[step]
+  j = (step - T) % cycle_len
+  w, m = cycle_len // 10, cycle_len - cycle_len // 10
+  start = min(max(LR_MAX * norm_drop / math.sqrt(fraction), min(cycle_len / T, 1) * LR_MAX), LR_MAX)
+  return start * j / w if j < w else start * (1 - (j - w) / m)
+
+
+@pytest.mark.parametrize("use_jit", [False, True], ids=["nojit", "jit"])
+@pytest.mark.parametrize("norm_drop, fraction", [(0.05, 0.2), (0.2, 0.2), (0.9, 0.5)])
+def test_allr_formula(use_jit, norm_drop, fraction):
+  # The three cases: clipped to the floor (R/T * lr_max), inside the clip range, clipped to lr_max.
+  schedule = retraining.allr(ORIGINAL, T, R, warmup_steps=TW)
+  value = jax.jit(schedule.value) if use_jit else schedule.value
+  for step in [0, TW, T - 1, T, T + W - 1, T + W, T + W + 7, T + R - 1, T + R, T + 2 * R + W + 3]:
+    np.testing.assert_allclose(float(value(step, norm_drop, fraction)),
+                               allr_reference(step, norm_drop, fraction), rtol=1e-5, atol=1e-7)
+
+
+def test_allr_follows_the_prunes_of_imp():
+  # ALLR inside the optimizer that imp wraps reads each prune's statistics from imp.
+  import jaxprune
+
+  params = {"w": jax.random.normal(jax.random.key(0), (32, 32))}
+  lr = retraining.allr(optax.constant_schedule(0.1), 20, 10)
+  tx = jaxprune.imp(rate=0.5, cycles=2, cycle_steps=[20, 10, 10], reset_optimizer=True,
+                    inner=optax.inject_hyperparams(optax.sgd)(learning_rate=lr))
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  seen = []
+  for step in range(40):
+    grads = {"w": jax.random.normal(jax.random.key(step + 1), (32, 32))}
+    updates, state = update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    seen.append(float(state.inner_state.hyperparams["learning_rate"]))
+    if step in (20, 30):
+      continue  # the prune step resets the optimizer: its state shows a freshly initialised rate
+    info = jaxprune.get_cycle(state)
+    expected = float(lr.value(step, info.norm_drop, info.pruned_fraction))
+    assert seen[-1] == pytest.approx(expected, rel=1e-6), step
+  assert seen[:20] == [pytest.approx(0.1)] * 20
+  # W = 1 warm-up step (the prune step, rate 0), then linear decay from the start value, which is
+  # at least the floor min(R / T, 1) * lr_max = 0.05.
+  assert seen[21] >= 0.05 - 1e-8 and seen[21] > seen[22] > seen[29] > 0
+  info = jaxprune.get_cycle(state)
+  assert 0 < float(info.norm_drop) < 1 and float(info.pruned_fraction) == 0.5
