@@ -22,6 +22,7 @@ from jaxprune.saliency import saliency_pruning as saliency_pruning
 from jaxprune.static import static_sparse as static_sparse
 from jaxprune.summary import SparsitySummary as SparsitySummary
 from jaxprune.summary import sparsity_summary as sparsity_summary
+from jaxprune.summary import sparsity_table as sparsity_table
 
 __version__ = "0.1.0"
 
@@ -47,5 +48,6 @@ __all__ = [
     "scores",
     "selection",
     "sparsity_summary",
+    "sparsity_table",
     "static_sparse",
 ]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from jaxprune import masks as masks_lib
 
-__all__ = ["LeafSparsity", "SparsitySummary", "sparsity_summary"]
+__all__ = ["LeafSparsity", "SparsitySummary", "sparsity_summary", "sparsity_table"]
 
 
 class LeafSparsity(NamedTuple):
@@ -62,3 +63,42 @@ def sparsity_summary(tree: Any) -> SparsitySummary:
   size = sum(leaf.size for leaf in leaves.values())
   zeros = sum(leaf.zeros for leaf in leaves.values())
   return SparsitySummary(leaves, size, zeros, zeros / size if size else 0.0)
+
+
+def sparsity_table(trees: Sequence[Any], *, labels: Sequence[str] | None = None) -> str:
+  """A markdown table of per-leaf and total sparsity across several masks or params, one row each.
+
+  Typical use: the masks at the end of every IMP cycle (rows) against the pruned leaves (columns).
+
+  Args:
+    trees: the trees to count (as in `sparsity_summary`); all must have the same leaves.
+    labels: one row label per tree; by default ``0, 1, 2, ...`` (cycle indices).
+
+  Returns:
+    The table as markdown text, sparsities in percent.
+
+  Raises:
+    ValueError: if ``labels`` does not match ``trees`` or the trees have different leaves.
+
+  Example:
+    >>> import jax.numpy as jnp, jaxprune
+    >>> print(jaxprune.sparsity_table([{'w': jnp.ones(4, bool)}, {'w': jnp.array([1, 0, 0, 0], bool)}]))
+    | cycle | w | total |
+    |---|---|---|
+    | 0 | 0.00% | 0.00% |
+    | 1 | 75.00% | 75.00% |
+  """
+  labels = [str(i) for i in range(len(trees))] if labels is None else [str(x) for x in labels]
+  if len(labels) != len(trees):
+    raise ValueError(f"sparsity_table: {len(labels)} labels for {len(trees)} trees.")
+  summaries = [sparsity_summary(tree) for tree in trees]
+  names = list(summaries[0].leaves) if summaries else []
+  for label, summary in zip(labels, summaries):
+    if list(summary.leaves) != names:
+      raise ValueError(f"sparsity_table: row {label!r} has leaves {list(summary.leaves)}, the first "
+                       f"row {names}.")
+  lines = ["| cycle | " + " | ".join(names + ["total"]) + " |", "|" + "---|" * (len(names) + 2)]
+  for label, summary in zip(labels, summaries):
+    cells = [f"{100 * summary.leaves[n].sparsity:.2f}%" for n in names]
+    lines.append(f"| {label} | " + " | ".join(cells + [f"{100 * summary.sparsity:.2f}%"]) + " |")
+  return "\n".join(lines)

@@ -315,3 +315,18 @@ def test_static_sparse_keeps_given_masks_and_checks_them():
     jaxprune.static_sparse(masks=bad).init(params)
   with pytest.raises(ValueError, match="exactly one of sparsity"):
     jaxprune.static_sparse(0.5, masks=masks)
+
+
+def test_per_cycle_sparsity_table_from_cycle_ends():
+  tx = jaxprune.imp(rate=0.2, cycles=3, cycle_steps=2, distribution="uniform",
+                    leaf_rates={"output/kernel": 0.1}, inner=optax.sgd(0.01))
+  ends = [jaxprune.get_masks(s) for _, s in run(tx, make_params(), 8)
+          if bool(jaxprune.get_cycle(s).at_end)]
+  assert len(ends) == 4
+  table = jaxprune.sparsity_table(ends).splitlines()
+  assert table[0] == "| cycle | hidden/kernel | output/kernel | total |"
+  # hidden: 600 * (1 - 0.8^c) rounded; output: 300 * (1 - 0.9^c) rounded.
+  assert table[2:] == ["| 0 | 0.00% | 0.00% | 0.00% |", "| 1 | 20.00% | 10.00% | 16.67% |",
+                       "| 2 | 36.00% | 19.00% | 30.33% |", "| 3 | 48.83% | 27.00% | 41.56% |"]
+  with pytest.raises(ValueError, match="2 labels for 4 trees"):
+    jaxprune.sparsity_table(ends, labels=["a", "b"])
