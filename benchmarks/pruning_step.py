@@ -60,7 +60,7 @@ MODELS = {
     "mlp10m": (784, 2048, 2048, 2048, 10),  # 10,020,874 parameters
 }
 DISTRIBUTIONS = ("uniform", "global")
-KINDS = ("fixed", "update", "sort")
+KINDS = ("fixed", "update", "sort", "imp")
 DEFAULT_OUT = os.path.join("benchmarks", "results", "pruning_step.json")
 
 
@@ -155,6 +155,11 @@ def make_tx(kind: str, distribution: str | None) -> optax.GradientTransformation
                                              initial_sparsity=SPARSITY)
   elif kind == "sort":
     return optax.chain(adam, sort_pruning(SPARSITY, distribution))
+  elif kind == "imp":
+    # Pruned at count 2 (during warm-up), rewinding to the weights stored at count 1 and resetting
+    # Adam; every timed step is a non-prune step that still carries both conds and the stored weights.
+    return jaxprune.imp(SPARSITY, cycles=1, cycle_steps=[2, 10**9], distribution=distribution,
+                        rewind=1, reset_optimizer=True, inner=adam)
   else:
     raise ValueError(kind)
   return optax.chain(adam, jaxprune.magnitude_pruning(SPARSITY, distribution=distribution,
@@ -282,7 +287,7 @@ def format_table(rows: list[dict], cpu: bool = False) -> str:
   """The table of ratios: by wall time, or by process CPU time with ``cpu=True``."""
   suffix = "_cpu" if cpu else ""
   header = ("model", "distribution", f"dense {'cpu ' if cpu else ''}ms/step", "non-update", "update",
-            "sort update")
+            "sort update", "imp non-prune")
   lines = []
   for row in rows:
     cells = [row["model"], row["distribution"], f"{row[f'dense{suffix}_ms']:.3f}"]
@@ -341,7 +346,8 @@ def main(argv: list[str] | None = None) -> None:
         "the machine):")
   print(format_table(rows, cpu=True))
   print(f"non-update: masks fixed (one_shot(0), count > 0); update: masks recomputed every step "
-        f"(jaxprune radix select); sort update: threshold by jnp.sort.\n"
+        f"(jaxprune radix select); sort update: threshold by jnp.sort; imp non-prune: jaxprune.imp "
+        f"(inner adam, rewind to step 1, optimizer reset) between prunes.\n"
         f"Total {total:.1f} s; load average (1 min) {load_start[0]:.2f} at start, {load_end[0]:.2f} at "
         f"end, on {os.cpu_count()} CPUs.")
 
