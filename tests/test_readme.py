@@ -17,3 +17,14 @@ def test_quick_start_runs_and_prints_what_readme_shows(capsys):
   printed = capsys.readouterr().out.strip()
   shown = _block_after("It prints", "").strip()
   assert printed == shown
+
+
+def test_iterative_pruning_example_continues_the_quick_start(capsys):
+  scope = {}
+  exec(compile(_block_after("## Quick start", "python"), "README quick start", "exec"), scope)
+  capsys.readouterr()
+  exec(compile(_block_after("### Iterative pruning and lottery tickets", "python"), "README imp",
+               "exec"), scope)
+  printed = capsys.readouterr().out.strip()
+  shown = _block_after("prints the sparsity of every layer", "").strip()
+  assert printed == shown
