@@ -218,7 +218,9 @@ def imp(
       count and hence its schedule) at every prune. Needs ``inner=``.
     reinit: control experiment: ``key -> params`` (e.g. ``lambda key: model.init(key, x)['params']``);
       at each prune the kept weights are set to a fresh draw ``reinit(fold_in(key(seed), cycle))``
-      instead of the stored ones. Needs ``rewind``.
+      instead of the stored ones, and the next masks come from training those. Needs ``rewind``.
+      (Frankle & Carbin's control instead trains each ticket's own mask from a fresh initialisation:
+      `jaxprune.static_sparse` with ``masks=jaxprune.get_masks(state)``.)
     random_masks: control experiment: each prune removes, in each leaf, as many weights as the
       magnitude prune would, chosen uniformly at random among the kept ones (seeded by ``seed``).
     seed: seed of ``reinit`` and ``random_masks``.
