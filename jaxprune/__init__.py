@@ -2,12 +2,14 @@
 
 from jaxprune import analysis as analysis
 from jaxprune import allocation as allocation
+from jaxprune import dst as dst
 from jaxprune import masks as masks
 from jaxprune import patterns as patterns
 from jaxprune import retraining as retraining
 from jaxprune import schedules as schedules
 from jaxprune import scores as scores
 from jaxprune import selection as selection
+from jaxprune.granet import granet as granet
 from jaxprune.imp import CycleInfo as CycleInfo
 from jaxprune.imp import IMPState as IMPState
 from jaxprune.imp import get_cycle as get_cycle
@@ -18,7 +20,9 @@ from jaxprune.masks import get_masks as get_masks
 from jaxprune.pruning import PruningState as PruningState
 from jaxprune.pruning import pruning as pruning
 from jaxprune.random_pruning import random_pruning as random_pruning
+from jaxprune.rigl import rigl as rigl
 from jaxprune.saliency import saliency_pruning as saliency_pruning
+from jaxprune.set_sparse import set_sparse as set_sparse
 from jaxprune.static import static_sparse as static_sparse
 from jaxprune.summary import SparsitySummary as SparsitySummary
 from jaxprune.summary import sparsity_summary as sparsity_summary
@@ -34,8 +38,10 @@ __all__ = [
     "SparsitySummary",
     "allocation",
     "analysis",
+    "dst",
     "get_cycle",
     "get_masks",
+    "granet",
     "imp",
     "magnitude_pruning",
     "masks",
@@ -43,10 +49,12 @@ __all__ = [
     "pruning",
     "random_pruning",
     "retraining",
+    "rigl",
     "saliency_pruning",
     "schedules",
     "scores",
     "selection",
+    "set_sparse",
     "sparsity_summary",
     "sparsity_table",
     "static_sparse",

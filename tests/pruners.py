@@ -27,7 +27,9 @@ class Pruner:
   group: tuple[int, ...] = ()  # block shape, for block patterns
   channel: bool = False
   uses_grads: bool = False  # scores depend on gradients (chain and inner= forms then differ)
-  timing: str = "schedule"  # 'schedule' (takes schedule=), 'cycles' (imp: CYCLES) or 'static' (step 0)
+  # 'schedule' (takes schedule=), 'cycles' (imp: CYCLES), 'static' (pruned from step 0 on),
+  # 'dst' (DST_STEPS; sparsity constant from step 0) or 'dst_gradual' (DST_STEPS; the schedule's ramp)
+  timing: str = "schedule"
   target: float = SPARSITY  # what the schedule is applied to: the final sparsity, or imp's rate
   leaf_targets: tuple[tuple[str, float], ...] = ()  # per-leaf targets (imp's leaf_rates)
   chain: bool = True  # can be the last link of a chain (False: needs inner=)
@@ -41,6 +43,9 @@ S = {"sparsity": SPARSITY}
 # imp's timing in the suite: prunes at updates 1, 3 and 5, the update steps of the suite's schedule.
 CYCLES = {"cycles": 3, "cycle_steps": [1, 2, 2, 3]}
 IMP_STATIC = ("cycles", "rewind", "seed")
+# Dynamic sparse training in the suite: mask updates at 1, 3 and 5 as well.
+DST_STEPS = {"frequency": 2, "begin_step": 1, "end_step": 5}
+DST_STATIC = ("frequency", "begin_step", "end_step", "seed")
 PRUNERS = [
     Pruner("magnitude", jaxprune.magnitude_pruning, S, "layerwise"),
     Pruner("magnitude_global", jaxprune.magnitude_pruning, {**S, "distribution": "global"}, "global"),
@@ -57,6 +62,15 @@ PRUNERS = [
            uses_grads=True),
     Pruner("static_sparse_random", jaxprune.static_sparse, {**S, "distribution": "uniform"},
            "layerwise", timing="static", static_args=("seed",)),
+    Pruner("set_sparse", jaxprune.set_sparse, {**S, "seed": 2}, "erk", timing="dst", chain=False,
+           static_args=DST_STATIC),
+    Pruner("rigl", jaxprune.rigl, {**S, "drop_fraction": 0.5}, "erk", timing="dst", chain=False,
+           uses_grads=True, static_args=DST_STATIC),
+    Pruner("rigl_uniform_packed", jaxprune.rigl,
+           {**S, "distribution": "uniform", "drop_schedule": "constant", "packed_masks": True},
+           "layerwise", timing="dst", chain=False, uses_grads=True, static_args=DST_STATIC),
+    Pruner("granet", jaxprune.granet, S, "erk", timing="dst_gradual", chain=False, uses_grads=True,
+           static_args=DST_STATIC),
     Pruner("imp", jaxprune.imp, {"rate": 0.4}, "global", timing="cycles", target=0.4, static_args=IMP_STATIC),
     Pruner("imp_rewind_layerwise", jaxprune.imp,
            {"rate": 0.5, "distribution": "uniform", "leaf_rates": {"dense1/kernel": 0.25},

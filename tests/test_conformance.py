@@ -15,7 +15,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import jaxprune
-from pruners import CYCLES, PRUNERS, expected_zeros
+from pruners import CYCLES, DST_STEPS, PRUNERS, expected_zeros
 
 SCHEDULE = jaxprune.schedules.polynomial(begin_step=1, end_step=5, frequency=2)
 UPDATE_STEPS = (1, 3, 5)
@@ -49,7 +49,8 @@ def optimizer():
 
 def timing(pruner):
   """The keyword arguments that make a pruner update its masks at UPDATE_STEPS."""
-  return {"schedule": {"schedule": SCHEDULE}, "cycles": dict(CYCLES), "static": {}}[pruner.timing]
+  return {"schedule": {"schedule": SCHEDULE}, "cycles": dict(CYCLES), "static": {},
+          "dst": dict(DST_STEPS), "dst_gradual": dict(DST_STEPS)}[pruner.timing]
 
 
 def default_form(pruner):
@@ -86,7 +87,7 @@ def kernels(tree):
 
 def scheduled_at(pruner, step):
   """The sparsity the schedule gives a target at the last mask update at or before ``step``."""
-  if pruner.timing == "static":  # pruned to the target at the first update
+  if pruner.timing in ("static", "dst"):  # at the target from the first update on
     return lambda target: np.float32(target)
   last = max([s for s in UPDATE_STEPS if s <= step], default=None)
   if last is None:
@@ -320,7 +321,8 @@ def test_sharded_equals_single_device(pruner, form):
 
 
 def test_registry_covers_every_exported_pruner():
-  exported = {name for name in jaxprune.__all__ if name.endswith("_pruning")} | {"imp", "static_sparse"}
+  exported = {name for name in jaxprune.__all__ if name.endswith("_pruning")} | {
+      "imp", "static_sparse", "set_sparse", "rigl", "granet"}
   covered = {p.factory.__name__ for p in PRUNERS}
   assert exported <= covered, f"add {exported - covered} to tests/pruners.py"
   for name in exported:  # the conventions of the contract

@@ -1,0 +1,75 @@
+"""GraNet: gradual magnitude pruning with zero-cost regrowth by gradient (Liu et al. 2021)."""
+
+from __future__ import annotations
+
+import optax
+
+from jaxprune import allocation as allocation_lib
+from jaxprune import dst
+from jaxprune import leaves as leaves_lib
+
+__all__ = ["granet"]
+
+
+def granet(
+    sparsity: float,
+    *,
+    end_step: int,
+    begin_step: int = 0,
+    frequency: int = 100,
+    initial_sparsity: float = 0.0,
+    drop_fraction: float = 0.5,
+    power: float = 3.0,
+    distribution: str | allocation_lib.Allocation = "erk",
+    seed: int = 0,
+    prune: leaves_lib.Selector = None,
+    packed_masks: bool = False,
+    inner: optax.GradientTransformation | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  """Gradual pruning with neuroregeneration: prune towards the target, regrow by gradient.
+
+  Each leaf's sparsity follows Zhu & Gupta's cubic schedule from ``initial_sparsity`` (its
+  ``distribution`` share; 0 starts dense, above 0 from a random sparse mask) at ``begin_step`` to
+  ``sparsity`` at ``end_step``. At each mask update (every ``frequency`` updates, and at
+  ``end_step``) a leaf drops by magnitude down to its scheduled active count minus ``k``, then grows
+  ``k`` weights with the largest gradient magnitude among the inactive ones,
+  ``k = round(f(t) * active)``, ``f`` decaying from ``drop_fraction`` to 0 at ``end_step`` along a
+  cosine. Grown weights and their optimizer statistics start at zero. See `jaxprune.dst`.
+
+  Args:
+    sparsity: final overall sparsity, shared among the leaves by ``distribution``.
+    end_step: the update at which the final sparsity is reached; masks never change afterwards.
+    begin_step: the first mask update.
+    frequency: updates between mask updates.
+    initial_sparsity: overall sparsity at ``begin_step``.
+    drop_fraction: the regrowth fraction at the start (the paper's default 0.5), cosine-annealed.
+    power: exponent of the sparsity schedule (3: cubic).
+    distribution: ``"erk"`` (default), ``"er"``, ``"uniform"`` or a function.
+    seed: seed of the initial mask when ``initial_sparsity > 0``.
+    prune: which leaves are sparse, as in `jaxprune.pruning`.
+    packed_masks: store masks as bits.
+    inner: the optimizer to wrap (required).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is a `jaxprune.PruningState`.
+
+  Raises:
+    ValueError: for sparsities outside ``[0, 1)`` or an initial sparsity above the final one, a drop
+      fraction outside ``[0, 1]``, ``frequency < 1``, ``begin_step >= end_step``,
+      ``distribution="global"``, or no ``inner``.
+
+  Example:
+    >>> import optax, jaxprune
+    >>> tx = jaxprune.granet(0.95, begin_step=500, end_step=3000, frequency=100,
+    ...                      inner=optax.sgd(0.05, momentum=0.9))
+
+  References:
+    Liu et al., `Sparse training via boosting pruning plasticity with neuroregeneration
+    <https://arxiv.org/abs/2106.10404>`_, NeurIPS 2021
+  """
+  dst.check_drop_fraction("granet", drop_fraction)
+  return dst.dynamic_sparse(
+      sparsity, grow="gradient", drop_fraction=dst.cosine_drop_fraction(drop_fraction, end_step),
+      frequency=frequency, begin_step=begin_step, end_step=end_step,
+      initial_sparsity=initial_sparsity, sparsity_power=power, distribution=distribution, seed=seed,
+      prune=prune, packed_masks=packed_masks, inner=inner, name="granet")
