@@ -59,8 +59,17 @@ MODELS = {
     "lenet300100": (784, 300, 100, 10),  # LeNet-300-100: 266,610 parameters
     "mlp10m": (784, 2048, 2048, 2048, 10),  # 10,020,874 parameters
 }
-DISTRIBUTIONS = ("uniform", "global")
-KINDS = ("fixed", "update", "sort", "imp")
+DISTRIBUTIONS = ("uniform", "global", "erk")
+KINDS = ("fixed", "update", "sort", "imp", "rigl", "rigl_update")
+# Drop-and-grow needs per-leaf counts: RigL runs with the layer-wise distributions only.
+RIGL_KINDS = ("rigl", "rigl_update")
+
+
+def kinds_for(distribution: str) -> tuple[str, ...]:
+  """The configurations run for a distribution (the sort reference and imp exist for uniform and
+  global only)."""
+  return tuple(k for k in KINDS if not (distribution == "global" and k in RIGL_KINDS)
+               and not (distribution == "erk" and k in ("sort", "imp")))
 DEFAULT_OUT = os.path.join("benchmarks", "results", "pruning_step.json")
 
 
@@ -155,6 +164,14 @@ def make_tx(kind: str, distribution: str | None) -> optax.GradientTransformation
                                              initial_sparsity=SPARSITY)
   elif kind == "sort":
     return optax.chain(adam, sort_pruning(SPARSITY, distribution))
+  elif kind == "rigl":
+    # Masks installed at the first step; the next mask update is far beyond the timed steps.
+    return jaxprune.rigl(SPARSITY, end_step=10**9, frequency=10**8, distribution=distribution,
+                         inner=adam)
+  elif kind == "rigl_update":
+    # A drop-and-grow update (30% of the active weights, constant fraction) at every step.
+    return jaxprune.rigl(SPARSITY, end_step=10**9, frequency=1, begin_step=1, drop_fraction=0.3,
+                         drop_schedule="constant", distribution=distribution, inner=adam)
   elif kind == "imp":
     # Pruned at count 2 (during warm-up), rewinding to the weights stored at count 1 and resetting
     # Adam; every timed step is a non-prune step that still carries both conds and the stored weights.
@@ -218,7 +235,7 @@ def benchmark_model(model: str, args: argparse.Namespace) -> list[dict]:
 
   runners = {"dense": Runner("dense", make_tx("dense", None), params, not args.no_donate)}
   for d in args.distributions:
-    for kind in KINDS:
+    for kind in kinds_for(d):
       name = f"{kind}/{d}"
       runners[name] = Runner(name, make_tx(kind, d), params, not args.no_donate)
 
@@ -266,7 +283,7 @@ def benchmark_model(model: str, args: argparse.Namespace) -> list[dict]:
   for d in args.distributions:
     row = {"model": model, "params": num_params(params), "batch": BATCH, "distribution": d,
            "sparsity": SPARSITY, "dense_ms": statistics.median(dense) * 1e3}
-    for kind in KINDS:
+    for kind in kinds_for(d):
       name = f"{kind}/{d}"
       row[f"{kind}_ms"] = statistics.median(runners[name].times) * 1e3
       row[f"{kind}_ratio"] = statistics.median(ratios[name])
@@ -287,11 +304,14 @@ def format_table(rows: list[dict], cpu: bool = False) -> str:
   """The table of ratios: by wall time, or by process CPU time with ``cpu=True``."""
   suffix = "_cpu" if cpu else ""
   header = ("model", "distribution", f"dense {'cpu ' if cpu else ''}ms/step", "non-update", "update",
-            "sort update", "imp non-prune")
+            "sort update", "imp non-prune", "rigl non-update", "rigl update")
   lines = []
   for row in rows:
     cells = [row["model"], row["distribution"], f"{row[f'dense{suffix}_ms']:.3f}"]
     for kind in KINDS:
+      if f"{kind}{suffix}_ratio" not in row:
+        cells.append("n/a")
+        continue
       lo, hi = row[f"{kind}{suffix}_ratio_range"]
       cells.append(f"{row[f'{kind}{suffix}_ratio']:.3f}x [{lo:.2f}-{hi:.2f}]")
     lines.append(cells)
@@ -310,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
                       help=f"write the results as JSON (default path {DEFAULT_OUT})")
   parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
   parser.add_argument("--distributions", nargs="+", choices=DISTRIBUTIONS,
-                      default=list(DISTRIBUTIONS))
+                      default=["uniform", "global"])
   parser.add_argument("--repeats", type=int, default=None, help="rounds of measurements (default 7)")
   parser.add_argument("--min-time", type=float, default=None,
                       help="seconds per measurement, at least (default 1.0)")
@@ -347,7 +367,9 @@ def main(argv: list[str] | None = None) -> None:
   print(format_table(rows, cpu=True))
   print(f"non-update: masks fixed (one_shot(0), count > 0); update: masks recomputed every step "
         f"(jaxprune radix select); sort update: threshold by jnp.sort; imp non-prune: jaxprune.imp "
-        f"(inner adam, rewind to step 1, optimizer reset) between prunes.\n"
+        f"(inner adam, rewind to step 1, optimizer reset) between prunes; rigl non-update / update: "
+        f"jaxprune.rigl (inner adam) between mask updates / with a drop-and-grow of 30% of the "
+        f"active weights at every step (n/a for global: RigL allocates per leaf).\n"
         f"Total {total:.1f} s; load average (1 min) {load_start[0]:.2f} at start, {load_end[0]:.2f} at "
         f"end, on {os.cpu_count()} CPUs.")
 
