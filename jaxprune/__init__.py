@@ -1,6 +1,8 @@
 """jaxprune: neural-network pruning and sparse training as optax gradient transformations."""
 
 from jaxprune import analysis as analysis
+from jaxprune import at_init as at_init
+from jaxprune import collapse as collapse
 from jaxprune import allocation as allocation
 from jaxprune import dst as dst
 from jaxprune import masks as masks
@@ -9,6 +11,10 @@ from jaxprune import retraining as retraining
 from jaxprune import schedules as schedules
 from jaxprune import scores as scores
 from jaxprune import selection as selection
+from jaxprune.at_init import grasp as grasp
+from jaxprune.at_init import shuffle_masks as shuffle_masks
+from jaxprune.at_init import snip as snip
+from jaxprune.at_init import synflow as synflow
 from jaxprune.granet import granet as granet
 from jaxprune.imp import CycleInfo as CycleInfo
 from jaxprune.imp import IMPState as IMPState
@@ -38,10 +44,13 @@ __all__ = [
     "SparsitySummary",
     "allocation",
     "analysis",
+    "at_init",
+    "collapse",
     "dst",
     "get_cycle",
     "get_masks",
     "granet",
+    "grasp",
     "imp",
     "magnitude_pruning",
     "masks",
@@ -55,7 +64,10 @@ __all__ = [
     "scores",
     "selection",
     "set_sparse",
+    "shuffle_masks",
+    "snip",
     "sparsity_summary",
     "sparsity_table",
     "static_sparse",
+    "synflow",
 ]

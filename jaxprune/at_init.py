@@ -1,0 +1,253 @@
+"""Pruning at initialisation: SNIP, GraSP and SynFlow masks, and the per-leaf shuffle ablation.
+
+Each function scores the weights of an initialised model and returns masks (a tree shaped like the
+params, a boolean array per pruned leaf and ``None`` elsewhere) with exactly the requested sparsity,
+ready for `jaxprune.static_sparse`::
+
+    masks = jaxprune.snip(params, loss_fn, batch, sparsity=0.95)
+    tx = jaxprune.static_sparse(masks=masks, inner=optax.sgd(0.1, momentum=0.9))
+
+Selection is global by default (one threshold over all pruned leaves, as in the papers); layer-wise
+(``"uniform"``), ER and ERK are available. Each warns when the masks it returns cut every path from
+the input to the output or empty a whole leaf (see `jaxprune.collapse`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxprune import allocation as allocation_lib
+from jaxprune import collapse as collapse_lib
+from jaxprune import leaves as leaves_lib
+from jaxprune import selection
+from jaxprune.pruning import _num_pruned, check_sparsity
+
+__all__ = ["grasp", "masks_from_scores", "shuffle_masks", "snip", "synflow"]
+
+
+def _pruned_leaves(params: Any, prune: leaves_lib.Selector, owner: str) -> list[int]:
+  flags = leaves_lib.prunable_paths(params, prune, owner=owner)
+  return [i for i, f in enumerate(flags) if f]
+
+
+def masks_from_scores(params: Any, scores: Any, sparsity: float, *,
+                      distribution: str | allocation_lib.Allocation = "global",
+                      prune: leaves_lib.Selector = None, keep: Any = None,
+                      owner: str = "masks_from_scores") -> Any:
+  """Masks keeping the highest ``scores``, with exactly ``sparsity`` of the pruned leaves removed.
+
+  Args:
+    params: the params (for the tree structure and which leaves are pruned).
+    scores: a tree shaped like the params (only the pruned leaves are read).
+    sparsity: fraction of the pruned leaves' weights to remove, in ``[0, 1)``.
+    distribution: ``"global"`` (default), ``"uniform"``, ``"erk"``, ``"er"`` or a function.
+    prune: which leaves are pruned, as in `jaxprune.pruning` (kernels by default).
+    keep: optional current masks; weights they prune stay pruned (iterative methods).
+    owner: name used in error messages.
+
+  Returns:
+    The masks: a tree shaped like the params, ``None`` for leaves that are not pruned.
+
+  Raises:
+    ValueError: for a sparsity outside ``[0, 1)`` or NaN, or an unknown distribution.
+  """
+  check_sparsity(sparsity, f"{owner}: sparsity")
+  allocate = allocation_lib.get_allocation(distribution)
+  leaves, treedef = jax.tree.flatten(leaves_lib.unwrap_variables(params))
+  score_leaves = treedef.flatten_up_to(scores)
+  keep_leaves = None if keep is None else treedef.flatten_up_to(keep)
+  index = _pruned_leaves(params, prune, owner)
+  arrays = []
+  for i in index:
+    s = jnp.asarray(score_leaves[i], jnp.float32)
+    s = jnp.where(jnp.isnan(s), -jnp.inf, s)  # a NaN score never wins
+    if keep_leaves is not None:
+      s = jnp.where(keep_leaves[i], s, -jnp.inf)
+    arrays.append(s)
+  sizes = [math.prod(jnp.shape(leaves[i])) for i in index]
+  if allocate is None:
+    keeps, segments = [sum(sizes) - _num_pruned(sparsity, sum(sizes))], [0] * len(index)
+  else:
+    per_leaf = allocate(sparsity, [jnp.shape(leaves[i]) for i in index])
+    keeps = [n - _num_pruned(s, n) for s, n in zip(per_leaf, sizes)]
+    segments = list(range(len(index)))
+  out = [None] * len(leaves)
+  for i, m in zip(index, selection.top_k_masks(arrays, keeps, segments=segments)):
+    out[i] = m
+  return jax.tree.unflatten(treedef, out)
+
+
+def _finish(masks: Any, owner: str, check: bool) -> Any:
+  if check:
+    report = collapse_lib.layer_collapse(masks)
+    if report.collapsed:
+      warnings.warn(f"{owner}: the masks collapse the network: {report.describe()}", stacklevel=3)
+  return masks
+
+
+def snip(params: Any, loss_fn: Callable[[Any, Any], jax.Array], batch: Any, sparsity: float, *,
+         distribution: str | allocation_lib.Allocation = "global", prune: leaves_lib.Selector = None,
+         check_collapse: bool = True) -> Any:
+  """SNIP: keep the weights of largest connection sensitivity ``|w * dL/dw|`` on one batch.
+
+  Args:
+    params: the initialised params.
+    loss_fn: ``(params, batch) -> scalar loss`` (the model's apply function and the loss).
+    batch: the batch the gradient is taken on.
+    sparsity: fraction of the pruned leaves' weights to remove.
+    distribution: ``"global"`` (the paper), ``"uniform"``, ``"erk"``, ``"er"`` or a function.
+    prune: which leaves are pruned (kernels by default).
+    check_collapse: warn if the masks cut the network (see `jaxprune.collapse.layer_collapse`).
+
+  Returns:
+    Masks shaped like the params, for `jaxprune.static_sparse`.
+
+  Raises:
+    ValueError: for a sparsity outside ``[0, 1)``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxprune
+    >>> params = {'w': jnp.array([[1.0, -2.0], [3.0, 0.5]])}
+    >>> loss = lambda p, x: jnp.sum(x @ p['w'])
+    >>> jaxprune.snip(params, loss, jnp.array([[1.0, 0.1]]), 0.5)['w']  # |w * x_i|
+    Array([[ True,  True],
+           [False, False]], dtype=bool)
+
+  References:
+    Lee, Ajanthan & Torr, `SNIP: single-shot network pruning based on connection sensitivity
+    <https://arxiv.org/abs/1810.02340>`_, ICLR 2019
+  """
+  grads = jax.grad(loss_fn)(params, batch)
+  scores = jax.tree.map(lambda w, g: jnp.abs(w * g), params, grads)
+  masks = masks_from_scores(params, scores, sparsity, distribution=distribution, prune=prune,
+                            owner="snip")
+  return _finish(masks, "snip", check_collapse)
+
+
+def grasp(params: Any, loss_fn: Callable[[Any, Any], jax.Array], batch: Any, sparsity: float, *,
+          distribution: str | allocation_lib.Allocation = "global", prune: leaves_lib.Selector = None,
+          check_collapse: bool = True) -> Any:
+  """GraSP: remove the weights whose removal least reduces the gradient flow.
+
+  The score is ``-w * (H g)``, ``g`` the gradient of the loss on ``batch`` and ``H g`` its
+  Hessian-vector product (forward-over-reverse differentiation); the highest scores are pruned.
+
+  Args:
+    params, loss_fn, batch, sparsity, distribution, prune, check_collapse: as in `snip`.
+
+  Returns:
+    Masks shaped like the params.
+
+  Raises:
+    ValueError: for a sparsity outside ``[0, 1)``.
+
+  References:
+    Wang, Zhang & Grosse, `Picking winning tickets before training by preserving gradient flow
+    <https://arxiv.org/abs/2002.07376>`_, ICLR 2020
+  """
+  grad_fn = jax.grad(loss_fn)
+  grads = grad_fn(params, batch)
+  _, hg = jax.jvp(lambda p: grad_fn(p, batch), (params,), (grads,))
+  # Pruning the highest -w * Hg is keeping the highest w * Hg.
+  scores = jax.tree.map(lambda w, h: w * h, params, hg)
+  masks = masks_from_scores(params, scores, sparsity, distribution=distribution, prune=prune,
+                            owner="grasp")
+  return _finish(masks, "grasp", check_collapse)
+
+
+def synflow(params: Any, apply_fn: Callable[[Any, jax.Array], Any], input_shape: tuple[int, ...],
+            sparsity: float, *, rounds: int = 100,
+            distribution: str | allocation_lib.Allocation = "global",
+            prune: leaves_lib.Selector = None, check_collapse: bool = True) -> Any:
+  """SynFlow: iterative synaptic-flow pruning, without data.
+
+  Each round computes ``R = sum(apply_fn(|params * mask|, ones))``, the synaptic flow of an all-ones
+  input through the network with absolute weights, scores ``|w * dR/dw|`` and prunes to the round's
+  sparsity ``1 - (1 - sparsity) ** (r / rounds)`` (the exponential schedule), the masks applied
+  between rounds. The score does not depend on any data. ``R`` is computed in float64 when x64 is
+  enabled, else in float32, where deep networks can overflow: the scores are then NaN and those
+  weights are never kept first (enable ``jax_enable_x64`` for such models).
+
+  Batch norm: pass ``apply_fn`` in inference mode (``use_running_average=True`` / ``eval``) with
+  the initial statistics, as the paper does, so that it is the identity followed by ``|scale|`` and
+  ``|bias|``.
+
+  Args:
+    params: the initialised params.
+    apply_fn: ``(params, inputs) -> outputs`` (e.g. ``lambda p, x: model.apply({'params': p}, x)``).
+    input_shape: the shape of one input batch, e.g. ``(1, 28, 28, 1)``.
+    sparsity: fraction of the pruned leaves' weights to remove.
+    rounds: number of pruning rounds (100 in the paper).
+    distribution, prune, check_collapse: as in `snip`.
+
+  Returns:
+    Masks shaped like the params.
+
+  Raises:
+    ValueError: for a sparsity outside ``[0, 1)`` or ``rounds < 1``.
+
+  References:
+    Tanaka, Kunin, Yamins & Ganguli, `Pruning neural networks without any data by iteratively
+    conserving synaptic flow <https://arxiv.org/abs/2006.05467>`_, NeurIPS 2020
+  """
+  check_sparsity(sparsity, "synflow: sparsity")
+  if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+    raise ValueError(f"synflow: rounds must be an int >= 1, got {rounds!r}.")
+  dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+  leaves, treedef = jax.tree.flatten(leaves_lib.unwrap_variables(params))
+  index = set(_pruned_leaves(params, prune, "synflow"))
+  abs_params = jax.tree.unflatten(treedef, [
+      jnp.abs(x).astype(dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x
+      for x in leaves])
+  ones = jnp.ones(input_shape, dtype)
+
+  @jax.jit
+  def scores_of(masks):
+    def flow(p):
+      masked = jax.tree.unflatten(treedef, [
+          jnp.where(m, x, 0) if m is not None else x
+          for x, m in zip(treedef.flatten_up_to(p), treedef.flatten_up_to(masks))])
+      return jnp.sum(apply_fn(masked, ones))
+    grads = jax.grad(flow)(abs_params)
+    return jax.tree.map(lambda w, g: jnp.abs(w * g), abs_params, grads)
+
+  masks = jax.tree.unflatten(treedef, [jnp.ones(jnp.shape(x), bool) if i in index else None
+                                       for i, x in enumerate(leaves)])
+  for r in range(1, rounds + 1):
+    target = 1.0 - (1.0 - sparsity) ** (r / rounds)
+    if r == rounds:
+      target = sparsity  # exactly the requested count at the end
+    masks = masks_from_scores(params, scores_of(masks), target, distribution=distribution,
+                              prune=prune, keep=masks, owner="synflow")
+  return _finish(masks, "synflow", check_collapse)
+
+
+def shuffle_masks(masks: Any, seed: int = 0) -> Any:
+  """The per-leaf shuffle ablation of Frankle et al. 2021: each leaf keeps its count of weights,
+  at uniformly random positions.
+
+  Args:
+    masks: a tree of boolean masks (``None`` leaves are kept as they are).
+    seed: the seed; leaf ``i`` uses ``fold_in(key(seed), i)``.
+
+  Returns:
+    Masks of the same shapes and per-leaf counts.
+
+  References:
+    Frankle, Dziugaite, Roy & Carbin, `Pruning neural networks at initialization: why are we
+    missing the mark? <https://arxiv.org/abs/2009.08576>`_, ICLR 2021
+  """
+  leaves, treedef = jax.tree.flatten(masks)
+  key = jax.random.key(seed)
+  out = []
+  for i, m in enumerate(leaves):
+    m = jnp.asarray(m)
+    flat = jax.random.permutation(jax.random.fold_in(key, i), m.reshape(-1))
+    out.append(flat.reshape(m.shape))
+  return jax.tree.unflatten(treedef, out)

@@ -1,0 +1,112 @@
+"""Layer collapse: masks that empty a layer or cut every path from the input to the output.
+
+Pruning at initialisation with gradient scores can remove a whole layer (Tanaka et al. 2020), after
+which the network computes a constant. `layer_collapse` checks a tree of masks for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from jaxprune import masks as masks_lib
+
+__all__ = ["CollapseReport", "layer_collapse"]
+
+
+class CollapseReport(NamedTuple):
+  """What `layer_collapse` found.
+
+  Attributes:
+    empty_leaves: pruned leaves with no weight left.
+    dead_outputs: per leaf, output units (last axis) with no surviving incoming weight.
+    dead_inputs: per leaf, input units (second-to-last axis) with no surviving outgoing weight.
+    connected: whether some path of kept weights runs from an input unit of the first kernel to an
+      output unit of the last one, through every kernel in ``chain``.
+    chain: the leaves the path check went through, in order.
+  """
+
+  empty_leaves: list[str]
+  dead_outputs: dict[str, int]
+  dead_inputs: dict[str, int]
+  connected: bool
+  chain: list[str]
+
+  @property
+  def collapsed(self) -> bool:
+    """True if a leaf is empty or no input-to-output path survives."""
+    return bool(self.empty_leaves) or not self.connected
+
+  def describe(self) -> str:
+    parts = []
+    if self.empty_leaves:
+      parts.append(f"leaves pruned to zero: {self.empty_leaves}")
+    if not self.connected:
+      parts.append(f"no path of kept weights from input to output through {self.chain}")
+    dead = {k: v for k, v in self.dead_outputs.items() if v}
+    if dead:
+      parts.append(f"units with no kept input: {dead}")
+    return "; ".join(parts) if parts else "no collapse"
+
+
+def _connectivity(mask: np.ndarray) -> np.ndarray:
+  """``[in, out]``: whether input unit i reaches output unit o through the leaf (any spatial tap)."""
+  if mask.ndim == 2:
+    return mask
+  return mask.reshape(-1, mask.shape[-2], mask.shape[-1]).any(axis=0)  # conv kernels: (..., in, out)
+
+
+def layer_collapse(masks: Any, order: list[str] | None = None) -> CollapseReport:
+  """Checks masks for layer collapse.
+
+  The path check treats the kernels (leaves with at least 2 dimensions, in tree order unless
+  ``order`` lists their paths) as a chain, the output units (last axis) of one feeding the input
+  units (second-to-last axis) of the next; a convolution connects an input to an output channel if
+  any spatial tap is kept. When the next kernel has ``k`` times as many inputs as the previous has
+  outputs (a channels-last flatten between a convolution and a dense layer), input ``i`` is fed by
+  channel ``i % C``. The chain stops at the first kernel whose input size fits neither way;
+  ``chain`` says how far it went. Residual connections are not modelled: for such networks read
+  ``empty_leaves`` and ``dead_outputs``.
+
+  Args:
+    masks: a tree of boolean masks (``None`` for unpruned leaves), e.g. from `jaxprune.get_masks`.
+    order: the paths of the kernels in the order data flows through them.
+
+  Returns:
+    A `CollapseReport`.
+
+  Example:
+    >>> import numpy as np, jaxprune
+    >>> masks = {'a': np.ones((4, 3), bool), 'b': np.zeros((3, 2), bool)}
+    >>> jaxprune.collapse.layer_collapse(masks).empty_leaves
+    ['b']
+  """
+  arrays = {k: v.astype(bool) for k, v in masks_lib.host_arrays(masks).items()}
+  kernels = {k: v for k, v in arrays.items() if v.ndim >= 2}
+  names = list(kernels) if order is None else list(order)
+  missing = [n for n in names if n not in kernels]
+  if missing:
+    raise ValueError(f"layer_collapse: order names {missing}, which are not kernel masks; the masks "
+                     f"have {list(kernels)}.")
+  empty = [k for k, v in arrays.items() if v.size and not v.any()]
+  dead_out, dead_in = {}, {}
+  for k, v in kernels.items():
+    c = _connectivity(v)
+    dead_out[k] = int((~c.any(axis=0)).sum())
+    dead_in[k] = int((~c.any(axis=1)).sum())
+  reach, chain = None, []
+  for name in names:
+    c = _connectivity(kernels[name])
+    if reach is not None:
+      if c.shape[0] == reach.size:
+        pass
+      elif c.shape[0] % reach.size == 0:
+        reach = np.tile(reach, c.shape[0] // reach.size)
+      else:
+        break
+    reach_in = np.ones(c.shape[0], bool) if reach is None else reach
+    reach = (reach_in[:, None] & c).any(axis=0)
+    chain.append(name)
+  connected = bool(reach is not None and reach.any())
+  return CollapseReport(empty, dead_out, dead_in, connected, chain)
