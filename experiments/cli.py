@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import ml_collections
 
 from experiments import config as config_lib
+from experiments import lottery
 from experiments import models
 from experiments import outputs
 from experiments import sweep
@@ -29,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     """
     p = argparse.ArgumentParser(
         prog="python -m experiments",
-        description="Dense vs one-shot vs gradual magnitude pruning sweep (jaxprune). "
+        description="Pruning experiments (jaxprune): a sweep of methods (dense, one-shot, "
+                    "gradual, IMP with retraining schedules) over sparsities and seeds, or the "
+                    "lottery-ticket experiment (--config mnist_lth). "
                     "Any config field can be overridden with --config.FIELD=VALUE or "
                     "--set FIELD=VALUE (dotted for nested fields, e.g. "
                     "--config.optimizer.learning_rate=0.1; lists as 0.8,0.9). A rerun of "
@@ -122,17 +125,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.print_config:
         print(config)
         return 0
+    experiment = config.get("experiment", "sweep")
     try:  # fail fast on a bad method, model, optimizer, schedule or published point
-        sweep.sweep_plan(config)
+        if experiment == "lottery":
+            lottery.validate(config)
+            train.make_optimizer(config.optimizer, int(config.lottery.round_steps))
+        elif experiment == "sweep":
+            sweep.sweep_plan(config)
+            train.make_optimizer(config.optimizer, int(config.num_train_steps))
+            train.prune_steps(config)
+            outputs.published_points(config)
+        else:
+            raise ValueError(f"Unknown experiment {experiment!r} (sweep, lottery)")
         models.get_model(config.model, 10)
-        train.make_optimizer(config.optimizer, int(config.num_train_steps))
-        outputs.published_points(config)
         config_lib.checkpoint_interval(config)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        sweep.run(config)
+        if experiment == "lottery":
+            lottery.run(config)
+        else:
+            sweep.run(config)
     except FileNotFoundError as e:  # the dataset is not prepared
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -23,7 +23,10 @@ import ml_collections
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = "mnist_lenet300"
-METHODS = ("dense", "one_shot", "gradual")
+# The sweep's methods (experiments.sweep); the imp_* methods are iterative magnitude pruning
+# with the retraining schedules of jaxprune.retraining (experiments.train.IMP_SCHEDULES). The
+# lottery-ticket experiment (experiments.lottery) has its own runner.
+METHODS = ("dense", "one_shot", "gradual", "imp_ft", "imp_lrw", "imp_slr", "imp_clr", "imp_llr")
 
 # Fields that say where, how or which runs are executed, not what one run computes: they are
 # left out of `fingerprint`. (The vmap flags are among them: a vmapped run computes what its
@@ -31,7 +34,7 @@ METHODS = ("dense", "one_shot", "gradual")
 EXECUTION_FIELDS = (
     "output_dir", "data_dir", "cache_dir", "progress", "plots", "resume", "stop_after_step",
     "checkpoint_every", "keep_checkpoints", "published", "methods", "sparsities", "seeds",
-    "vmap_seeds", "vmap_sparsities", "eval_batch_size",
+    "vmap_seeds", "vmap_sparsities", "eval_batch_size", "reinit_rounds",
 )
 
 _TRUE = {"true", "t", "yes", "y", "1", "on"}

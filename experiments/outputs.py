@@ -10,6 +10,7 @@ Under ``config.output_dir``:
   without training it again.
 * ``summary.json`` / ``summary.csv``: one row per run, plus (in the JSON) the mean and
   standard deviation over seeds per (method, target sparsity) and the published points.
+* ``summary.md``: the same aggregate and the published points as markdown tables.
 * ``log.txt``: the lines printed during the sweep and the final table.
 """
 
@@ -252,6 +253,59 @@ def format_published(points: Sequence[dict]) -> str:
         lines.append(f"  {p['label']:<40} sparsity {p['sparsity']:>6.1%}  test acc "
                      f"{p['accuracy'] / 100:>7.2%}  test err {1 - p['accuracy'] / 100:>6.2%}"
                      + (f"  [{p['source']}]" if p["source"] else ""))
+    return "\n".join(lines)
+
+
+def _percent(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def format_markdown(agg: Sequence[dict], published: Sequence[dict] = ()) -> str:
+    """The aggregate (and the published points) as markdown tables.
+
+    The first table has one row per (method, target sparsity); the second, when several
+    methods share target sparsities, the test error (mean ± standard deviation over seeds)
+    with the methods as rows and the sparsities as columns; the last lists the published
+    results.
+
+    Args:
+        agg: `aggregate` rows.
+        published: `published_points`.
+
+    Returns:
+        The markdown (no trailing newline).
+    """
+    lines = ["| method | target sparsity | sparsity (kernels) | compression | theoretical speedup "
+             "| test accuracy | test error | ± std | seeds |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for a in agg:
+        lines.append(
+            f"| {a['method']} | {a['target_sparsity']:.1%} | {a['kernel_sparsity']:.2%} | "
+            f"{_ratio(a['compression_ratio'])} | {_ratio(a['theoretical_speedup'])} | "
+            f"{_percent(a['test_accuracy'])} | {_percent(a['test_error'])} | "
+            f"{_percent(a['test_accuracy_std'])} | {a['seeds']} |")
+    targets = sorted({a["target_sparsity"] for a in agg if a["method"] != "dense"})
+    methods = list(dict.fromkeys(a["method"] for a in agg))
+    if len(methods) > 1 and targets:
+        by_key = {(a["method"], a["target_sparsity"]): a for a in agg}
+        lines += ["", "Test error (mean ± std over seeds):", "",
+                  "| method | " + " | ".join(f"{t:.0%}" for t in targets) + " |",
+                  "|---|" + "---|" * len(targets)]
+        for m in methods:
+            if m == "dense":
+                a = next(x for x in agg if x["method"] == m)
+                cells = [f"{_percent(a['test_error'])} ± {_percent(a['test_accuracy_std'])}"
+                         " (dense)"] + [""] * (len(targets) - 1)
+            else:
+                cells = [f"{_percent(by_key[m, t]['test_error'])} ± "
+                         f"{_percent(by_key[m, t]['test_accuracy_std'])}"
+                         if (m, t) in by_key else "" for t in targets]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if published:
+        lines += ["", "| published | sparsity | test error | source |", "|---|---|---|---|"]
+        for p in published:
+            lines.append(f"| {p['label']} | {p['sparsity']:.1%} | "
+                         f"{100 - p['accuracy']:.2f}% | {p['source']} |")
     return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import jax
 import ml_collections
+import numpy as np
 
 from experiments import config as config_lib
 from experiments import data as data_lib
@@ -197,20 +198,29 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
                 "macs_per_example": macs["total"], "macs_by_leaf": macs["by_leaf"],
                 "published": published, "wall_time_s": wall}
         agg = outputs.write_summary(ordered, out_dir, meta)
+        (out_dir / "summary.md").write_text(outputs.format_markdown(agg, published) + "\n")
         title = f"{config.model} on {config.dataset}"
+        error = bool(config.get("plot_error", False))
+        png = "error_vs_sparsity.png" if error else "accuracy_vs_sparsity.png"
+        imp_methods = [m for m in config.methods if m in train.IMP_SCHEDULES]
         if config.get("plots", True):
-            plots.plot_accuracy_vs_sparsity(agg, out_dir / "accuracy_vs_sparsity.png", title,
-                                            published)
+            plots.plot_accuracy_vs_sparsity(agg, out_dir / png, title, published, error=error)
             plots.plot_training_curves(ordered, out_dir / "training_curves.png", title)
+            if imp_methods:
+                png += ", learning_rates.png"
+                plots.plot_learning_rates(
+                    {m: train.method_learning_rate(m, config) for m in config.methods},
+                    int(config.num_train_steps), out_dir / "learning_rates.png",
+                    f"{title}: learning rates",
+                    boundaries=list(np.cumsum(train.imp_cycle_steps(config))[:-1]))
         log("")
         log(f"Final test accuracy, {title} ({config.num_train_steps} steps, sparsity, "
             "compression ratio and theoretical speedup measured on the final parameters):")
         log(outputs.format_table(agg))
         if published:
             log(outputs.format_published(published))
-        pngs = "accuracy_vs_sparsity.png, training_curves.png, " \
-            if config.get("plots", True) else ""
-        log(f"\nWrote {out_dir}/summary.{{json,csv}}, {pngs}runs/ and checkpoints/ "
+        pngs = f"{png}, training_curves.png, " if config.get("plots", True) else ""
+        log(f"\nWrote {out_dir}/summary.{{json,csv,md}}, {pngs}runs/ and checkpoints/ "
             f"({wall:.1f}s total)")
         return {"records": ordered, "aggregate": agg, "wall_time_s": wall,
                 "output_dir": str(out_dir), "macs": macs, "published": published}

@@ -20,6 +20,7 @@ index within the epoch) is kept next to it and saved in every checkpoint.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional, Sequence
@@ -48,15 +49,22 @@ class StopRequested(Exception):
 
 
 class RunSpec(NamedTuple):
-    """One run of a sweep."""
+    """One run of a sweep.
+
+    ``tag``, when given, names the run instead of its sparsity (the lottery-ticket runs of
+    `experiments.lottery`: ``ticket_seed0``, ``reinit_r07_seed0``).
+    """
 
     method: str
     sparsity: float
     seed: int
+    tag: Optional[str] = None
 
     @property
     def name(self) -> str:
         """The run's name: ``dense_seed0``, ``gradual_s0.9_seed1``, ..."""
+        if self.tag is not None:
+            return "_".join(x for x in (self.method, self.tag) if x) + f"_seed{self.seed}"
         if self.method == "dense":
             return f"dense_seed{self.seed}"
         return f"{self.method}_s{self.sparsity:g}_seed{self.seed}"
@@ -74,11 +82,13 @@ class TrainState(NamedTuple):
 
 
 class DeviceData(NamedTuple):
-    """The training split on the device and the padded test split."""
+    """The training split on the device, the padded test split and an optional validation split
+    (held out of the training split, evaluated beside the test split when present)."""
 
     train_images: jax.Array
     train_labels: jax.Array
     test: evaluation.TestData
+    validation: Optional[evaluation.TestData] = None
 
 
 def prepare_data(dataset: data_lib.Dataset, eval_batch_size: int) -> DeviceData:
@@ -118,7 +128,9 @@ def make_learning_rate(opt: ml_collections.ConfigDict, num_steps: int) -> optax.
     if kind == "constant":
         schedule = optax.constant_schedule(lr)
     elif kind == "cosine":
-        schedule = optax.cosine_decay_schedule(lr, decay_steps=main_steps)
+        # Decays to ``min_lr_fraction * learning_rate`` (0 unless the config sets it).
+        schedule = optax.cosine_decay_schedule(
+            lr, decay_steps=main_steps, alpha=float(opt.get("min_lr_fraction", 0.0) or 0.0))
     elif kind == "step":
         boundaries = {
             int(b * main_steps): float(opt.get("decay_factor", 0.1))
@@ -133,13 +145,16 @@ def make_learning_rate(opt: ml_collections.ConfigDict, num_steps: int) -> optax.
     return schedule
 
 
-def make_optimizer(opt: ml_collections.ConfigDict,
-                   num_steps: int) -> optax.GradientTransformation:
+def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int,
+                   learning_rate: Optional[optax.Schedule] = None
+                   ) -> optax.GradientTransformation:
     """The optimizer of ``config.optimizer`` (SGD with optional momentum, or Adam).
 
     Args:
         opt: the optimizer config.
         num_steps: the number of training steps (for the schedule).
+        learning_rate: a schedule to use instead of the config's (the retraining schedules
+            of the IMP methods).
 
     Returns:
         The optax transformation.
@@ -147,7 +162,7 @@ def make_optimizer(opt: ml_collections.ConfigDict,
     Raises:
         ValueError: for an unknown optimizer or schedule.
     """
-    lr = make_learning_rate(opt, num_steps)
+    lr = make_learning_rate(opt, num_steps) if learning_rate is None else learning_rate
     wd = float(opt.get("weight_decay", 0.0) or 0.0)
     name = opt.get("name", "sgd")
     if name == "sgd":
@@ -161,25 +176,143 @@ def make_optimizer(opt: ml_collections.ConfigDict,
     raise ValueError(f"Unknown optimizer {name!r} (sgd, adam)")
 
 
-def prune_steps(config: ml_collections.ConfigDict) -> dict[str, int]:
+def prune_steps(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The step numbers derived from the fractions in the config.
 
     Args:
         config: the config.
 
     Returns:
-        ``one_shot_step``, ``gradual_begin``, ``gradual_end`` and ``gradual_frequency``.
+        ``one_shot_step``, ``gradual_begin``, ``gradual_end``, ``gradual_frequency`` and, when
+        the config has IMP methods, ``imp_cycle_steps`` (`imp_cycle_steps`).
     """
     n = int(config.num_train_steps)
     g = config.gradual
     begin = int(round(g.begin_fraction * n))
     end = max(begin + 1, int(round(g.end_fraction * n)))
-    return {
+    steps = {
         "one_shot_step": int(round(config.one_shot.prune_fraction * n)),
         "gradual_begin": begin,
         "gradual_end": end,
         "gradual_frequency": max(1, int(round(g.frequency_fraction * n))),
     }
+    if any(m in IMP_SCHEDULES for m in config.get("methods", ())):
+        steps["imp_cycle_steps"] = imp_cycle_steps(config)
+    return steps
+
+
+# The iterative-magnitude-pruning methods of the sweep and the learning-rate schedule of their
+# retraining cycles (`jaxprune.retraining`; Zimmer et al. 2021, Le & Hua 2021, Renda et al. 2020).
+IMP_SCHEDULES = {
+    "imp_ft": jaxprune.retraining.ft,
+    "imp_lrw": jaxprune.retraining.lrw,
+    "imp_slr": jaxprune.retraining.slr,
+    "imp_clr": jaxprune.retraining.clr,
+    "imp_llr": jaxprune.retraining.llr,
+}
+
+
+def imp_cycle_steps(config: ml_collections.ConfigDict) -> list[int]:
+    """The cycle lengths of the IMP methods: the original (dense) training, then the retraining
+    cycles, summing to ``num_train_steps`` (every method trains for the same number of steps).
+
+    The original training takes ``imp.original_fraction`` of the steps; the rest is split into
+    ``imp.cycles`` equal retraining cycles, the last one taking the remainder of the division.
+
+    Args:
+        config: the config (``num_train_steps``, ``imp.cycles``, ``imp.original_fraction``).
+
+    Returns:
+        ``imp.cycles + 1`` lengths.
+
+    Raises:
+        ValueError: if the config has no ``imp`` group or a cycle would be shorter than 1 step.
+    """
+    imp = config.get("imp", None)
+    if imp is None:
+        raise ValueError("the IMP methods need the config group 'imp' (cycles, "
+                         "original_fraction); see experiments/configs/mnist_imp_retraining.py")
+    n, cycles = int(config.num_train_steps), int(imp.cycles)
+    original = int(round(float(imp.original_fraction) * n))
+    retrain = (n - original) // max(cycles, 1)
+    if cycles < 1 or original < 1 or retrain < 1:
+        raise ValueError(f"imp: {n} steps cannot hold an original phase of "
+                         f"{imp.original_fraction} of them and {cycles} retraining cycles")
+    lengths = [original] + [retrain] * cycles
+    lengths[-1] += n - sum(lengths)
+    return lengths
+
+
+# The arguments of jaxprune.imp that inject_hyperparams must not turn into traced values.
+_IMP_STATIC = ("cycles", "cycle_steps", "seed", "rewind", "rate")
+
+
+def make_imp_tx(method: str, sparsity: float,
+                config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """IMP to ``sparsity`` in ``imp.cycles`` prunes with the retraining schedule of ``method``.
+
+    Cycle 0 trains the dense network with the config's optimizer and schedule over its
+    ``T = imp_cycle_steps(config)[0]`` steps (the original schedule ``lr0``); each later cycle
+    starts with a global magnitude prune of ``1 - (1 - sparsity) ** (1 / cycles)`` of the kept
+    weights and retrains the kept weights (no rewinding) with the learning rate of
+    ``IMP_SCHEDULES[method](lr0, T, retrain_steps)``. The optimizer's state carries on across
+    prunes (its step count drives the schedule). The sparsity is an ``inject_hyperparams``
+    hyperparameter, as for the other methods.
+
+    Args:
+        method: one of `IMP_SCHEDULES`.
+        sparsity: the sparsity after the last prune.
+        config: the config.
+
+    Returns:
+        The transformation (the optimizer wrapped by ``jaxprune.imp``).
+    """
+    lengths = imp_cycle_steps(config)
+    inner = make_optimizer(config.optimizer, lengths[0],
+                           learning_rate=method_learning_rate(method, config))
+    return optax.inject_hyperparams(jaxprune.imp, static_args=_IMP_STATIC)(
+        sparsity=float(sparsity), cycles=len(lengths) - 1, cycle_steps=lengths,
+        distribution=config.distribution, inner=inner)
+
+
+def method_learning_rate(method: str, config: ml_collections.ConfigDict) -> optax.Schedule:
+    """The learning-rate schedule a method trains with (for plots and tests).
+
+    Args:
+        method: a sweep method.
+        config: the config.
+
+    Returns:
+        The schedule of the step.
+    """
+    if method in IMP_SCHEDULES:
+        lengths = imp_cycle_steps(config)
+        warmup = int(config.optimizer.get("warmup_steps", 0) or 0)
+        original = make_learning_rate(config.optimizer, lengths[0])
+        return IMP_SCHEDULES[method](original, lengths[0], lengths[1:], warmup_steps=warmup)
+    return make_learning_rate(config.optimizer, int(config.num_train_steps))
+
+
+def make_ticket_tx(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Frankle & Carbin's lottery-ticket IMP of ``config.lottery``.
+
+    ``lottery.rounds`` prunes of ``lottery.round_steps`` steps each after a dense round of the
+    same length; layer-wise (each kernel loses ``lottery.rate`` of its remaining weights per
+    round, the output layer ``lottery.output_rate``), then the kept weights are rewound to their
+    initial values and the optimizer (``config.optimizer``, Adam in the paper) restarts.
+
+    Args:
+        config: the config with a ``lottery`` group.
+
+    Returns:
+        The transformation.
+    """
+    lt = config.lottery
+    steps = int(lt.round_steps)
+    return jaxprune.imp(
+        rate=float(lt.rate), cycles=int(lt.rounds), cycle_steps=steps, distribution="uniform",
+        leaf_rates={str(lt.output_layer): float(lt.output_rate)}, rewind="init",
+        reset_optimizer=True, inner=make_optimizer(config.optimizer, steps))
 
 
 def make_pruner(method: str, sparsity: float,
@@ -220,16 +353,21 @@ def make_pruner(method: str, sparsity: float,
 
 def make_tx(method: str, sparsity: float,
             config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The optimizer chained with the method's pruner.
+    """The optimizer chained with the method's pruner (or wrapped by IMP).
 
     Args:
-        method: the method.
+        method: the method (``dense``, ``one_shot``, ``gradual``, one of `IMP_SCHEDULES`, or
+            ``ticket``, see `make_ticket_tx`).
         sparsity: the target sparsity (ignored for ``dense``).
         config: the config.
 
     Returns:
         The full transformation.
     """
+    if method in IMP_SCHEDULES:
+        return make_imp_tx(method, sparsity, config)
+    if method == "ticket":
+        return make_ticket_tx(config)
     tx = make_optimizer(config.optimizer, int(config.num_train_steps))
     pruner = make_pruner(method, sparsity, config)
     return tx if pruner is None else optax.chain(tx, pruner)
@@ -394,6 +532,8 @@ def train_runs(
     vmap: bool = True,
     log: Callable[[str], None] = print,
     position: int = 1,
+    txs: Optional[Sequence[optax.GradientTransformation]] = None,
+    templates: Optional[Sequence[TrainState]] = None,
 ) -> list[dict]:
     """Trains runs of one method, as one vmapped program if ``vmap`` and there are several.
 
@@ -401,6 +541,12 @@ def train_runs(
     when ``config.resume`` (and the checkpoints were saved by a config with the same
     `experiments.config.fingerprint`); saves every ``checkpoint_interval(config)`` steps and
     at the end.
+
+    Runs whose optimizer holds a ``jaxprune.imp`` state are also evaluated at the end of
+    every IMP cycle; their evaluation records carry the cycle (``cycle``, ``cycle_step``,
+    ``cycle_end``, ``planned_sparsity``) and the sparsity of the masks (``mask_sparsity``,
+    ``mask_leaf_sparsity``, ``mask_leaf_zeros``), and the masks of every cycle are written at
+    its end to ``output_dir/masks/<run>/cycle_<c>.npz`` (one bool array per pruned leaf).
 
     Args:
         config: the config.
@@ -412,6 +558,9 @@ def train_runs(
         vmap: train several runs as one vmapped program (else ``runs`` must hold one run).
         log: prints a line.
         position: tqdm position of the progress bar.
+        txs: the runs' transformations, instead of `make_tx` (runs of one method must share
+            the structure of their states: the program is built from the first).
+        templates: the runs' initial states, instead of `init_state` from their seeds.
 
     Returns:
         One record per run: its evaluations and final metrics.
@@ -434,12 +583,22 @@ def train_runs(
     stacked = vmap and len(runs) > 1
 
     model = models.get_model(config.model, dataset.num_classes)
-    txs = [make_tx(method, r.sparsity, config) for r in runs]
-    templates = [init_state(model, tx, r.seed, dataset.image_shape)
-                 for tx, r in zip(txs, runs)]
+    if txs is None:
+        txs = [make_tx(method, r.sparsity, config) for r in runs]
+    if templates is None:
+        templates = [init_state(model, tx, r.seed, dataset.image_shape)
+                     for tx, r in zip(txs, runs)]
+    if len(txs) != len(runs) or len(templates) != len(runs):
+        raise ValueError("train_runs: one transformation and one template per run")
+    templates = list(templates)
+    cycle_ends = imp_cycle_ends(templates[0].opt_state)
     axes = stacking.run_axes(templates[0]) if stacked else None
     program = get_program((fingerprint, method, dataset.num_classes), model, txs[0],
                           data.test.batch_size, axes)
+    evaluate_validation = None
+    if data.validation is not None:  # (its own program when its batch size differs)
+        evaluate_validation = get_program((fingerprint, method, dataset.num_classes), model,
+                                          txs[0], data.validation.batch_size, axes).evaluate
 
     keep = int(config.get("keep_checkpoints", 2) or 2)
     checkpoints = [checkpointing.RunCheckpoints(output_dir / "checkpoints" / r.name, keep)
@@ -466,8 +625,10 @@ def train_runs(
         log(f"[{', '.join(r.name for r in runs)}] resuming from the checkpoint of step "
             f"{step}/{num_steps}")
     else:
-        for c in checkpoints:
+        for c, r in zip(checkpoints, runs):
             c.clear()
+            if cycle_ends:
+                shutil.rmtree(output_dir / "masks" / r.name, ignore_errors=True)
     state = stacking.stack(states, axes) if stacked else states[0]
     capacity = min(eval_every, num_steps)
     stop_after = config.get("stop_after_step", None)
@@ -500,7 +661,8 @@ def train_runs(
         while step < num_steps and not all(diverged):
             target = min(num_steps, _next_multiple(step, eval_every),
                          _next_multiple(step, checkpoint_every),
-                         stop_after if stop_after is not None else math.inf)
+                         stop_after if stop_after is not None else math.inf,
+                         min((e for e in cycle_ends if e > step), default=math.inf))
             count = int(target - step)
             indices = np.zeros((len(runs), capacity, batch_size), np.int32)
             for i, r in enumerate(runs):
@@ -513,9 +675,10 @@ def train_runs(
             since_eval += count
             if bar is not None:
                 bar.update(count)
-            if step % eval_every == 0 or step == num_steps:
+            if step % eval_every == 0 or step == num_steps or step in cycle_ends:
                 _evaluate(state, program, data, runs, axes, step, since_eval, evaluations,
-                          diverged, mac_counts, num_examples, batch_size, num_steps, log, bar)
+                          diverged, mac_counts, num_examples, batch_size, num_steps, log, bar,
+                          output_dir if cycle_ends else None, evaluate_validation)
                 since_eval = 0
                 state = _reset_sums(state)
             if (checkpoint_every and step % checkpoint_every == 0) or step == num_steps \
@@ -572,14 +735,109 @@ def train_runs(
     return records
 
 
+def imp_cycle_ends(opt_state: Any) -> list[int]:
+    """The steps at which the cycles of a ``jaxprune.imp`` run end ([] without one).
+
+    Args:
+        opt_state: the optimizer state of one run.
+
+    Returns:
+        The cycle ends, ascending.
+    """
+    is_imp = lambda x: isinstance(x, jaxprune.IMPState)  # noqa: E731
+    found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_imp) if is_imp(x)]
+    if len(found) != 1:
+        return []
+    return [int(e) for e in np.asarray(jax.device_get(found[0].cycle_ends))]
+
+
+def imp_record(opt_state: Any) -> dict[str, Any]:
+    """The IMP cycle of a run and the sparsity of its masks, for its evaluation record.
+
+    Args:
+        opt_state: the optimizer state of one run (holding a ``jaxprune.imp`` state).
+
+    Returns:
+        ``cycle``, ``cycle_step``, ``cycle_end``, ``planned_sparsity`` (of the pruned
+        leaves, as planned by `jaxprune.imp`), ``mask_sparsity`` (measured: pruned entries
+        over the size of the pruned leaves), ``mask_leaf_sparsity`` and ``mask_leaf_zeros``
+        (per pruned leaf).
+    """
+    info = jax.device_get(jaxprune.get_cycle(opt_state))
+    summary = jaxprune.sparsity_summary(jax.device_get(jaxprune.get_masks(opt_state)))
+    return {
+        "cycle": int(info.cycle),
+        "cycle_step": int(info.step),
+        "cycle_end": bool(info.at_end),
+        "planned_sparsity": float(info.sparsity),
+        "mask_sparsity": float(summary.sparsity),
+        "mask_leaf_sparsity": {str(k): float(v.sparsity) for k, v in summary.leaves.items()},
+        "mask_leaf_zeros": {str(k): int(v.zeros) for k, v in summary.leaves.items()},
+    }
+
+
+def save_cycle_masks(opt_state: Any, directory: Path, cycle: int) -> Path:
+    """Writes the masks of a run to ``directory/cycle_<cycle>.npz`` (one array per leaf).
+
+    Args:
+        opt_state: the optimizer state of one run.
+        directory: the run's mask directory.
+        cycle: the cycle the masks belong to.
+
+    Returns:
+        The file written.
+    """
+    masks = jax.device_get(jaxprune.get_masks(opt_state))
+    arrays = {jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(m, bool)
+              for path, m in jax.tree_util.tree_flatten_with_path(masks)[0]}
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"cycle_{cycle:02d}.npz"
+    tmp = directory / f".cycle_{cycle:02d}.tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+    return path
+
+
+def load_cycle_masks(directory: Path, cycle: int, params: Any) -> Any:
+    """The masks written by `save_cycle_masks`, as a tree like ``params`` (None elsewhere).
+
+    Args:
+        directory: the run's mask directory.
+        cycle: the cycle.
+        params: params (or shapes) of the run, for the tree structure.
+
+    Returns:
+        The mask tree.
+
+    Raises:
+        FileNotFoundError: if the cycle's masks were not written.
+    """
+    with np.load(directory / f"cycle_{cycle:02d}.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    paths, treedef = jax.tree_util.tree_flatten_with_path(params)
+    return jax.tree.unflatten(treedef, [
+        arrays.get(jax.tree_util.keystr(p, simple=True, separator="/")) for p, _ in paths])
+
+
 def _evaluate(state, program, data, runs, axes, step, since_eval, evaluations, diverged,
-              mac_counts, num_examples, batch_size, num_steps, log, bar) -> None:
-    """Appends an evaluation record to every run still training (in place)."""
+              mac_counts, num_examples, batch_size, num_steps, log, bar,
+              masks_dir: Optional[Path] = None,
+              evaluate_validation: Optional[Callable] = None) -> None:
+    """Appends an evaluation record to every run still training (in place).
+
+    With ``masks_dir`` (IMP runs) the records carry `imp_record` and the masks of a cycle
+    are saved at its end; with ``data.validation``, the validation loss and accuracy from
+    ``evaluate_validation``.
+    """
     correct, loss_sum = program.evaluate(state.params, state.model_state, data.test.images,
                                          data.test.labels, data.test.valid)
     correct, loss_sum, train_loss, train_acc = (
         np.atleast_1d(np.asarray(x)) for x in jax.device_get(
             (correct, loss_sum, state.loss_sum, state.accuracy_sum)))
+    if data.validation is not None:
+        val_correct, val_loss = (np.atleast_1d(np.asarray(x)) for x in jax.device_get(
+            evaluate_validation(state.params, state.model_state, data.validation.images,
+                                data.validation.labels, data.validation.valid)))
     for i, r in enumerate(runs):
         if diverged[i]:
             continue
@@ -599,6 +857,15 @@ def _evaluate(state, program, data, runs, axes, step, since_eval, evaluations, d
             "theoretical_speedup": sp["theoretical_speedup"],
             "leaf_sparsity": sp["leaves"],
         }
+        if data.validation is not None:
+            record["validation_loss"] = float(val_loss[i]) / data.validation.size
+            record["validation_accuracy"] = int(val_correct[i]) / data.validation.size
+        if masks_dir is not None:
+            opt_state = stacking.take(state.opt_state, axes.opt_state, i) if axes is not None \
+                else state.opt_state
+            record.update(imp_record(opt_state))
+            if record["cycle_end"]:
+                save_cycle_masks(opt_state, masks_dir / "masks" / r.name, record["cycle"])
         evaluations[i].append(record)
         if not math.isfinite(record["loss"]):
             log(f"[{r.name}] loss is {record['loss']}; stopping this run early")

@@ -559,3 +559,198 @@ def test_vmapped_sparsities_equal_sequential_runs(tiny_sweep, cache_dir, tmp_pat
     names = ["gradual_s0.5_seed0", "gradual_s0.9_seed0"]
     assert vmapped[names[0]]["trained_with"] == names
     _assert_close_records(vmapped, sequential, names)
+
+
+# ------------------------------------------------------------------------------ IMP retraining
+
+
+def test_imp_retraining_config_and_schedules():
+    import optax
+
+    config = config_lib.load_config("mnist_imp_retraining")
+    assert tuple(config.methods) == ("dense", "gradual", "imp_ft", "imp_lrw", "imp_slr",
+                                     "imp_clr")
+    assert tuple(config.sparsities) == (0.9, 0.95, 0.98) and tuple(config.seeds) == (0, 1, 2)
+    # Every method trains num_train_steps steps: IMP's original phase and 4 retraining cycles
+    # add up to it.
+    lengths = train.imp_cycle_steps(config)
+    assert lengths == [2000, 1000, 1000, 1000, 1000]
+    assert sum(lengths) == config.num_train_steps
+    config.num_train_steps = 20
+    assert train.imp_cycle_steps(config) == [7, 3, 3, 3, 4]
+    config.num_train_steps = 6000
+    # The published LeNet-300-100 points: Han et al. and SNIP's Table 1.
+    points = outputs.published_points(config)
+    assert [(p["sparsity"], round(100 - p["accuracy"], 2)) for p in points] == [
+        (0.0, 1.7), (0.918, 1.59), (0.95, 1.6), (0.98, 2.4), (0.982, 2.0), (0.985, 2.0)]
+
+    lr = {m: train.method_learning_rate(m, config) for m in config.methods}
+    original = optax.cosine_decay_schedule(0.05, 2000, alpha=0.01)  # the original phase
+    lr_max, lr_min = 0.05, float(original(1999))
+    assert lr_min == pytest.approx(5e-4, rel=1e-3)
+    for m in ("imp_ft", "imp_lrw", "imp_slr", "imp_clr"):
+        assert float(lr[m](1234)) == pytest.approx(float(original(1234)))
+    for start in (2000, 3000, 4000, 5000):  # the retraining cycles
+        for j in (0, 99, 100, 500, 999):
+            step = start + j
+            assert float(lr["imp_ft"](step)) == pytest.approx(lr_min, rel=1e-5)
+            assert float(lr["imp_lrw"](step)) == pytest.approx(float(original(1000 + j)),
+                                                                rel=1e-5)
+        # SLR and CLR: warm-up over 10% of the cycle, then from lr_max down.
+        for m in ("imp_slr", "imp_clr"):
+            assert float(lr[m](start)) == 0.0
+            assert float(lr[m](start + 100)) == pytest.approx(lr_max)
+            assert float(lr[m](start + 999)) < 0.01 * lr_max + 1e-3
+        assert float(lr["imp_slr"](start + 550)) == pytest.approx(float(original(1000)),
+                                                                  rel=1e-5)
+        assert float(lr["imp_clr"](start + 550)) == pytest.approx((lr_max + lr_min) / 2,
+                                                                  rel=1e-5)
+    # dense and gradual: the cosine over all the steps.
+    assert float(lr["gradual"](3000)) == pytest.approx(
+        float(optax.cosine_decay_schedule(0.05, 6000, alpha=0.01)(3000)))
+
+
+@needs_mnist
+def test_imp_retraining_sweep_trains_equal_steps(mnist, cache_dir, tmp_path):
+    # (Two of the four schedules: each method compiles its own program; the schedules
+    # themselves are checked above.)
+    out = tmp_path / "imp"
+    methods = ("gradual", "imp_ft", "imp_clr")
+    argv = _argv(out, cache_dir, "--config", "mnist_imp_retraining", "--set",
+                 f"methods={','.join(methods)}", "--set", "sparsities=0.9", "--set", "seeds=0")
+    assert cli.main(argv) == 0
+    records = _records(out)
+    assert sorted(records) == sorted(f"{m}_s0.9_seed0" for m in methods)
+    for name, record in records.items():
+        assert record["num_train_steps"] == 20 and record["final"]["step"] == 20, name
+        assert record["final"]["kernel_sparsity"] == pytest.approx(0.9, abs=1e-4), name
+    # IMP: cycles of [7, 3, 3, 3, 4] steps, an evaluation at the end of each, 4 global prunes
+    # of 1 - 0.1 ** (1/4) of the kept weights (an exact count of the 266,200 kernel weights).
+    size = 266_200
+    for m in methods[1:]:
+        evals = records[f"{m}_s0.9_seed0"]["evaluations"]
+        assert [e["step"] for e in evals] == [7, 10, 13, 16, 20]
+        assert [e["cycle"] for e in evals] == [0, 1, 2, 3, 4]
+        assert all(e["cycle_end"] for e in evals)
+        for c, e in enumerate(evals):
+            zeros = sum(e["mask_leaf_zeros"].values())
+            assert zeros == round((1 - 0.1 ** (c / 4)) * size), (m, c)
+            assert e["mask_sparsity"] == pytest.approx(e["planned_sparsity"], abs=1e-6)
+            assert (out / "masks" / f"{m}_s0.9_seed0" / f"cycle_{c:02d}.npz").is_file()
+    # The schedules differ only after the original phase: the same dense network at step 7.
+    at7 = {m: records[f"{m}_s0.9_seed0"]["evaluations"][0]["test_loss"] for m in methods[1:]}
+    assert len(set(at7.values())) == 1
+    assert len({records[f"{m}_s0.9_seed0"]["final"]["test_loss"] for m in methods[1:]}) == 2
+    for name in ("summary.md", "error_vs_sparsity.png", "learning_rates.png",
+                 "training_curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    table = (out / "summary.md").read_text()
+    assert "| imp_clr | 90.0% |" in table and "Han et al. 2015" in table
+
+
+# ------------------------------------------------------------------------------ lottery tickets
+
+
+def test_lottery_config_reaches_the_papers_sparsities():
+    from experiments import lottery
+
+    config = config_lib.load_config("mnist_lth")
+    assert config.experiment == "lottery" and config.batch_size == 60
+    assert config.optimizer.name == "adam" and config.optimizer.learning_rate == 1.2e-3
+    assert (config.lottery.rate, config.lottery.output_rate) == (0.2, 0.1)
+    assert config.validation_size == 5000 and tuple(config.seeds) == (0, 1, 2)
+    # Frankle & Carbin's P_m: 100, 51.3, 21.1, 7.0, 3.6 and 1.9% of the weights remaining.
+    remaining = [round(100 * (1 - lottery.planned_sparsity(config, r)), 1)
+                 for r in (0, 3, 7, 12, 15, 18)]
+    assert remaining == [100.0, 51.3, 21.1, 7.0, 3.6, 1.9]
+    assert lottery.reinit_rounds(config) == list(range(1, 19))
+    seeds = {lottery.reinit_seed(s, r) for s in range(3) for r in range(1, 19)}
+    assert len(seeds) == 54 and not seeds & {0, 1, 2}
+    config.reinit_rounds = (0, 3)
+    with pytest.raises(ValueError, match="reinit_rounds"):
+        lottery.validate(config)
+
+
+LOTTERY = ["--config", "mnist_lth", "--set", "lottery.rounds=3", "--set",
+           "lottery.round_steps=8", "--set", "eval_every=4", "--set", "checkpoint_every=8",
+           "--set", "seeds=0,1", "--set", "vmap_seeds=true", "--set", "validation_size=1000"]
+
+
+@needs_mnist
+def test_lottery_tickets_and_reinit_control(mnist, cache_dir, tmp_path):
+    from experiments import lottery
+    import jaxprune
+
+    out = tmp_path / "lottery"
+    argv = ["--data_dir", str(DATA_DIR), "--cache_dir", str(cache_dir), "--output_dir",
+            str(out), "--no_progress", *LOTTERY]
+    assert cli.main(argv) == 0
+    _, config = cli.parse_args(argv)
+    model = models.get_model("lenet300_100", 10)
+    ticket_init = {s: train.init_state(model, train.make_ticket_tx(config), s,
+                                       (28, 28, 1)).params for s in (0, 1)}
+    shapes = ticket_init[0]
+
+    # The ticket masks of round r: exactly round((1 - 0.8^r) n) pruned in each hidden kernel
+    # and round((1 - 0.9^r) n) in the output kernel; nested; different per seed.
+    masks = {(s, r): train.load_cycle_masks(out / "masks" / f"ticket_seed{s}", r, shapes)
+             for s in (0, 1) for r in range(4)}
+    for (s, r), m in masks.items():
+        for layer, n, rate in (("Dense_0", 784 * 300, 0.2), ("Dense_1", 300 * 100, 0.2),
+                               ("Dense_2", 100 * 10, 0.1)):
+            assert m[layer]["bias"] is None
+            kept = m[layer]["kernel"]
+            assert int(np.sum(~kept)) == round((1 - (1 - rate) ** r) * n), (s, r, layer)
+            if r > 0:
+                assert not np.any(kept & ~masks[s, r - 1][layer]["kernel"])
+    assert not np.array_equal(masks[0, 3]["Dense_0"]["kernel"], masks[1, 3]["Dense_0"]["kernel"])
+
+    summary = json.loads((out / "summary.json").read_text())
+    sparsity_rows = summary["cycle_sparsity"]
+    assert [row["round"] for row in sparsity_rows] == [0, 1, 2, 3]
+    for row in sparsity_rows:
+        assert row["identical_across_seeds"]
+        assert row["sparsity"] == pytest.approx(row["planned"], abs=1e-12)
+    assert sparsity_rows[3]["zeros"] == {"Dense_0/kernel": 114_778, "Dense_1/kernel": 14_640,
+                                         "Dense_2/kernel": 271}
+
+    # The control: each seed's run of round r trains that seed's ticket masks (vmapped with
+    # the other seed's: the masks are in each run's state) from a different initialisation.
+    for s in (0, 1):
+        for r in (1, 3):
+            spec = train.RunSpec("reinit", lottery.planned_sparsity(config, r), s, tag=f"r{r:02d}")
+            _, template = lottery.make_reinit_run(config, model, spec, masks[s, r], (28, 28, 1))
+            checkpoints = checkpointing.RunCheckpoints(out / "checkpoints" / spec.name)
+            try:
+                assert checkpoints.steps() == [8]
+                final, _ = checkpoints.restore(8, template)
+            finally:
+                checkpoints.close()
+            got = jaxprune.get_masks(final.opt_state)
+            for layer in ("Dense_0", "Dense_1", "Dense_2"):
+                keep = masks[s, r][layer]["kernel"]
+                np.testing.assert_array_equal(np.asarray(got[layer]["kernel"]), keep)
+                w = np.asarray(final.params[layer]["kernel"])
+                assert np.all(w[~keep] == 0) and np.all(w[keep] != 0)
+                w0 = np.asarray(template.params[layer]["kernel"])
+                assert np.all(w0[~keep] == 0)
+                # A fresh draw, not the ticket's initial weights.
+                assert not np.any(w0[keep] == np.asarray(ticket_init[s][layer]["kernel"])[keep])
+
+    # One row per (method, round, seed); early stopping by the validation loss.
+    rows = summary["rows"]
+    assert len(rows) == 2 * 4 + 2 * 3
+    assert {(r["method"], r["round"]) for r in rows} == (
+        {("ticket", r) for r in range(4)} | {("reinit", r) for r in (1, 2, 3)})
+    assert all(r["early_stop_iteration"] in (4, 8) for r in rows)
+    by = {(r["method"], r["round"], r["seed"]): r for r in rows}
+    for r in (1, 2, 3):
+        assert by["reinit", r, 0]["remaining"] == by["ticket", r, 0]["remaining"]
+        assert by["ticket", r, 0]["remaining"] == pytest.approx(
+            1 - lottery.planned_sparsity(config, r))
+    ticket = json.loads((out / "runs" / "ticket_seed0.json").read_text())
+    assert [e["step"] for e in ticket["evaluations"]] == list(range(4, 33, 4))
+    assert all("validation_loss" in e for e in ticket["evaluations"])
+    assert len(summary["aggregate"]) == 7
+    for name in ("summary.md", "summary.csv", "cycle_sparsity.csv", "lottery.png"):
+        assert (out / name).stat().st_size > 0, name

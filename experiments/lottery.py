@@ -1,0 +1,538 @@
+"""The lottery-ticket experiment: winning tickets against random reinitialisation.
+
+Frankle & Carbin (2019, "The lottery ticket hypothesis", Sec. 2 and Figs. 3-4) on
+LeNet-300-100 / MNIST, in two phases, each trained by `experiments.train.train_runs`:
+
+1. **Tickets.** One ``jaxprune.imp`` run per seed (`experiments.train.make_ticket_tx`):
+   ``lottery.rounds + 1`` rounds of ``lottery.round_steps`` steps. Round 0 trains the dense
+   network; the first update of round ``r >= 1`` removes ``lottery.rate`` (20%) of the
+   remaining weights of each hidden kernel and ``lottery.output_rate`` (10%) of the output
+   kernel by magnitude (layer-wise), rewinds the kept weights to their initial values and
+   restarts the optimizer (Adam, 1.2e-3). The masks of every round are written at its end
+   to ``masks/ticket_seed<s>/cycle_<r>.npz``.
+2. **Random reinitialisation** (the paper's control). For every seed and round ``r >= 1``
+   (or the rounds in ``reinit_rounds``): the ticket's round-``r`` masks, fixed
+   (``jaxprune.static_sparse(masks=...)``), on a fresh random initialisation drawn from
+   `reinit_seed` (never a ticket's seed), trained for ``lottery.round_steps`` steps with the
+   same optimizer and the same data order as the ticket.
+
+Every run is evaluated every ``eval_every`` steps and at the end of each round on the test set
+and on ``validation_size`` examples held out of the training set (5,000 in the paper; the
+runs train on the rest). Per round and seed: the weights remaining (measured from the
+masks), the test accuracy at the end of the round, and the early-stopping iteration (the
+evaluation of minimum validation loss in the round) with the test accuracy there.
+
+Writes, under ``output_dir``: ``runs/`` (every evaluation of every run), ``masks/``,
+``checkpoints/``, ``summary.json`` (rows per method, round and seed; their aggregate over
+seeds: mean, std, min, max; the per-cycle sparsity of the masks), ``summary.csv`` (the rows),
+``cycle_sparsity.csv``, ``summary.md`` (the tables), ``lottery.png`` and ``log.txt``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+import jaxprune
+from experiments import config as config_lib
+from experiments import data as data_lib
+from experiments import evaluation
+from experiments import models
+from experiments import outputs
+from experiments import plots
+from experiments import train
+from experiments.train import RunSpec
+
+ROW_COLUMNS = [
+    "method", "round", "seed", "remaining", "final_accuracy", "early_stop_iteration",
+    "early_stop_accuracy", "early_stop_validation_loss", "final_validation_loss", "run",
+]
+METRICS = ("final_accuracy", "early_stop_iteration", "early_stop_accuracy")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks the lottery fields of a config.
+
+    Args:
+        config: the config.
+
+    Raises:
+        ValueError: for a bad rate, round count or length, reinit round or validation size,
+            or a reinit seed that equals a ticket's seed.
+    """
+    lt = config.lottery
+    for name in ("rate", "output_rate"):
+        if not 0.0 < float(lt[name]) < 1.0:
+            raise ValueError(f"lottery.{name} must lie in (0, 1), got {lt[name]}")
+    if int(lt.rounds) < 1 or int(lt.round_steps) < 1:
+        raise ValueError(f"lottery.rounds and lottery.round_steps must be >= 1, got "
+                         f"{lt.rounds} and {lt.round_steps}")
+    bad = [r for r in reinit_rounds(config) if not 1 <= r <= int(lt.rounds)]
+    if bad:
+        raise ValueError(f"reinit_rounds must lie in 1..{lt.rounds}, got {bad}")
+    if int(config.get("validation_size", 0)) < 0:
+        raise ValueError(f"validation_size must be >= 0, got {config.validation_size}")
+    seeds = {int(s) for s in config.seeds}
+    clash = [(s, r) for s in seeds for r in reinit_rounds(config) if reinit_seed(s, r) in seeds]
+    if clash:
+        raise ValueError(f"the reinit seeds of (seed, round) {clash} equal a ticket's seed")
+
+
+def reinit_rounds(config: ml_collections.ConfigDict) -> list[int]:
+    """The rounds whose tickets are also trained from a random reinitialisation.
+
+    Args:
+        config: the config (``reinit_rounds``: empty for every round; ``lottery.reinit``
+            False for none).
+
+    Returns:
+        The rounds, ascending.
+    """
+    if not config.lottery.get("reinit", True):
+        return []
+    chosen = [int(r) for r in (config.get("reinit_rounds", ()) or ())]
+    return sorted(set(chosen)) if chosen else list(range(1, int(config.lottery.rounds) + 1))
+
+
+def reinit_seed(seed: int, round_: int) -> int:
+    """The seed of the fresh initialisation of the control of ticket ``seed``, round ``round_``.
+
+    Distinct for every (seed, round) and, for seeds below 10,000, from every ticket's seed.
+
+    Args:
+        seed: the ticket's seed.
+        round_: the round.
+
+    Returns:
+        The seed passed to `experiments.train.init_state`.
+    """
+    return 10_000 * (int(seed) + 1) + int(round_)
+
+
+def phase_config(config: ml_collections.ConfigDict, num_steps: int) -> ml_collections.ConfigDict:
+    """The config of one phase: ``config`` with ``num_train_steps`` set to ``num_steps``."""
+    phase = ml_collections.ConfigDict(config.to_dict())
+    phase.num_train_steps = int(num_steps)
+    return phase
+
+
+def ticket_specs(config: ml_collections.ConfigDict) -> list[RunSpec]:
+    """The ticket runs, one per seed."""
+    return [RunSpec("ticket", 0.0, int(s), tag="") for s in config.seeds]
+
+
+def reinit_specs(config: ml_collections.ConfigDict, round_: int) -> list[RunSpec]:
+    """The reinitialisation runs of ``round_``, one per seed (``sparsity``: the planned one)."""
+    planned = planned_sparsity(config, round_)
+    return [RunSpec("reinit", planned, int(s), tag=f"r{round_:02d}") for s in config.seeds]
+
+
+def planned_sparsity(config: ml_collections.ConfigDict, round_: int,
+                     sizes: Optional[dict[str, int]] = None) -> float:
+    """The kernels' sparsity after ``round_`` prunes: per leaf ``round((1 - (1 - p)^r) n)``.
+
+    Args:
+        config: the config.
+        round_: the round.
+        sizes: kernel sizes by leaf name (default: LeNet-300-100's).
+
+    Returns:
+        The fraction of kernel weights pruned.
+    """
+    lt = config.lottery
+    sizes = sizes or {"Dense_0/kernel": 784 * 300, "Dense_1/kernel": 300 * 100,
+                      "Dense_2/kernel": 100 * 10}
+    zeros = 0
+    for name, n in sizes.items():
+        rate = float(lt.output_rate) if name == lt.output_layer else float(lt.rate)
+        zeros += round((1.0 - (1.0 - rate) ** round_) * n)
+    return zeros / sum(sizes.values())
+
+
+def split_validation(dataset: data_lib.Dataset, size: int,
+                     seed: int) -> tuple[data_lib.Dataset, Optional[data_lib.Split]]:
+    """Holds ``size`` examples out of the training split, chosen by a seeded permutation.
+
+    Args:
+        dataset: the dataset.
+        size: examples held out (0: none).
+        seed: the permutation's seed.
+
+    Returns:
+        The dataset with the reduced training split, and the held-out split (or None).
+    """
+    if size <= 0:
+        return dataset, None
+    order = np.random.default_rng(seed).permutation(len(dataset.train))
+    held, kept = np.sort(order[:size]), np.sort(order[size:])
+    train_split = data_lib.Split(dataset.train.images[kept], dataset.train.labels[kept])
+    validation = data_lib.Split(dataset.train.images[held], dataset.train.labels[held])
+    return dataclasses.replace(dataset, train=train_split), validation
+
+
+def make_reinit_run(config: ml_collections.ConfigDict, model: Any, spec: RunSpec, masks: Any,
+                    image_shape: tuple) -> tuple[Any, train.TrainState]:
+    """The transformation and initial state of one random-reinitialisation run.
+
+    Args:
+        config: the config.
+        model: the Flax model.
+        spec: the run (``seed`` is the ticket's; ``tag`` ``r<round>``).
+        masks: the ticket's masks of that round (a tree like the params, None elsewhere).
+        image_shape: the shape of one input.
+
+    Returns:
+        ``(tx, state)``: ``jaxprune.static_sparse(masks=masks)`` around the config's
+        optimizer, and a fresh initialisation from ``reinit_seed`` with the pruned weights
+        zeroed (so the first step already trains the sparse network, as the ticket's does).
+    """
+    steps = int(config.lottery.round_steps)
+    tx = jaxprune.static_sparse(masks=masks,
+                                inner=train.make_optimizer(config.optimizer, steps))
+    round_ = int(spec.tag[1:])
+    state = train.init_state(model, tx, reinit_seed(spec.seed, round_), image_shape)
+    params = jax.tree.map(lambda p, m: p if m is None else jnp.where(m, p, jnp.zeros_like(p)),
+                          state.params, masks)
+    return tx, state._replace(params=params)
+
+
+# ============================================================================ results
+
+
+def _round_row(method: str, round_: int, seed: int, remaining: float, evals: Sequence[dict],
+               offset: int, run: str) -> dict:
+    """One row: the end-of-round and early-stopping metrics of ``evals`` (one round)."""
+    best = min(evals, key=lambda e: (e.get("validation_loss", e["test_loss"]), e["step"]))
+    last = evals[-1]
+    return {
+        "method": method, "round": round_, "seed": seed, "remaining": remaining,
+        "final_accuracy": last["test_accuracy"],
+        "early_stop_iteration": best["step"] - offset,
+        "early_stop_accuracy": best["test_accuracy"],
+        "early_stop_validation_loss": best.get("validation_loss", best["test_loss"]),
+        "final_validation_loss": last.get("validation_loss", last["test_loss"]),
+        "run": run,
+    }
+
+
+def ticket_rows(record: dict, config: ml_collections.ConfigDict) -> list[dict]:
+    """The per-round rows of a ticket run.
+
+    Args:
+        record: the run's record (`experiments.train.train_runs`).
+        config: the config.
+
+    Returns:
+        One row per round (0 = dense).
+
+    Raises:
+        ValueError: if a round has no evaluation at its end.
+    """
+    steps = int(config.lottery.round_steps)
+    rows = []
+    for r in range(int(config.lottery.rounds) + 1):
+        evals = [e for e in record["evaluations"] if r * steps < e["step"] <= (r + 1) * steps]
+        if not evals or evals[-1]["step"] != (r + 1) * steps or not evals[-1]["cycle_end"] \
+                or evals[-1]["cycle"] != r:
+            raise ValueError(f"{record['name']}: no evaluation at the end of round {r}")
+        rows.append(_round_row("ticket", r, record["seed"], 1.0 - evals[-1]["mask_sparsity"],
+                               evals, r * steps, record["name"]))
+    return rows
+
+
+def aggregate(rows: Sequence[dict]) -> list[dict]:
+    """Mean, standard deviation, min and max over seeds per (method, round).
+
+    Args:
+        rows: the per-seed rows.
+
+    Returns:
+        One dict per (method, round), in the order of first appearance.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["round"]), []).append(row)
+    out = []
+    for (method, round_), rs in groups.items():
+        entry = {"method": method, "round": round_, "seeds": len(rs),
+                 "remaining": float(np.mean([r["remaining"] for r in rs]))}
+        for key in METRICS:
+            v = np.array([r[key] for r in rs], np.float64)
+            entry.update({f"{key}_mean": float(v.mean()), f"{key}_std": float(v.std()),
+                          f"{key}_min": float(v.min()), f"{key}_max": float(v.max())})
+        out.append(entry)
+    return out
+
+
+def cycle_sparsity(out_dir: Path, records: Sequence[dict],
+                   config: ml_collections.ConfigDict) -> list[dict]:
+    """The sparsity of the ticket masks at the end of every round, read from the mask files.
+
+    Args:
+        out_dir: the output directory.
+        records: the ticket records.
+        config: the config.
+
+    Returns:
+        One row per round: ``round``, ``zeros`` and ``sparsity`` per leaf, ``total_zeros``,
+        ``total_size``, ``sparsity`` (all pruned leaves), ``planned`` (from
+        `planned_sparsity`), ``identical_across_seeds`` (the zero counts agree).
+    """
+    rows = []
+    for r in range(int(config.lottery.rounds) + 1):
+        per_seed = []
+        for record in records:
+            with np.load(out_dir / "masks" / record["name"] / f"cycle_{r:02d}.npz") as f:
+                per_seed.append({k: (int(f[k].size - f[k].sum()), int(f[k].size))
+                                 for k in sorted(f.files)})
+        first = per_seed[0]
+        sizes = {k: n for k, (_, n) in first.items()}
+        zeros = sum(z for z, _ in first.values())
+        rows.append({
+            "round": r,
+            "zeros": {k: z for k, (z, _) in first.items()},
+            "leaf_sparsity": {k: z / n for k, (z, n) in first.items()},
+            "total_zeros": zeros, "total_size": sum(sizes.values()),
+            "sparsity": zeros / sum(sizes.values()),
+            "planned": planned_sparsity(config, r, sizes),
+            "identical_across_seeds": all(p == first for p in per_seed[1:]),
+        })
+    return rows
+
+
+def _cell(a: Optional[dict], key: str, percent: bool) -> str:
+    if a is None:
+        return ""
+    if percent:
+        return (f"{100 * a[f'{key}_mean']:.2f} ± {100 * a[f'{key}_std']:.2f} "
+                f"[{100 * a[f'{key}_min']:.2f}, {100 * a[f'{key}_max']:.2f}]")
+    return f"{a[f'{key}_mean']:.0f} [{a[f'{key}_min']:.0f}, {a[f'{key}_max']:.0f}]"
+
+
+def format_tables(agg: Sequence[dict], sparsity_rows: Sequence[dict]) -> str:
+    """The results and the per-cycle sparsity as markdown tables.
+
+    Args:
+        agg: `aggregate` rows.
+        sparsity_rows: `cycle_sparsity` rows.
+
+    Returns:
+        The markdown (no trailing newline).
+    """
+    by = {(a["method"], a["round"]): a for a in agg}
+    seeds = max(a["seeds"] for a in agg)
+    lines = [
+        f"Test accuracy (%) at the end of each round and at early stopping (minimum validation "
+        f"loss), mean ± std [min, max] over {seeds} seed(s); early-stopping iteration mean "
+        "[min, max]:", "",
+        "| round | weights remaining | ticket: end of round | reinit: end of round "
+        "| ticket: early-stop iteration | ticket: accuracy there | reinit: early-stop "
+        "iteration | reinit: accuracy there |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for round_ in sorted({a["round"] for a in agg}):
+        t, r = by.get(("ticket", round_)), by.get(("reinit", round_))
+        remaining = (t or r)["remaining"]
+        lines.append(
+            f"| {round_} | {100 * remaining:.1f}% | {_cell(t, 'final_accuracy', True)} | "
+            f"{_cell(r, 'final_accuracy', True)} | {_cell(t, 'early_stop_iteration', False)} | "
+            f"{_cell(t, 'early_stop_accuracy', True)} | "
+            f"{_cell(r, 'early_stop_iteration', False)} | "
+            f"{_cell(r, 'early_stop_accuracy', True)} |")
+    leaves = list(sparsity_rows[0]["zeros"]) if sparsity_rows else []
+    lines += ["", "Sparsity of the ticket masks at the end of each round (pruned weights per "
+              "leaf, measured from the masks):", "",
+              "| round | " + " | ".join(leaves) + " | all kernels | planned | same in all "
+              "seeds |", "|---|" + "---|" * (len(leaves) + 3)]
+    for row in sparsity_rows:
+        cells = [f"{row['zeros'][k]:,} ({100 * row['leaf_sparsity'][k]:.2f}%)" for k in leaves]
+        lines.append(f"| {row['round']} | " + " | ".join(cells) +
+                     f" | {100 * row['sparsity']:.2f}% | {100 * row['planned']:.2f}% | "
+                     f"{'yes' if row['identical_across_seeds'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+# ============================================================================ the run
+
+
+def _train_group(config, dataset, specs, *, data, macs, out_dir, log, bar, txs=None,
+                 templates=None) -> list[dict]:
+    """Trains (or reads the finished records of) the runs ``specs`` of one method.
+
+    The runs left to train are one vmapped program with ``config.vmap_seeds``, else trained
+    one by one; ``txs`` and ``templates`` (one per spec) replace `experiments.train.make_tx`
+    and `experiments.train.init_state`.
+    """
+    fingerprint = config_lib.fingerprint(config)
+    resume = bool(config.get("resume", True))
+    records = {}
+    todo = []
+    for i, spec in enumerate(specs):
+        record = outputs.read_finished_run(out_dir, spec.name, fingerprint) if resume else None
+        if record is None:
+            todo.append(i)
+        else:
+            records[spec.name] = record
+            log(f"==> {spec.name}: already finished ({out_dir}/runs/{spec.name}.json); "
+                "reported without training")
+            if bar is not None:
+                bar.update(1)
+    groups = [todo] if bool(config.get("vmap_seeds", True)) else [[i] for i in todo]
+    for group in (g for g in groups if g):
+        for r in train.train_runs(
+                config, dataset, [specs[i] for i in group], data=data, mac_counts=macs,
+                output_dir=out_dir, vmap=len(group) > 1, log=log,
+                txs=None if txs is None else [txs[i] for i in group],
+                templates=None if templates is None else [templates[i] for i in group]):
+            outputs.write_run(r, out_dir)
+            records[r["name"]] = r
+        if bar is not None:
+            bar.update(len(group))
+    return [records[s.name] for s in specs]
+
+
+def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Runs the lottery-ticket experiment of ``config`` and writes its outputs.
+
+    Args:
+        config: a lottery config (``experiments/configs/mnist_lth.py``).
+
+    Returns:
+        ``rows``, ``aggregate``, ``cycle_sparsity``, ``tickets`` and ``reinits`` (the run
+        records), ``wall_time_s`` and ``output_dir``.
+
+    Raises:
+        ValueError: for a bad config.
+        FileNotFoundError: if the dataset is not prepared.
+        experiments.train.StopRequested: after the checkpoint of ``config.stop_after_step``.
+    """
+    validate(config)
+    lt = config.lottery
+    steps, rounds = int(lt.round_steps), int(lt.rounds)
+    out_dir = Path(config.output_dir).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress = bool(config.get("progress", True))
+    log = outputs.Log(out_dir / "log.txt", use_tqdm=progress)
+    try:
+        wall_start = time.perf_counter()
+        with open(out_dir / "config.json", "w") as f:
+            f.write(config.to_json(indent=2))
+        data_dir = data_lib.resolve_data_dir(config.data_dir)
+        t = time.perf_counter()
+        full = data_lib.load_dataset(config.dataset, data_dir=data_dir,
+                                     cache_dir=config.get("cache_dir"), progress=progress)
+        dataset, held_out = split_validation(full, int(config.get("validation_size", 0)),
+                                             int(config.get("validation_seed", 0)))
+        eval_batch = int(config.eval_batch_size)
+        data = train.DeviceData(
+            jnp.asarray(dataset.train.images), jnp.asarray(dataset.train.labels),
+            evaluation.prepare_test_data(dataset.test, eval_batch),
+            None if held_out is None else evaluation.prepare_test_data(held_out, eval_batch))
+        log(f"{dataset.name} {dataset.version}: {len(dataset.train)} train / "
+            f"{0 if held_out is None else len(held_out)} validation / {len(dataset.test)} test "
+            f"images ({time.perf_counter() - t:.1f}s)")
+        model = models.get_model(config.model, dataset.num_classes)
+        shapes = jax.eval_shape(
+            lambda k: model.init(k, jnp.zeros((1, *dataset.image_shape)), train=False),
+            jax.random.PRNGKey(0))
+        macs = evaluation.model_macs(model, shapes, dataset.image_shape)
+        chosen = reinit_rounds(config)
+        log(f"Lottery tickets: {config.model}, {rounds} rounds of {steps} steps after a dense "
+            f"round (batch {config.batch_size}, {config.optimizer.name} "
+            f"{config.optimizer.learning_rate}), pruning {lt.rate:.0%} per round "
+            f"({lt.output_layer}: {lt.output_rate:.0%}), rewinding to init; random reinit of "
+            f"rounds {chosen[0] if chosen else '-'}..{chosen[-1] if chosen else '-'}; seeds "
+            f"{list(config.seeds)}; jax backend {jax.default_backend()}")
+
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(config.seeds) * (1 + len(chosen)), desc="lottery", position=0,
+                       unit="run", dynamic_ncols=True)
+        ticket_config = phase_config(config, (rounds + 1) * steps)
+        tickets = _train_group(ticket_config, dataset, ticket_specs(config), data=data,
+                               macs=macs, out_dir=out_dir, log=log, bar=bar)
+        rows = [row for record in tickets for row in ticket_rows(record, config)]
+        ticket_row = {(row["seed"], row["round"]): row for row in rows}
+
+        reinit_config = phase_config(config, steps)
+        reinits = []
+        for round_ in chosen:
+            specs = reinit_specs(config, round_)
+            txs, templates = [], []
+            for spec, record in zip(specs, tickets):
+                masks = train.load_cycle_masks(out_dir / "masks" / record["name"], round_,
+                                               shapes["params"])
+                tx, template = make_reinit_run(config, model, spec, masks,
+                                               dataset.image_shape)
+                txs.append(tx)
+                templates.append(template)
+            done = _train_group(reinit_config, dataset, specs, data=data, macs=macs,
+                                out_dir=out_dir, log=log, bar=bar, txs=txs,
+                                templates=templates)
+            for record in done:
+                rows.append(_round_row(
+                    "reinit", round_, record["seed"],
+                    ticket_row[record["seed"], round_]["remaining"], record["evaluations"], 0,
+                    record["name"]))
+            reinits += done
+            ticket_acc = np.mean([ticket_row[r["seed"], round_]["final_accuracy"] for r in done])
+            log(f"==> round {round_}: {100 * rows[-1]['remaining']:.1f}% of the weights "
+                f"remain; mean test acc: ticket {ticket_acc:.4f}, reinit "
+                f"{np.mean([r['final']['test_accuracy'] for r in done]):.4f}")
+        if bar is not None:
+            bar.close()
+
+        agg = aggregate(rows)
+        sparsity_rows = cycle_sparsity(out_dir, tickets, config)
+        wall = time.perf_counter() - wall_start
+        summary = {"model": config.model, "dataset": config.dataset, "round_steps": steps,
+                   "rounds": rounds, "seeds": [int(s) for s in config.seeds],
+                   "wall_time_s": wall, "rows": rows, "aggregate": agg,
+                   "cycle_sparsity": sparsity_rows}
+        with open(out_dir / "summary.json", "w") as f:
+            json.dump(summary, f, indent=2)
+        with open(out_dir / "summary.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=ROW_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        leaves = list(sparsity_rows[0]["zeros"])
+        with open(out_dir / "cycle_sparsity.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["round"] + [f"zeros/{k}" for k in leaves]
+                       + [f"sparsity/{k}" for k in leaves]
+                       + ["sparsity", "planned", "identical_across_seeds"])
+            for row in sparsity_rows:
+                w.writerow([row["round"]] + [row["zeros"][k] for k in leaves]
+                           + [row["leaf_sparsity"][k] for k in leaves]
+                           + [row["sparsity"], row["planned"], row["identical_across_seeds"]])
+        tables = format_tables(agg, sparsity_rows)
+        (out_dir / "summary.md").write_text(tables + "\n")
+        title = (f"Lottery tickets, {config.model} on {config.dataset} ({steps} iterations per "
+                 f"round, {len(config.seeds)} seeds)")
+        if config.get("plots", True):
+            dense = next((a for a in agg if a["method"] == "ticket" and a["round"] == 0), None)
+            plots.plot_lottery(agg, out_dir / "lottery.png", title,
+                               dense_accuracy=None if dense is None
+                               else dense["final_accuracy_mean"])
+        log("")
+        log(title + ":")
+        log(tables)
+        log(f"\nWrote {out_dir}/summary.{{json,csv,md}}, cycle_sparsity.csv, "
+            f"{'lottery.png, ' if config.get('plots', True) else ''}runs/, masks/ and "
+            f"checkpoints/ ({wall:.1f}s total)")
+        return {"rows": rows, "aggregate": agg, "cycle_sparsity": sparsity_rows,
+                "tickets": tickets, "reinits": reinits, "wall_time_s": wall,
+                "output_dir": str(out_dir)}
+    finally:
+        log.close()
