@@ -22,6 +22,7 @@ from jaxprune.imp import get_cycle as get_cycle
 from jaxprune.imp import imp as imp
 from jaxprune.magnitude import magnitude_pruning as magnitude_pruning
 from jaxprune.masks import PackedMask as PackedMask
+from jaxprune.masks import apply_masks as apply_masks
 from jaxprune.masks import get_masks as get_masks
 from jaxprune.pruning import PruningState as PruningState
 from jaxprune.pruning import pruning as pruning
@@ -44,6 +45,7 @@ __all__ = [
     "SparsitySummary",
     "allocation",
     "analysis",
+    "apply_masks",
     "at_init",
     "collapse",
     "dst",

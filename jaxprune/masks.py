@@ -11,7 +11,7 @@ import optax
 
 from jaxprune import leaves as leaves_lib
 
-__all__ = ["PackedMask", "pack", "unpack", "get_masks", "host_arrays"]
+__all__ = ["PackedMask", "apply_masks", "get_masks", "host_arrays", "pack", "unpack"]
 
 
 class PackedMask(NamedTuple):
@@ -112,3 +112,28 @@ def host_arrays(tree: Any) -> dict[str, np.ndarray]:
   flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
   return {leaves_lib.path_str(path): np.asarray(jax.device_get(unpack(leaves_lib.unwrap_variable(x))))
           for path, x in flat}
+
+
+def apply_masks(params: Any, masks: Any) -> Any:
+  """``params`` with the pruned entries set to zero (``None`` masks leave a leaf unchanged).
+
+  Pruners zero pruned weights through their updates; this is for params that have not been through
+  an update yet, e.g. a fresh initialisation trained with given masks (`jaxprune.static_sparse`).
+
+  Args:
+    params: a tree of arrays.
+    masks: a tree shaped like ``params`` of boolean masks, `PackedMask`\ s or ``None``.
+
+  Returns:
+    The masked params, of the params' dtypes.
+
+  Example:
+    >>> import jax.numpy as jnp, jaxprune
+    >>> jaxprune.apply_masks({'w': jnp.ones(3)}, {'w': jnp.array([True, False, True])})['w']
+    Array([1., 0., 1.], dtype=float32)
+  """
+  treedef = jax.tree.structure(params)
+  leaves = treedef.flatten_up_to(params)
+  out = [p if m is None else jnp.where(unpack(leaves_lib.unwrap_variable(m)), p, jnp.zeros((), p.dtype))
+         for p, m in zip(leaves, treedef.flatten_up_to(masks))]
+  return jax.tree.unflatten(treedef, out)

@@ -59,8 +59,9 @@ def static_sparse(
   With ``sparsity`` the mask is drawn at the first update, uniformly at random within each leaf,
   each leaf's sparsity set by ``distribution``. With ``masks`` (for instance the masks of a lottery
   ticket from `jaxprune.get_masks`, or of a pruning-at-initialisation method) those masks are in
-  the state from ``init`` on. Either way the pruned weights are exactly zero after every update and
-  the mask never changes.
+  the state from ``init`` on, and the params' pruned entries become zero at the first update
+  (`jaxprune.apply_masks` zeroes them beforehand, if the first forward pass must already be sparse).
+  Either way the pruned weights are exactly zero after every update and the mask never changes.
 
   Args:
     sparsity: target sparsity of the random mask, in ``[0, 1)``. Give this or ``masks``.

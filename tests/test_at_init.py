@@ -190,3 +190,16 @@ def test_errors():
     jaxprune.grasp(params, loss, X, float("nan"))
   with pytest.raises(ValueError, match="rounds must be an int >= 1, got 0"):
     jaxprune.synflow(params, linear_apply, (1, IN), 0.5, rounds=0)
+
+
+def test_apply_masks_zeroes_pruned_entries_before_any_update():
+  params = make_params()
+  masks = jaxprune.snip(params, lambda p, x: jnp.sum(relu_apply(p, x) ** 2), X, 0.7)
+  packed = jax.tree.map(jaxprune.masks.pack, masks)
+  for m in (masks, packed):
+    out = jaxprune.apply_masks(params, m)
+    for k in ("l1", "l2"):
+      keep = kernels(masks)[k]
+      np.testing.assert_array_equal(np.asarray(out[k]["kernel"]),
+                                    np.where(keep, np.asarray(params[k]["kernel"]), 0))
+      np.testing.assert_array_equal(out[k]["bias"], params[k]["bias"])
