@@ -122,7 +122,7 @@ def apply_masks(params: Any, masks: Any) -> Any:
 
   Args:
     params: a tree of arrays.
-    masks: a tree shaped like ``params`` of boolean masks, `PackedMask`\ s or ``None``.
+    masks: a tree shaped like ``params`` of boolean masks, `PackedMask` values or ``None``.
 
   Returns:
     The masked params, of the params' dtypes.
