@@ -203,3 +203,24 @@ def test_apply_masks_zeroes_pruned_entries_before_any_update():
       np.testing.assert_array_equal(np.asarray(out[k]["kernel"]),
                                     np.where(keep, np.asarray(params[k]["kernel"]), 0))
       np.testing.assert_array_equal(out[k]["bias"], params[k]["bias"])
+
+
+def test_synflow_on_a_flax_model_with_batch_norm_in_inference_mode():
+  import flax.linen as nn
+
+  class ConvBN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.Conv(8, (3, 3))(x)
+      x = nn.relu(nn.BatchNorm(use_running_average=True)(x))
+      return nn.Dense(4)(x.reshape((x.shape[0], -1)))
+
+  model = ConvBN()
+  variables = model.init(jax.random.key(0), jnp.ones((1, 6, 6, 1)))
+  apply = lambda p, x: model.apply({"params": p, "batch_stats": variables["batch_stats"]}, x)
+  masks = jaxprune.synflow(variables["params"], apply, (1, 6, 6, 1), 0.9, rounds=20)
+  kept = {k: v for k, v in jaxprune.masks.host_arrays(masks).items()}
+  assert set(kept) == {"Conv_0/kernel", "Dense_0/kernel"}  # BatchNorm's scale and bias not pruned
+  total = sum(v.size for v in kept.values())
+  assert sum(int((~v).sum()) for v in kept.values()) == round(0.9 * total)
+  assert jaxprune.collapse.layer_collapse(masks).connected  # conv -> flatten -> dense path checked
