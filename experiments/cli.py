@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m experiments",
         description="Pruning experiments (jaxprune): a sweep of methods (dense, one-shot, "
-                    "gradual, IMP with retraining schedules) over sparsities and seeds, or the "
+                    "gradual, IMP with retraining schedules, dynamic sparse training, pruning at "
+                    "initialisation) over sparsities and seeds, or the "
                     "lottery-ticket experiment (--config mnist_lth). "
                     "Any config field can be overridden with --config.FIELD=VALUE or "
                     "--set FIELD=VALUE (dotted for nested fields, e.g. "

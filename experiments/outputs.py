@@ -183,12 +183,13 @@ def format_table(agg: Sequence[dict]) -> str:
         The table (no trailing newline).
     """
     multi = any(a["seeds"] > 1 for a in agg)
-    header = (f"{'method':<10} {'target':>7} {'measured (kernels)':>19} {'measured (all)':>15} "
+    w = max([10] + [len(a["method"]) for a in agg])
+    header = (f"{'method':<{w}} {'target':>7} {'measured (kernels)':>19} {'measured (all)':>15} "
               f"{'compression':>12} {'speedup':>8} {'test acc':>9} {'test err':>9}"
               + (f" {'± std':>7} {'seeds':>5}" if multi else ""))
     lines = [header, "-" * len(header)]
     for a in agg:
-        line = (f"{a['method']:<10} {a['target_sparsity']:>7.1%} {a['kernel_sparsity']:>19.2%} "
+        line = (f"{a['method']:<{w}} {a['target_sparsity']:>7.1%} {a['kernel_sparsity']:>19.2%} "
                 f"{a['sparsity']:>15.2%} {_ratio(a['compression_ratio']):>12} "
                 f"{_ratio(a['theoretical_speedup']):>8} {a['test_accuracy']:>9.2%} "
                 f"{a['test_error']:>9.2%}")
@@ -289,7 +290,7 @@ def format_markdown(agg: Sequence[dict], published: Sequence[dict] = ()) -> str:
     if len(methods) > 1 and targets:
         by_key = {(a["method"], a["target_sparsity"]): a for a in agg}
         lines += ["", "Test error (mean ± std over seeds):", "",
-                  "| method | " + " | ".join(f"{t:.0%}" for t in targets) + " |",
+                  "| method | " + " | ".join(f"{100 * t:g}%" for t in targets) + " |",
                   "|---|" + "---|" * len(targets)]
         for m in methods:
             if m == "dense":
@@ -307,6 +308,19 @@ def format_markdown(agg: Sequence[dict], published: Sequence[dict] = ()) -> str:
             lines.append(f"| {p['label']} | {p['sparsity']:.1%} | "
                          f"{100 - p['accuracy']:.2f}% | {p['source']} |")
     return "\n".join(lines)
+
+
+def write_rows(rows: Sequence[dict], path: Path) -> None:
+    """Writes dict rows as a CSV file (the columns of the first row).
+
+    Args:
+        rows: the rows.
+        path: the CSV file.
+    """
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+        w.writeheader()
+        w.writerows(rows)
 
 
 def write_summary(records: Sequence[dict], out_dir: Path, meta: dict) -> list[dict]:

@@ -29,6 +29,7 @@ from experiments import evaluation
 from experiments import models
 from experiments import outputs
 from experiments import plots
+from experiments import sparse_training
 from experiments import train
 from experiments.train import RunSpec, StopRequested  # noqa: F401  (re-exported)
 
@@ -68,6 +69,12 @@ def sweep_plan(config: ml_collections.ConfigDict) -> list[tuple[str, float, int]
     if unknown:
         raise ValueError(f"Unknown method(s) {unknown}; valid methods: "
                          f"{', '.join(config_lib.METHODS)}")
+    for group, names in (("dst", sparse_training.DST_METHODS),
+                         ("at_init", sparse_training.AT_INIT_METHODS)):
+        used = [m for m in methods if m in names]
+        if used and config.get(group, None) is None:
+            raise ValueError(f"the methods {used} need the config group {group!r}; see "
+                             "experiments/configs/mnist_dst.py and mnist_at_init.py")
     for s in config.sparsities:
         if not 0.0 < float(s) < 1.0:
             raise ValueError(f"sparsities must lie in (0, 1), got {s}")
@@ -90,15 +97,19 @@ def run_groups(config: ml_collections.ConfigDict) -> list[list[RunSpec]]:
             of a method.
 
     Returns:
-        The groups, in method order; a group of one run is trained without vmap.
+        The groups, in method order; a group of one run is trained without vmap. The
+        dynamic sparse methods (`experiments.sparse_training.DST_METHODS`) are never grouped.
     """
     by_seed = bool(config.get("vmap_seeds", True))
     by_sparsity = bool(config.get("vmap_sparsities", False))
     groups: dict[tuple, list[RunSpec]] = {}
     for method, sparsity, seed in sweep_plan(config):
+        # A dynamic sparse method's sparsity and mask seed are constants of its transformation
+        # (a vmapped program is built from the first run's): one run per program.
+        alone = method in sparse_training.DST_METHODS
         key = (method,
-               None if by_sparsity else sparsity,
-               None if by_seed else seed)
+               None if by_sparsity and not alone else sparsity,
+               None if by_seed and not alone else seed)
         groups.setdefault(key, []).append(RunSpec(method, sparsity, seed))
     order = {m: i for i, m in enumerate(config.methods)}
     return sorted(groups.values(), key=lambda g: order[g[0].method])
@@ -198,7 +209,12 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
                 "macs_per_example": macs["total"], "macs_by_leaf": macs["by_leaf"],
                 "published": published, "wall_time_s": wall}
         agg = outputs.write_summary(ordered, out_dir, meta)
-        (out_dir / "summary.md").write_text(outputs.format_markdown(agg, published) + "\n")
+        markdown = outputs.format_markdown(agg, published)
+        collapse = sparse_training.collapse_rows(ordered)
+        if collapse:  # pruning at initialisation: which masks collapse the network
+            outputs.write_rows(collapse, out_dir / "collapse.csv")
+            markdown += "\n\n" + sparse_training.format_collapse(collapse)
+        (out_dir / "summary.md").write_text(markdown + "\n")
         title = f"{config.model} on {config.dataset}"
         error = bool(config.get("plot_error", False))
         png = "error_vs_sparsity.png" if error else "accuracy_vs_sparsity.png"
@@ -219,6 +235,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         log(outputs.format_table(agg))
         if published:
             log(outputs.format_published(published))
+        if collapse:
+            log("")
+            log(sparse_training.format_collapse(collapse))
         pngs = f"{png}, training_curves.png, " if config.get("plots", True) else ""
         log(f"\nWrote {out_dir}/summary.{{json,csv,md}}, {pngs}runs/ and checkpoints/ "
             f"({wall:.1f}s total)")

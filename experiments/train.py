@@ -38,6 +38,7 @@ from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import evaluation
 from experiments import models
+from experiments import sparse_training
 from experiments import stacking
 
 
@@ -559,7 +560,11 @@ def train_runs(
         log: prints a line.
         position: tqdm position of the progress bar.
         txs: the runs' transformations, instead of `make_tx` (runs of one method must share
-            the structure of their states: the program is built from the first).
+            the structure of their states: the program is built from the first). The
+            methods of `experiments.sparse_training` (dynamic sparse training, pruning at
+            initialisation) get theirs, and their initial states, from
+            `experiments.sparse_training.make_runs`; the records of the pruning-at-init runs
+            also hold ``at_init``, the layer-collapse report of their masks.
         templates: the runs' initial states, instead of `init_state` from their seeds.
 
     Returns:
@@ -583,6 +588,15 @@ def train_runs(
     stacked = vmap and len(runs) > 1
 
     model = models.get_model(config.model, dataset.num_classes)
+    extras: list[Optional[dict]] = [None] * len(runs)
+    program_key: tuple = (fingerprint, method, dataset.num_classes)
+    if txs is None and method in sparse_training.METHODS:
+        # Dynamic sparse training and pruning at initialisation: a transformation (and, for
+        # the masks computed at initialisation, an initial state) per run.
+        txs, templates, extras = sparse_training.make_runs(config, model, runs, dataset)
+        if method in sparse_training.DST_METHODS:
+            # Their sparsity and mask seed are constants of the transformation, not state.
+            program_key += (tuple((float(r.sparsity), int(r.seed)) for r in runs),)
     if txs is None:
         txs = [make_tx(method, r.sparsity, config) for r in runs]
     if templates is None:
@@ -593,12 +607,11 @@ def train_runs(
     templates = list(templates)
     cycle_ends = imp_cycle_ends(templates[0].opt_state)
     axes = stacking.run_axes(templates[0]) if stacked else None
-    program = get_program((fingerprint, method, dataset.num_classes), model, txs[0],
-                          data.test.batch_size, axes)
+    program = get_program(program_key, model, txs[0], data.test.batch_size, axes)
     evaluate_validation = None
     if data.validation is not None:  # (its own program when its batch size differs)
-        evaluate_validation = get_program((fingerprint, method, dataset.num_classes), model,
-                                          txs[0], data.validation.batch_size, axes).evaluate
+        evaluate_validation = get_program(program_key, model, txs[0],
+                                          data.validation.batch_size, axes).evaluate
 
     keep = int(config.get("keep_checkpoints", 2) or 2)
     checkpoints = [checkpointing.RunCheckpoints(output_dir / "checkpoints" / r.name, keep)
@@ -731,6 +744,7 @@ def train_runs(
                 "leaf_sparsity": final["leaf_sparsity"],
             },
             "evaluations": evals,
+            **(extras[i] or {}),
         })
     return records
 

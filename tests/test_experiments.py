@@ -754,3 +754,156 @@ def test_lottery_tickets_and_reinit_control(mnist, cache_dir, tmp_path):
     assert len(summary["aggregate"]) == 7
     for name in ("summary.md", "summary.csv", "cycle_sparsity.csv", "lottery.png"):
         assert (out / name).stat().st_size > 0, name
+
+
+# ------------------------------------------------------------------------------ sparse training
+
+
+def test_dst_and_at_init_configs():
+    from experiments import sparse_training
+
+    dst = config_lib.load_config("mnist_dst")
+    assert tuple(dst.methods) == ("dense", "gradual", "static", "set", "rigl", "granet")
+    assert tuple(dst.sparsities) == (0.9, 0.95, 0.98) and tuple(dst.seeds) == (0, 1, 2)
+    # The main job's optimizer; RigL's T_end at 75% of the steps, its MNIST setting at 98%.
+    assert (dst.optimizer.name, dst.optimizer.learning_rate, dst.optimizer.schedule) == (
+        "sgd", 0.05, "cosine")
+    assert sparse_training.dst_steps(dst) == {"frequency": 100, "rigl_end": 2250,
+                                              "granet_begin": 300, "granet_end": 2100}
+    assert (dst.dst.distribution, dst.dst.drop_fraction) == ("erk", 0.3)
+    assert train.prune_steps(dst)["gradual_end"] == 2100  # GraNet prunes over gradual's window
+
+    pai = config_lib.load_config("mnist_at_init")
+    # SNIP's recipe: SGD momentum 0.9, lr 0.1 decayed x0.1 at fixed points, batch 100, wd 5e-4.
+    opt = pai.optimizer
+    assert (opt.name, opt.learning_rate, opt.momentum, opt.weight_decay, pai.batch_size) == (
+        "sgd", 0.1, 0.9, 5e-4, 100)
+    lr = train.make_learning_rate(opt, pai.num_train_steps)
+    assert [float(lr(s)) for s in (0, 1499, 1500, 2249, 2250, 2999)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert tuple(pai.sparsities) == (0.9, 0.95, 0.98, 0.995)
+    assert set(sparse_training.AT_INIT_METHODS) <= set(pai.methods)
+    assert (pai.at_init.distribution, pai.at_init.random_distribution) == ("global", "erk")
+    assert pai.at_init.grasp_temperature == 200  # as in the GraSP authors' code
+    # The DST methods are never vmapped (their seed and sparsity are not in their state).
+    dst.vmap_seeds = dst.vmap_sparsities = True
+    groups = sweep.run_groups(dst)
+    assert all(len(g) == 1 for g in groups if g[0].method in sparse_training.DST_METHODS)
+    assert sum(g[0].method in sparse_training.DST_METHODS for g in groups) == 36
+    assert [len(g) for g in groups if g[0].method == "gradual"] == [9]
+    # A sparse method without its config group is a config error.
+    pai.methods = ("rigl",)
+    with pytest.raises(ValueError, match="'dst'"):
+        sweep.sweep_plan(pai)
+
+
+@needs_mnist
+def test_dst_sweep_keeps_sparsity_and_moves_masks(mnist, cache_dir, tmp_path):
+    import jaxprune
+
+    out = tmp_path / "dst"
+    argv = _argv(out, cache_dir, "--config", "mnist_dst", "--set",
+                 "methods=rigl,granet", "--set", "sparsities=0.9", "--set", "seeds=0",
+                 "--set", "dst.frequency=4", "--set", "plots=false")
+    assert cli.main(argv) == 0
+    _, config = cli.parse_args(argv)
+    records = _records(out)
+    shapes = [(784, 300), (300, 100), (100, 10)]
+    erk = jaxprune.allocation.erk(0.9, shapes)
+    model = models.get_model("lenet300_100", 10)
+    masks = {}
+    # (Two of the four methods: each compiles its own program. static and SET are the same
+    # code paths of jaxprune with a fixed mask and random growth.)
+    for method in ("rigl", "granet"):
+        record = records[f"{method}_s0.9_seed0"]
+        assert record["num_train_steps"] == 20 and record["final"]["step"] == 20
+        # ERK allocation per kernel (an exact count per kernel: within half a weight).
+        for (leaf, target), shape in zip(zip(("Dense_0/kernel", "Dense_1/kernel",
+                                               "Dense_2/kernel"), erk), shapes):
+            got = record["final"]["leaf_sparsity"][leaf]
+            assert got == pytest.approx(target, abs=0.5 / np.prod(shape) + 1e-9), (method, leaf)
+        # GraNet starts dense and prunes gradually; RigL is sparse from the start.
+        first = record["evaluations"][0]["kernel_sparsity"]
+        assert (first < 0.85) if method == "granet" else first == pytest.approx(0.9, abs=1e-4)
+        template = train.init_state(model, sparse_training_tx(method, config), 0, (28, 28, 1))
+        checkpoints = checkpointing.RunCheckpoints(out / "checkpoints" / f"{method}_s0.9_seed0")
+        try:  # the checkpoints of the evaluations at steps 10 and 20
+            states = [checkpoints.restore(step, template)[0] for step in (10, 20)]
+        finally:
+            checkpoints.close()
+        masks[method] = [jax.device_get(jaxprune.get_masks(s.opt_state)) for s in states]
+        w = np.asarray(states[1].params["Dense_1"]["kernel"])
+        assert np.all(w[~masks[method][1]["Dense_1"]["kernel"]] == 0), method
+    # Both move their masks after step 10: RigL at steps 12 and T_end = 15 (75% of the 20
+    # steps; drop and grow keep the count), GraNet at 10 and its end, 14 (70%).
+    for method in ("rigl", "granet"):
+        at10, at20 = (m["Dense_0"]["kernel"] for m in masks[method])
+        assert np.sum(at10 != at20) > 0, method
+    assert np.sum(masks["rigl"][0]["Dense_0"]["kernel"]) == np.sum(
+        masks["rigl"][1]["Dense_0"]["kernel"])
+
+
+def sparse_training_tx(method, config):
+    from experiments import sparse_training
+
+    return sparse_training.make_dst_tx(method, 0.9, 0, config)
+
+
+@needs_mnist
+def test_at_init_sweep_masks_and_collapse(mnist, cache_dir, tmp_path):
+    import optax
+
+    import jaxprune
+    from experiments import sparse_training
+
+    out = tmp_path / "at_init"
+    argv = _argv(out, cache_dir, "--config", "mnist_at_init", "--set",
+                 "methods=snip,magnitude_init", "--set", "sparsities=0.9,0.995",
+                 "--set", "seeds=0", "--set", "plots=false")
+    assert cli.main(argv) == 0
+    _, config = cli.parse_args(argv)
+    records = _records(out)
+    model = models.get_model("lenet300_100", 10)
+    params = train.init_state(model, train.make_tx("dense", 0.0, config), 0, (28, 28, 1)).params
+    batch = sparse_training.first_batch(mnist, 32, 0)
+    snip = jaxprune.snip(params, lambda p, b: optax.softmax_cross_entropy_with_integer_labels(
+        model.apply({"params": p}, b[0], train=False), b[1]).mean(), batch, 0.9)
+    kept = {k: int(np.sum(np.asarray(v))) for k, v in
+            (("Dense_0/kernel", snip["Dense_0"]["kernel"]),
+             ("Dense_1/kernel", snip["Dense_1"]["kernel"]),
+             ("Dense_2/kernel", snip["Dense_2"]["kernel"]))}
+    # The masks are SNIP's on the seed's initialisation and its first batch (exactly 10% of the
+    # 266,200 kernel weights kept, globally).
+    assert records["snip_s0.9_seed0"]["at_init"]["kept"] == kept
+    assert sum(kept.values()) == round(0.1 * 266_200)
+    # The shuffle ablation: SNIP's count per kernel, at other positions.
+    shuffled = sparse_training.at_init_masks("snip_shuffled", 0.9, params, model, batch,
+                                             (28, 28, 1), 0, config)
+    for layer in ("Dense_0", "Dense_1", "Dense_2"):
+        a, b = np.asarray(snip[layer]["kernel"]), np.asarray(shuffled[layer]["kernel"])
+        assert a.sum() == b.sum() and np.any(a != b), layer
+    for name, record in records.items():
+        assert record["final"]["kernel_sparsity"] == pytest.approx(record["target_sparsity"],
+                                                                   abs=1e-6), name
+    # Global magnitude at init empties the first layer at 99.5% (its init scale is the
+    # smallest): a collapse, reported per run, in summary.md and in collapse.csv.
+    collapsed = records["magnitude_init_s0.995_seed0"]["at_init"]
+    assert collapsed["collapsed"] and collapsed["empty_leaves"] == ["Dense_0/kernel"]
+    assert not records["snip_s0.9_seed0"]["at_init"]["collapsed"]
+    assert records["magnitude_init_s0.995_seed0"]["final"]["test_accuracy"] < 0.2
+    table = (out / "summary.md").read_text()
+    assert "| magnitude_init | 99.5% | 1/1 | 0 |" in table
+    lines = (out / "collapse.csv").read_text().splitlines()
+    assert len(lines) == 5 and lines[0].startswith("method,target_sparsity,seed,collapsed")
+    # The pruned weights are zero from the start and stay zero.
+    spec = "snip_s0.9_seed0"
+    checkpoints = checkpointing.RunCheckpoints(out / "checkpoints" / spec)
+    template = train.init_state(model, jaxprune.static_sparse(masks=snip, inner=train.make_optimizer(
+        config.optimizer, 20)), 0, (28, 28, 1))
+    try:
+        final, _ = checkpoints.restore(20, template)
+    finally:
+        checkpoints.close()
+    w = np.asarray(final.params["Dense_0"]["kernel"])
+    assert np.all(w[~np.asarray(snip["Dense_0"]["kernel"])] == 0)
+    assert records[spec]["evaluations"][0]["kernel_sparsity"] == pytest.approx(0.9, abs=1e-6)
