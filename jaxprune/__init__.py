@@ -12,6 +12,7 @@ from jaxprune import schedules as schedules
 from jaxprune import scores as scores
 from jaxprune import selection as selection
 from jaxprune.at_init import grasp as grasp
+from jaxprune.at_init import prune_at_init as prune_at_init
 from jaxprune.at_init import shuffle_masks as shuffle_masks
 from jaxprune.at_init import snip as snip
 from jaxprune.at_init import synflow as synflow
@@ -57,6 +58,7 @@ __all__ = [
     "magnitude_pruning",
     "masks",
     "patterns",
+    "prune_at_init",
     "pruning",
     "random_pruning",
     "retraining",

@@ -21,14 +21,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxprune import allocation as allocation_lib
 from jaxprune import collapse as collapse_lib
 from jaxprune import leaves as leaves_lib
 from jaxprune import selection
+from jaxprune import static as static_lib
 from jaxprune.pruning import _num_pruned, check_sparsity
 
-__all__ = ["grasp", "masks_from_scores", "shuffle_masks", "snip", "synflow"]
+__all__ = ["grasp", "masks_from_scores", "prune_at_init", "shuffle_masks", "snip", "synflow"]
 
 
 def _pruned_leaves(params: Any, prune: leaves_lib.Selector, owner: str) -> list[int]:
@@ -254,3 +256,55 @@ def shuffle_masks(masks: Any, seed: int = 0) -> Any:
     flat = jax.random.permutation(jax.random.fold_in(key, i), m.reshape(-1))
     out.append(flat.reshape(m.shape))
   return jax.tree.unflatten(treedef, out)
+
+
+def prune_at_init(params: Any, sparsity: float, *, method: str = "snip",
+                  loss_fn: Callable[[Any, Any], jax.Array] | None = None, batch: Any = None,
+                  apply_fn: Callable[[Any, jax.Array], Any] | None = None,
+                  input_shape: tuple[int, ...] | None = None, rounds: int = 100,
+                  distribution: str | allocation_lib.Allocation = "global",
+                  prune: leaves_lib.Selector = None, packed_masks: bool = False,
+                  check_collapse: bool = True,
+                  inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """From an initialised model to a pruned optimizer in one call: masks by ``method``, trained with
+  `jaxprune.static_sparse`.
+
+  Args:
+    params: the initialised params.
+    sparsity: fraction of the pruned leaves' weights to remove.
+    method: ``"snip"``, ``"grasp"`` (both need ``loss_fn`` and ``batch``) or ``"synflow"`` (needs
+      ``apply_fn`` and ``input_shape``).
+    loss_fn, batch: as in `snip`.
+    apply_fn, input_shape, rounds: as in `synflow`.
+    distribution, prune, check_collapse: as in `snip`.
+    packed_masks: store the masks as bits.
+    inner: the optimizer to train with.
+
+  Returns:
+    ``static_sparse(masks=..., inner=inner)``; ``jaxprune.get_masks(tx.init(params))`` gives the
+    masks.
+
+  Raises:
+    ValueError: for an unknown method or missing inputs, and as `snip` / `synflow`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, jaxprune
+    >>> params = {'w': jnp.array([[1.0, -2.0], [3.0, 0.5]])}
+    >>> tx = jaxprune.prune_at_init(params, 0.5, loss_fn=lambda p, x: jnp.sum(x @ p['w']),
+    ...                             batch=jnp.array([[1.0, 0.1]]), inner=optax.sgd(0.1))
+    >>> jaxprune.get_masks(tx.init(params))['w']
+    Array([[ True,  True],
+           [False, False]], dtype=bool)
+  """
+  kwargs = dict(distribution=distribution, prune=prune, check_collapse=check_collapse)
+  if method in ("snip", "grasp"):
+    if loss_fn is None or batch is None:
+      raise ValueError(f"prune_at_init: method {method!r} needs loss_fn and batch.")
+    masks = (snip if method == "snip" else grasp)(params, loss_fn, batch, sparsity, **kwargs)
+  elif method == "synflow":
+    if apply_fn is None or input_shape is None:
+      raise ValueError("prune_at_init: method 'synflow' needs apply_fn and input_shape.")
+    masks = synflow(params, apply_fn, input_shape, sparsity, rounds=rounds, **kwargs)
+  else:
+    raise ValueError(f"prune_at_init: method must be 'snip', 'grasp' or 'synflow', got {method!r}.")
+  return static_lib.static_sparse(masks=masks, packed_masks=packed_masks, inner=inner)

@@ -224,3 +224,33 @@ def test_synflow_on_a_flax_model_with_batch_norm_in_inference_mode():
   total = sum(v.size for v in kept.values())
   assert sum(int((~v).sum()) for v in kept.values()) == round(0.9 * total)
   assert jaxprune.collapse.layer_collapse(masks).connected  # conv -> flatten -> dense path checked
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp", "synflow"])
+def test_prune_at_init_is_one_call_from_params_to_a_pruned_optimizer(method):
+  params = make_params()
+  loss = lambda p, x: jnp.sum(relu_apply(p, x) ** 2)
+  if method == "synflow":
+    expected = jaxprune.synflow(params, relu_apply, (1, IN), 0.6, rounds=5)
+    tx = jaxprune.prune_at_init(params, 0.6, method=method, apply_fn=relu_apply, input_shape=(1, IN),
+                                rounds=5, inner=optax.adam(0.01))
+  else:
+    expected = getattr(jaxprune, method)(params, loss, X, 0.6)
+    tx = jaxprune.prune_at_init(params, 0.6, method=method, loss_fn=loss, batch=X,
+                                inner=optax.adam(0.01))
+  state = tx.init(params)
+  jax.tree.map(np.testing.assert_array_equal, jaxprune.get_masks(state), expected)
+  updates, state = tx.update(jax.grad(loss)(params, X), state, params)
+  params = optax.apply_updates(params, updates)
+  for k in ("l1", "l2"):
+    assert np.all(np.asarray(params[k]["kernel"])[~kernels(expected)[k]] == 0)
+
+
+def test_prune_at_init_errors():
+  params = make_params()
+  with pytest.raises(ValueError, match="'snip' needs loss_fn and batch"):
+    jaxprune.prune_at_init(params, 0.5, inner=optax.sgd(0.1))
+  with pytest.raises(ValueError, match="'synflow' needs apply_fn and input_shape"):
+    jaxprune.prune_at_init(params, 0.5, method="synflow", inner=optax.sgd(0.1))
+  with pytest.raises(ValueError, match="method must be 'snip', 'grasp' or 'synflow', got 'obd'"):
+    jaxprune.prune_at_init(params, 0.5, method="obd", inner=optax.sgd(0.1))
