@@ -98,13 +98,10 @@ def layer_collapse(masks: Any, order: list[str] | None = None) -> CollapseReport
   reach, chain = None, []
   for name in names:
     c = _connectivity(kernels[name])
-    if reach is not None:
-      if c.shape[0] == reach.size:
-        pass
-      elif c.shape[0] % reach.size == 0:
-        reach = np.tile(reach, c.shape[0] // reach.size)
-      else:
+    if reach is not None and c.shape[0] != reach.size:
+      if c.shape[0] % reach.size:
         break
+      reach = np.tile(reach, c.shape[0] // reach.size)  # a channels-last flatten
     reach_in = np.ones(c.shape[0], bool) if reach is None else reach
     reach = (reach_in[:, None] & c).any(axis=0)
     chain.append(name)

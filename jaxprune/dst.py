@@ -26,7 +26,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jaxprune import allocation as allocation_lib
@@ -34,7 +33,15 @@ from jaxprune import leaves as leaves_lib
 from jaxprune import masks as masks_lib
 from jaxprune import patterns as patterns_lib
 from jaxprune import selection
-from jaxprune.pruning import PruningState, _mask_grads, _num_pruned, _plan, _project, check_sparsity
+from jaxprune.pruning import (
+  PruningState,
+  _mask_grads,
+  _num_pruned,
+  _plan,
+  _project,
+  check_sparsity,
+)
+from jaxprune.schedules import _check_int
 
 __all__ = ["constant_drop_fraction", "cosine_drop_fraction", "dynamic_sparse"]
 
@@ -52,14 +59,6 @@ def cosine_drop_fraction(alpha: float, end_step: int) -> DropFraction:
 def constant_drop_fraction(alpha: float) -> DropFraction:
   """``f(t) = alpha`` (SET's ``zeta``)."""
   return lambda count: jnp.full((), alpha, jnp.float32)
-
-
-def _check_int(owner: str, name: str, value: Any, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"{owner}: {name} must be an int, got {value!r}.")
-  if value < minimum:
-    raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}.")
-  return int(value)
 
 
 def _concrete(x: Any) -> bool:
@@ -130,9 +129,9 @@ def dynamic_sparse(
       raise ValueError(f"{name}: initial_sparsity ({initial_sparsity}) is above sparsity ({sparsity}).")
   if grow not in ("gradient", "random"):
     raise ValueError(f"{name}: grow must be 'gradient' or 'random', got {grow!r}.")
-  frequency = _check_int(name, "frequency", frequency, 1)
-  begin_step = _check_int(name, "begin_step", begin_step, 0)
-  end_step = _check_int(name, "end_step", end_step, 1)
+  frequency = _check_int("frequency", frequency, 1, name)
+  begin_step = _check_int("begin_step", begin_step, 0, name)
+  end_step = _check_int("end_step", end_step, 1, name)
   if begin_step >= end_step:
     raise ValueError(f"{name}: begin_step ({begin_step}) must be before end_step ({end_step}).")
   if distribution == "global":

@@ -25,6 +25,7 @@ from jaxprune import schedules as schedules_lib
 from jaxprune import scores as scores_lib
 from jaxprune import selection
 from jaxprune.pruning import _engine, _mask_grads, _num_pruned, _project, check_sparsity
+from jaxprune.schedules import _check_int
 
 __all__ = ["CycleInfo", "IMPState", "get_cycle", "imp"]
 
@@ -80,21 +81,13 @@ class CycleInfo(NamedTuple):
   pruned_fraction: jax.Array
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"imp: {name} must be an int, got {value!r}.")
-  if value < minimum:
-    raise ValueError(f"imp: {name} must be >= {minimum}, got {value}.")
-  return int(value)
-
-
 def _lengths(cycles: int, cycle_steps: int | Sequence[int]) -> list[int]:
   if isinstance(cycle_steps, Sequence) and not isinstance(cycle_steps, str):
     if len(cycle_steps) != cycles + 1:
       raise ValueError(f"imp: cycle_steps has {len(cycle_steps)} entries; a run of cycles={cycles} "
                        f"has {cycles + 1} (the dense cycle, then one per prune).")
-    return [_check_int(f"cycle_steps[{i}]", n, 1) for i, n in enumerate(cycle_steps)]
-  return [_check_int("cycle_steps", cycle_steps, 1)] * (cycles + 1)
+    return [_check_int(f"cycle_steps[{i}]", n, 1, "imp") for i, n in enumerate(cycle_steps)]
+  return [_check_int("cycle_steps", cycle_steps, 1, "imp")] * (cycles + 1)
 
 
 def _cycle_schedule(prune_steps: np.ndarray) -> schedules_lib.Schedule:
@@ -113,13 +106,6 @@ def _cycle_schedule(prune_steps: np.ndarray) -> schedules_lib.Schedule:
     return 1.0 - (1.0 - jnp.asarray(rate, jnp.float32)) ** done.astype(jnp.float32)
 
   return schedules_lib.Schedule(is_update_step=is_update_step, sparsity=sparsity)
-
-
-def _find_states(opt_state: Any) -> list[IMPState]:
-  if hasattr(opt_state, "opt_state") and hasattr(opt_state, "tx"):  # an nnx.Optimizer
-    opt_state = opt_state.opt_state
-  is_state = lambda x: isinstance(x, IMPState)
-  return [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
 
 
 def get_cycle(opt_state: Any) -> CycleInfo:
@@ -149,7 +135,7 @@ def get_cycle(opt_state: Any) -> CycleInfo:
     >>> int(info.cycle), int(info.step), bool(info.at_end), float(info.sparsity)
     (1, 1, False, 0.5)
   """
-  states = _find_states(opt_state)
+  states = masks_lib.find_states(opt_state, lambda x: isinstance(x, IMPState))
   if len(states) != 1:
     raise ValueError(f"get_cycle: the optimizer state must contain exactly one imp state, found "
                      f"{len(states)}.")
@@ -264,7 +250,7 @@ def imp(
     Renda, Frankle & Carbin, `Comparing rewinding and fine-tuning in neural network pruning
     <https://arxiv.org/abs/2003.02389>`_, 2020
   """
-  cycles = _check_int("cycles", cycles, 1)
+  cycles = _check_int("cycles", cycles, 1, "imp")
   lengths = _lengths(cycles, cycle_steps)
   ends = np.cumsum(lengths)
   prune_steps = ends[:-1]  # the first update of cycles 1..n
@@ -289,7 +275,7 @@ def imp(
   if rewind is not None:
     if isinstance(rewind, str):
       raise ValueError(f"imp: rewind must be None, 'init' or an update count, got {rewind!r}.")
-    rewind = _check_int("rewind", rewind, 0)
+    rewind = _check_int("rewind", rewind, 0, "imp")
     if rewind >= lengths[0]:
       raise ValueError(f"imp: rewind step {rewind} is beyond the first cycle, which ends after "
                        f"{lengths[0]} updates (cycle_steps[0]); the rewind point must be stored "
@@ -309,13 +295,11 @@ def imp(
                        "('init' or a step), got rewind=None.")
   if random_masks and not isinstance(pattern, patterns_lib.Unstructured):
     raise ValueError(f"imp: random_masks needs the unstructured pattern, got {pattern!r}.")
-  seed_check = scores_lib.random(seed)  # validates the seed
-  del seed_check
+  random_scores = scores_lib.random(seed)  # also validates the seed
   engine = _engine(
       scores_lib.magnitude if score_fn is None else score_fn, rate,
       distribution=distribution, pattern=pattern, schedule=_cycle_schedule(prune_steps),
       prune=prune, overrides=leaf_rates, packed_masks=packed_masks, name="imp")
-  random_scores = scores_lib.random(seed)
   stores_rewind = rewind is not None and reinit is None
   if inner is not None:
     inner = optax.with_extra_args_support(inner)

@@ -51,6 +51,13 @@ def _is_pruning_state(x: Any) -> bool:
   return isinstance(x, tuple) and hasattr(x, "_fields") and "masks" in x._fields and "count" in x._fields
 
 
+def find_states(opt_state: Any, is_state: Any) -> list[Any]:
+  """The subtrees of an optimizer state (or of an ``nnx.Optimizer``) for which ``is_state`` holds."""
+  if hasattr(opt_state, "opt_state") and hasattr(opt_state, "tx"):  # an nnx.Optimizer
+    opt_state = opt_state.opt_state
+  return [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
+
+
 def _mask_leaves(masks: Any):
   """Leaves of a masks tree, a packed mask or an nnx ``Variable`` counting as one leaf."""
   is_leaf = lambda x: (x is None or isinstance(x, (PackedMask, optax.MaskedNode))
@@ -86,9 +93,7 @@ def get_masks(opt_state: Any) -> Any:
     Array([[False, False],
            [ True,  True]], dtype=bool)
   """
-  if hasattr(opt_state, "opt_state") and hasattr(opt_state, "tx"):  # an nnx.Optimizer
-    opt_state = opt_state.opt_state
-  states = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_pruning_state) if _is_pruning_state(s)]
+  states = find_states(opt_state, _is_pruning_state)
   if not states:
     raise ValueError("get_masks: the optimizer state contains no jaxprune pruner (no state with a "
                      "'masks' field).")

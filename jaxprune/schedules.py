@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["Schedule", "one_shot", "polynomial"]
 
@@ -30,11 +31,12 @@ class Schedule(NamedTuple):
 
 
 def _check_int(name: str, value: Any, minimum: int, owner: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, int):
+  """``value`` as an int, or a ``TypeError``/``ValueError`` naming ``owner`` and ``name``."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
     raise TypeError(f"{owner}: {name} must be an int, got {value!r}.")
   if value < minimum:
     raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}.")
-  return value
+  return int(value)
 
 
 def one_shot(step: int = 0) -> Schedule:
