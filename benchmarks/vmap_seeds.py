@@ -49,6 +49,7 @@ import jax
 from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import evaluation
+from experiments import methods
 from experiments import models
 from experiments import train
 
@@ -62,7 +63,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="number of runs (3)")
     p.add_argument("--over", choices=("seeds", "sparsities"), default="seeds",
                    help="what the runs differ in (seeds)")
-    p.add_argument("--method", choices=config_lib.METHODS, default="gradual",
+    p.add_argument("--method", choices=list(methods.METHODS), default="gradual",
                    help="pruning method (gradual)")
     p.add_argument("--sparsity", type=float, default=0.9,
                    help="target sparsity with --over seeds (0.9)")
@@ -147,17 +148,16 @@ def _run(args: argparse.Namespace, specs: list[train.RunSpec], tmp: str) -> int:
     macs = evaluation.model_macs(model, shapes, dataset.image_shape)
     quiet = lambda line: None  # noqa: E731
 
+    def train_runs(config, runs, out, vmap):
+        return train.train_runs(config, dataset, runs, methods.setups(config, model, runs, dataset),
+                                data=data, mac_counts=macs, output_dir=out, vmap=vmap, log=quiet)
+
     def sequential(tag):
         out = Path(tmp) / f"seq_{tag}"
-        return [r for spec in specs
-                for r in train.train_runs(config, dataset, [spec], data=data,
-                                          mac_counts=macs, output_dir=out, vmap=False,
-                                          log=quiet)]
+        return [r for spec in specs for r in train_runs(config, [spec], out, vmap=False)]
 
     def vmapped(tag):
-        out = Path(tmp) / f"vmap_{tag}"
-        return train.train_runs(config, dataset, specs, data=data, mac_counts=macs,
-                                output_dir=out, vmap=True, log=quiet)
+        return train_runs(config, specs, Path(tmp) / f"vmap_{tag}", vmap=True)
 
     names = ", ".join(s.name for s in specs)
     print(f"{len(specs)} runs ({names}), {args.steps} steps of batch {config.batch_size}, "
@@ -173,8 +173,7 @@ def _run(args: argparse.Namespace, specs: list[train.RunSpec], tmp: str) -> int:
         warm_config.methods = ("dense",)
     dense = [train.RunSpec("dense", 0.0, i) for i in range(len(specs))]
     for group in (dense[:1], dense):
-        train.train_runs(warm_config, dataset, group, data=data, mac_counts=macs,
-                         output_dir=Path(tmp) / "warmup", vmap=len(group) > 1, log=quiet)
+        train_runs(warm_config, group, Path(tmp) / "warmup", vmap=len(group) > 1)
     cold_seq, seq_records = _time(lambda: sequential("cold"))
     print(f"cold sequential: {cold_seq:.2f}s (compile included)", file=sys.stderr)
     cold_vm, vm_records = _time(lambda: vmapped("cold"))

@@ -10,20 +10,23 @@ with SNIP's recipe with ``--config mnist_at_init``.
 
 Modules:
 
+* `experiments.cli`: the command line of ``python -m experiments``;
 * `experiments.config`: loading ``get_config()`` files, ``--config.FIELD=VALUE`` overrides,
   the config fingerprint;
-* `experiments.cli`: the command line of ``python -m experiments``;
+* `experiments.methods`: every method name of a sweep config, declared once: its
+  transformation, config group, program sharing, masks at initialisation, learning rate;
+* `experiments.runner`: the scaffold of the runners (output directory, log, config.json,
+  data, model, resuming finished runs);
 * `experiments.sweep`: the runs of a config and how they are grouped into vmapped programs;
 * `experiments.lottery`: the lottery-ticket experiment (tickets, then their random
   reinitialisation) and its per-round tables;
-* `experiments.sparse_training`: the dynamic sparse and pruning-at-initialisation methods
-  of the sweep, and the layer-collapse report of masks computed at initialisation;
-* `experiments.train`: optimizers, pruners, the compiled training programs, the run loop;
+* `experiments.train`: the compiled training programs and the run loop;
+* `experiments.optimizers`: the optimizer and learning-rate schedule of ``config.optimizer``;
 * `experiments.stacking`: stacking run states along a leading axis for ``jax.vmap``;
 * `experiments.checkpointing`: orbax checkpoints of a run;
-* `experiments.evaluation`: test accuracy, sparsity, compression ratio and speedup;
-* `experiments.outputs`: per-run and summary JSON/CSV, the table, the log;
+* `experiments.evaluation`: test accuracy, sparsity, compression ratio and speedup (the
+  multiply-adds counted by `jaxprune.flops`);
+* `experiments.outputs`: per-run and summary JSON/CSV, the tables, the log;
 * `experiments.plots`: accuracy-vs-sparsity, training-curve, learning-rate and lottery PNGs;
-* `experiments.data`, `experiments.models`, `experiments.metrics`: datasets, Flax models,
-  ShrinkBench metrics (multiply-adds from the jaxpr).
+* `experiments.data`, `experiments.models`: datasets and Flax models.
 """

@@ -15,11 +15,12 @@ import ml_collections
 from experiments import config as config_lib
 from experiments import lottery
 from experiments import models
-from experiments import outputs
 from experiments import sweep
 from experiments import train
 
 EXIT_STOPPED = 3
+# The runners, by ``config.experiment``: each has ``validate(config)`` and ``run(config)``.
+EXPERIMENTS = {"sweep": sweep, "lottery": lottery}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,27 +128,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(config)
         return 0
     experiment = config.get("experiment", "sweep")
+    module = EXPERIMENTS.get(experiment)
     try:  # fail fast on a bad method, model, optimizer, schedule or published point
-        if experiment == "lottery":
-            lottery.validate(config)
-            train.make_optimizer(config.optimizer, int(config.lottery.round_steps))
-        elif experiment == "sweep":
-            sweep.sweep_plan(config)
-            train.make_optimizer(config.optimizer, int(config.num_train_steps))
-            train.prune_steps(config)
-            outputs.published_points(config)
-        else:
-            raise ValueError(f"Unknown experiment {experiment!r} (sweep, lottery)")
+        if module is None:
+            raise ValueError(f"Unknown experiment {experiment!r} ({', '.join(EXPERIMENTS)})")
+        module.validate(config)
         models.get_model(config.model, 10)
         config_lib.checkpoint_interval(config)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        if experiment == "lottery":
-            lottery.run(config)
-        else:
-            sweep.run(config)
+        module.run(config)
     except FileNotFoundError as e:  # the dataset is not prepared
         print(f"error: {e}", file=sys.stderr)
         return 2

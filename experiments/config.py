@@ -23,14 +23,6 @@ import ml_collections
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = "mnist_lenet300"
-# The sweep's methods (experiments.sweep); the imp_* methods are iterative magnitude pruning
-# with the retraining schedules of jaxprune.retraining (experiments.train.IMP_SCHEDULES). The
-# lottery-ticket experiment (experiments.lottery) has its own runner.
-# Dynamic sparse training (static, set, rigl, granet) and pruning at initialisation (snip,
-# grasp, synflow, magnitude_init, random_init, snip_shuffled): experiments.sparse_training.
-METHODS = ("dense", "one_shot", "gradual", "imp_ft", "imp_lrw", "imp_slr", "imp_clr", "imp_llr",
-           "static", "set", "rigl", "granet", "snip", "grasp", "synflow", "magnitude_init",
-           "random_init", "snip_shuffled")
 
 # Fields that say where, how or which runs are executed, not what one run computes: they are
 # left out of `fingerprint`. (The vmap flags are among them: a vmapped run computes what its

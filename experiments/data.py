@@ -295,6 +295,26 @@ def load_dataset(
     )
 
 
+def split_validation(dataset: Dataset, size: int, seed: int) -> tuple[Dataset, Optional[Split]]:
+    """Holds ``size`` examples out of the training split, chosen by a seeded permutation.
+
+    Args:
+        dataset: the dataset.
+        size: examples held out (0: none).
+        seed: the permutation's seed.
+
+    Returns:
+        The dataset with the reduced training split, and the held-out split (or None).
+    """
+    if size <= 0:
+        return dataset, None
+    order = np.random.default_rng(seed).permutation(len(dataset.train))
+    held, kept = np.sort(order[:size]), np.sort(order[size:])
+    train = Split(dataset.train.images[kept], dataset.train.labels[kept])
+    validation = Split(dataset.train.images[held], dataset.train.labels[held])
+    return dataclasses.replace(dataset, train=train), validation
+
+
 # --------------------------------------------------------------------------- batching
 
 

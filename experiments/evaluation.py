@@ -3,7 +3,7 @@
 The test split is evaluated in one compiled call (``lax.map`` over fixed-size batches, the
 last one padded and masked). The sparsity of the parameters is measured on the host with
 ``jaxprune.sparsity_summary``; the ShrinkBench compression ratio and theoretical speedup
-come from `experiments.metrics`, the speedup scaling each layer's multiply-adds (counted
+come from `jaxprune.flops`, the speedup scaling each layer's multiply-adds (counted
 once per model from its jaxpr, see `model_macs`) by the density of its weight.
 """
 
@@ -20,7 +20,7 @@ import optax
 
 import jaxprune
 from experiments import data as data_lib
-from experiments import metrics
+from jaxprune import flops
 
 
 @dataclasses.dataclass
@@ -99,7 +99,7 @@ def make_eval_fn(model: nn.Module, batch_size: int) -> Callable:
 
 
 def model_macs(model: nn.Module, variables: Any, image_shape: tuple) -> dict[str, Any]:
-    """Multiply-adds of one example through ``model`` (`experiments.metrics.count_macs`).
+    """Multiply-adds of one example through ``model`` (`jaxprune.flops.count_macs`).
 
     Args:
         model: the Flax model.
@@ -112,7 +112,7 @@ def model_macs(model: nn.Module, variables: Any, image_shape: tuple) -> dict[str
     params = variables["params"]
     rest = {k: v for k, v in variables.items() if k != "params"}
     example = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-    return metrics.count_macs(
+    return flops.count_macs(
         lambda p, x: model.apply({"params": p, **rest}, x, train=False), params, example)
 
 
@@ -139,6 +139,6 @@ def measure(params: Any, mac_counts: dict[str, Any]) -> dict[str, Any]:
         "zeros": int(summary.zeros),
         "size": int(summary.size),
         "leaves": {str(k): float(v.sparsity) for k, v in summary.leaves.items()},
-        "compression_ratio": float(metrics.compression_ratio(summary)),
-        "theoretical_speedup": float(metrics.theoretical_speedup(mac_counts, summary)),
+        "compression_ratio": float(flops.compression_ratio(summary)),
+        "theoretical_speedup": float(flops.theoretical_speedup(mac_counts, summary)),
     }

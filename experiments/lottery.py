@@ -3,7 +3,7 @@
 Frankle & Carbin (2019, "The lottery ticket hypothesis", Sec. 2 and Figs. 3-4) on
 LeNet-300-100 / MNIST, in two phases, each trained by `experiments.train.train_runs`:
 
-1. **Tickets.** One ``jaxprune.imp`` run per seed (`experiments.train.make_ticket_tx`):
+1. **Tickets.** One ``jaxprune.imp`` run per seed (`ticket_tx`):
    ``lottery.rounds + 1`` rounds of ``lottery.round_steps`` steps. Round 0 trains the dense
    network; the first update of round ``r >= 1`` removes ``lottery.rate`` (20%) of the
    remaining weights of each hidden kernel and ``lottery.output_rate`` (10%) of the output
@@ -30,32 +30,25 @@ seeds: mean, std, min, max; the per-cycle sparsity of the masks), ``summary.csv`
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 import jaxprune
-from experiments import config as config_lib
-from experiments import data as data_lib
-from experiments import evaluation
-from experiments import models
+from experiments import methods
+from experiments import optimizers
 from experiments import outputs
 from experiments import plots
+from experiments import runner
 from experiments import train
 from experiments.train import RunSpec
 
-ROW_COLUMNS = [
-    "method", "round", "seed", "remaining", "final_accuracy", "early_stop_iteration",
-    "early_stop_accuracy", "early_stop_validation_loss", "final_validation_loss", "run",
-]
 METRICS = ("final_accuracy", "early_stop_iteration", "early_stop_accuracy")
 
 
@@ -66,8 +59,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         config: the config.
 
     Raises:
-        ValueError: for a bad rate, round count or length, reinit round or validation size,
-            or a reinit seed that equals a ticket's seed.
+        ValueError: for a bad rate, round count or length, reinit round, validation size,
+            optimizer or schedule, or a reinit seed that equals a ticket's seed.
     """
     lt = config.lottery
     for name in ("rate", "output_rate"):
@@ -85,6 +78,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     clash = [(s, r) for s in seeds for r in reinit_rounds(config) if reinit_seed(s, r) in seeds]
     if clash:
         raise ValueError(f"the reinit seeds of (seed, round) {clash} equal a ticket's seed")
+    ticket_tx(config)  # a bad optimizer or schedule
 
 
 def reinit_rounds(config: ml_collections.ConfigDict) -> list[int]:
@@ -158,30 +152,31 @@ def planned_sparsity(config: ml_collections.ConfigDict, round_: int,
     return zeros / sum(sizes.values())
 
 
-def split_validation(dataset: data_lib.Dataset, size: int,
-                     seed: int) -> tuple[data_lib.Dataset, Optional[data_lib.Split]]:
-    """Holds ``size`` examples out of the training split, chosen by a seeded permutation.
+def ticket_tx(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Frankle & Carbin's lottery-ticket IMP of ``config.lottery``.
+
+    ``lottery.rounds`` prunes of ``lottery.round_steps`` steps each after a dense round of the
+    same length; layer-wise (each kernel loses ``lottery.rate`` of its remaining weights per
+    round, the output layer ``lottery.output_rate``), then the kept weights are rewound to their
+    initial values and the optimizer (``config.optimizer``, Adam in the paper) restarts.
 
     Args:
-        dataset: the dataset.
-        size: examples held out (0: none).
-        seed: the permutation's seed.
+        config: the config with a ``lottery`` group.
 
     Returns:
-        The dataset with the reduced training split, and the held-out split (or None).
+        The transformation.
     """
-    if size <= 0:
-        return dataset, None
-    order = np.random.default_rng(seed).permutation(len(dataset.train))
-    held, kept = np.sort(order[:size]), np.sort(order[size:])
-    train_split = data_lib.Split(dataset.train.images[kept], dataset.train.labels[kept])
-    validation = data_lib.Split(dataset.train.images[held], dataset.train.labels[held])
-    return dataclasses.replace(dataset, train=train_split), validation
+    lt = config.lottery
+    steps = int(lt.round_steps)
+    return jaxprune.imp(
+        rate=float(lt.rate), cycles=int(lt.rounds), cycle_steps=steps, distribution="uniform",
+        leaf_rates={str(lt.output_layer): float(lt.output_rate)}, rewind="init",
+        reset_optimizer=True, inner=optimizers.make_optimizer(config.optimizer, steps))
 
 
-def make_reinit_run(config: ml_collections.ConfigDict, model: Any, spec: RunSpec, masks: Any,
-                    image_shape: tuple) -> tuple[Any, train.TrainState]:
-    """The transformation and initial state of one random-reinitialisation run.
+def reinit_setup(config: ml_collections.ConfigDict, model: nn.Module, spec: RunSpec, masks: Any,
+                 image_shape: tuple) -> train.RunSetup:
+    """One random-reinitialisation run: a ticket's masks, fixed, on a fresh initialisation.
 
     Args:
         config: the config.
@@ -191,18 +186,12 @@ def make_reinit_run(config: ml_collections.ConfigDict, model: Any, spec: RunSpec
         image_shape: the shape of one input.
 
     Returns:
-        ``(tx, state)``: ``jaxprune.static_sparse(masks=masks)`` around the config's
-        optimizer, and a fresh initialisation from ``reinit_seed`` with the pruned weights
-        zeroed (so the first step already trains the sparse network, as the ticket's does).
+        `experiments.methods.masked_setup` of the config's optimizer, initialised from
+        `reinit_seed`.
     """
-    steps = int(config.lottery.round_steps)
-    tx = jaxprune.static_sparse(masks=masks,
-                                inner=train.make_optimizer(config.optimizer, steps))
-    round_ = int(spec.tag[1:])
-    state = train.init_state(model, tx, reinit_seed(spec.seed, round_), image_shape)
-    params = jax.tree.map(lambda p, m: p if m is None else jnp.where(m, p, jnp.zeros_like(p)),
-                          state.params, masks)
-    return tx, state._replace(params=params)
+    inner = optimizers.make_optimizer(config.optimizer, int(config.lottery.round_steps))
+    return methods.masked_setup(model, masks, inner, reinit_seed(spec.seed, int(spec.tag[1:])),
+                                image_shape)
 
 
 # ============================================================================ results
@@ -364,42 +353,6 @@ def format_tables(agg: Sequence[dict], sparsity_rows: Sequence[dict]) -> str:
 # ============================================================================ the run
 
 
-def _train_group(config, dataset, specs, *, data, macs, out_dir, log, bar, txs=None,
-                 templates=None) -> list[dict]:
-    """Trains (or reads the finished records of) the runs ``specs`` of one method.
-
-    The runs left to train are one vmapped program with ``config.vmap_seeds``, else trained
-    one by one; ``txs`` and ``templates`` (one per spec) replace `experiments.train.make_tx`
-    and `experiments.train.init_state`.
-    """
-    fingerprint = config_lib.fingerprint(config)
-    resume = bool(config.get("resume", True))
-    records = {}
-    todo = []
-    for i, spec in enumerate(specs):
-        record = outputs.read_finished_run(out_dir, spec.name, fingerprint) if resume else None
-        if record is None:
-            todo.append(i)
-        else:
-            records[spec.name] = record
-            log(f"==> {spec.name}: already finished ({out_dir}/runs/{spec.name}.json); "
-                "reported without training")
-            if bar is not None:
-                bar.update(1)
-    groups = [todo] if bool(config.get("vmap_seeds", True)) else [[i] for i in todo]
-    for group in (g for g in groups if g):
-        for r in train.train_runs(
-                config, dataset, [specs[i] for i in group], data=data, mac_counts=macs,
-                output_dir=out_dir, vmap=len(group) > 1, log=log,
-                txs=None if txs is None else [txs[i] for i in group],
-                templates=None if templates is None else [templates[i] for i in group]):
-            outputs.write_run(r, out_dir)
-            records[r["name"]] = r
-        if bar is not None:
-            bar.update(len(group))
-    return [records[s.name] for s in specs]
-
-
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Runs the lottery-ticket experiment of ``config`` and writes its outputs.
 
@@ -418,34 +371,11 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     validate(config)
     lt = config.lottery
     steps, rounds = int(lt.round_steps), int(lt.rounds)
-    out_dir = Path(config.output_dir).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    progress = bool(config.get("progress", True))
-    log = outputs.Log(out_dir / "log.txt", use_tqdm=progress)
-    try:
-        wall_start = time.perf_counter()
-        with open(out_dir / "config.json", "w") as f:
-            f.write(config.to_json(indent=2))
-        data_dir = data_lib.resolve_data_dir(config.data_dir)
-        t = time.perf_counter()
-        full = data_lib.load_dataset(config.dataset, data_dir=data_dir,
-                                     cache_dir=config.get("cache_dir"), progress=progress)
-        dataset, held_out = split_validation(full, int(config.get("validation_size", 0)),
-                                             int(config.get("validation_seed", 0)))
-        eval_batch = int(config.eval_batch_size)
-        data = train.DeviceData(
-            jnp.asarray(dataset.train.images), jnp.asarray(dataset.train.labels),
-            evaluation.prepare_test_data(dataset.test, eval_batch),
-            None if held_out is None else evaluation.prepare_test_data(held_out, eval_batch))
-        log(f"{dataset.name} {dataset.version}: {len(dataset.train)} train / "
-            f"{0 if held_out is None else len(held_out)} validation / {len(dataset.test)} test "
-            f"images ({time.perf_counter() - t:.1f}s)")
-        model = models.get_model(config.model, dataset.num_classes)
-        shapes = jax.eval_shape(
-            lambda k: model.init(k, jnp.zeros((1, *dataset.image_shape)), train=False),
-            jax.random.PRNGKey(0))
-        macs = evaluation.model_macs(model, shapes, dataset.image_shape)
-        chosen = reinit_rounds(config)
+    chosen = reinit_rounds(config)
+    vmap = bool(config.get("vmap_seeds", True))
+    with runner.start(config, "lottery", len(config.seeds) * (1 + len(chosen))) as experiment:
+        log, out_dir, model = experiment.log, experiment.out_dir, experiment.model
+        image_shape = experiment.dataset.image_shape
         log(f"Lottery tickets: {config.model}, {rounds} rounds of {steps} steps after a dense "
             f"round (batch {config.batch_size}, {config.optimizer.name} "
             f"{config.optimizer.learning_rate}), pruning {lt.rate:.0%} per round "
@@ -453,33 +383,26 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
             f"rounds {chosen[0] if chosen else '-'}..{chosen[-1] if chosen else '-'}; seeds "
             f"{list(config.seeds)}; jax backend {jax.default_backend()}")
 
-        bar = None
-        if progress:
-            from tqdm import tqdm
+        def ticket_setups(specs):
+            tx = ticket_tx(config)
+            return [train.RunSetup(tx, train.init_state(model, tx, s.seed, image_shape))
+                    for s in specs]
 
-            bar = tqdm(total=len(config.seeds) * (1 + len(chosen)), desc="lottery", position=0,
-                       unit="run", dynamic_ncols=True)
-        ticket_config = phase_config(config, (rounds + 1) * steps)
-        tickets = _train_group(ticket_config, dataset, ticket_specs(config), data=data,
-                               macs=macs, out_dir=out_dir, log=log, bar=bar)
+        tickets = experiment.train(ticket_specs(config), ticket_setups,
+                                   config=phase_config(config, (rounds + 1) * steps), vmap=vmap)
         rows = [row for record in tickets for row in ticket_rows(record, config)]
         ticket_row = {(row["seed"], row["round"]): row for row in rows}
+        ticket_dir = {record["seed"]: out_dir / "masks" / record["name"] for record in tickets}
 
-        reinit_config = phase_config(config, steps)
         reinits = []
         for round_ in chosen:
-            specs = reinit_specs(config, round_)
-            txs, templates = [], []
-            for spec, record in zip(specs, tickets):
-                masks = train.load_cycle_masks(out_dir / "masks" / record["name"], round_,
-                                               shapes["params"])
-                tx, template = make_reinit_run(config, model, spec, masks,
-                                               dataset.image_shape)
-                txs.append(tx)
-                templates.append(template)
-            done = _train_group(reinit_config, dataset, specs, data=data, macs=macs,
-                                out_dir=out_dir, log=log, bar=bar, txs=txs,
-                                templates=templates)
+            def reinit_setups(specs):
+                return [reinit_setup(config, model, s, train.load_cycle_masks(
+                    ticket_dir[s.seed], round_, experiment.variables["params"]), image_shape)
+                    for s in specs]
+
+            done = experiment.train(reinit_specs(config, round_), reinit_setups,
+                                    config=phase_config(config, steps), vmap=vmap)
             for record in done:
                 rows.append(_round_row(
                     "reinit", round_, record["seed"],
@@ -490,32 +413,22 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
             log(f"==> round {round_}: {100 * rows[-1]['remaining']:.1f}% of the weights "
                 f"remain; mean test acc: ticket {ticket_acc:.4f}, reinit "
                 f"{np.mean([r['final']['test_accuracy'] for r in done]):.4f}")
-        if bar is not None:
-            bar.close()
 
         agg = aggregate(rows)
         sparsity_rows = cycle_sparsity(out_dir, tickets, config)
-        wall = time.perf_counter() - wall_start
         summary = {"model": config.model, "dataset": config.dataset, "round_steps": steps,
                    "rounds": rounds, "seeds": [int(s) for s in config.seeds],
-                   "wall_time_s": wall, "rows": rows, "aggregate": agg,
+                   "wall_time_s": experiment.elapsed(), "rows": rows, "aggregate": agg,
                    "cycle_sparsity": sparsity_rows}
         with open(out_dir / "summary.json", "w") as f:
             json.dump(summary, f, indent=2)
-        with open(out_dir / "summary.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=ROW_COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
-        leaves = list(sparsity_rows[0]["zeros"])
-        with open(out_dir / "cycle_sparsity.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["round"] + [f"zeros/{k}" for k in leaves]
-                       + [f"sparsity/{k}" for k in leaves]
-                       + ["sparsity", "planned", "identical_across_seeds"])
-            for row in sparsity_rows:
-                w.writerow([row["round"]] + [row["zeros"][k] for k in leaves]
-                           + [row["leaf_sparsity"][k] for k in leaves]
-                           + [row["sparsity"], row["planned"], row["identical_across_seeds"]])
+        outputs.write_rows(rows, out_dir / "summary.csv")
+        outputs.write_rows([
+            {"round": row["round"], **{f"zeros/{k}": v for k, v in row["zeros"].items()},
+             **{f"sparsity/{k}": v for k, v in row["leaf_sparsity"].items()},
+             "sparsity": row["sparsity"], "planned": row["planned"],
+             "identical_across_seeds": row["identical_across_seeds"]} for row in sparsity_rows],
+            out_dir / "cycle_sparsity.csv")
         tables = format_tables(agg, sparsity_rows)
         (out_dir / "summary.md").write_text(tables + "\n")
         title = (f"Lottery tickets, {config.model} on {config.dataset} ({steps} iterations per "
@@ -528,11 +441,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         log("")
         log(title + ":")
         log(tables)
-        log(f"\nWrote {out_dir}/summary.{{json,csv,md}}, cycle_sparsity.csv, "
-            f"{'lottery.png, ' if config.get('plots', True) else ''}runs/, masks/ and "
-            f"checkpoints/ ({wall:.1f}s total)")
+        wall = experiment.finish(
+            f"summary.{{json,csv,md}}, cycle_sparsity.csv, "
+            f"{'lottery.png, ' if config.get('plots', True) else ''}runs/, masks/ and checkpoints/")
         return {"rows": rows, "aggregate": agg, "cycle_sparsity": sparsity_rows,
                 "tickets": tickets, "reinits": reinits, "wall_time_s": wall,
                 "output_dir": str(out_dir)}
-    finally:
-        log.close()

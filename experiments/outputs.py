@@ -10,7 +10,9 @@ Under ``config.output_dir``:
   without training it again.
 * ``summary.json`` / ``summary.csv``: one row per run, plus (in the JSON) the mean and
   standard deviation over seeds per (method, target sparsity) and the published points.
-* ``summary.md``: the same aggregate and the published points as markdown tables.
+* ``summary.md``: the same aggregate and the published points as markdown tables, and for
+  pruning at initialisation the layer collapse of the masks (`format_collapse`).
+* ``collapse.csv``: for pruning at initialisation, one row per run (`collapse_rows`).
 * ``log.txt``: the lines printed during the sweep and the final table.
 """
 
@@ -343,3 +345,59 @@ def write_summary(records: Sequence[dict], out_dir: Path, meta: dict) -> list[di
         w.writeheader()
         w.writerows(rows)
     return agg
+
+
+def collapse_rows(records: Sequence[dict]) -> list[dict]:
+    """One row per pruning-at-initialisation run: its collapse report, flattened.
+
+    Args:
+        records: run records (those without ``at_init`` are skipped).
+
+    Returns:
+        Rows with ``method``, ``target_sparsity``, ``seed``, ``collapsed``, ``connected``,
+        ``empty_leaves``, ``kept/<leaf>``, ``dead_outputs/<leaf>`` and ``test_accuracy``.
+    """
+    rows = []
+    for r in records:
+        info = r.get("at_init")
+        if info is None:
+            continue
+        row = {"method": r["method"], "target_sparsity": r["target_sparsity"],
+               "seed": r["seed"], "collapsed": info["collapsed"],
+               "connected": info["connected"], "empty_leaves": ";".join(info["empty_leaves"]),
+               "test_accuracy": r["final"]["test_accuracy"]}
+        row.update({f"kept/{k}": v for k, v in info["kept"].items()})
+        row.update({f"dead_outputs/{k}": v for k, v in info["dead_outputs"].items()})
+        rows.append(row)
+    return rows
+
+
+def format_collapse(rows: Sequence[dict]) -> str:
+    """Markdown: per (method, sparsity), the seeds whose masks collapse and the kept weights.
+
+    Args:
+        rows: `collapse_rows`.
+
+    Returns:
+        The table (no trailing newline), or "" without rows.
+    """
+    if not rows:
+        return ""
+    leaves = [k[len("kept/"):] for k in rows[0] if k.startswith("kept/")]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["target_sparsity"]), []).append(row)
+    lines = ["Layer collapse of the masks at initialisation (jaxprune.collapse.layer_collapse; "
+             "kept weights per kernel and units left without input, mean over seeds):", "",
+             "| method | sparsity | collapsed (seeds) | "
+             + " | ".join(f"kept {k}" for k in leaves) + " | dead units |",
+             "|---|---|---|" + "---|" * len(leaves) + "---|"]
+    for (method, target), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        collapsed = sum(r["collapsed"] for r in rs)
+        kept = [f"{np.mean([r[f'kept/{k}'] for r in rs]):,.0f}" for k in leaves]
+        dead = {k[len("dead_outputs/"):]: np.mean([r[k] for r in rs])
+                for k in rs[0] if k.startswith("dead_outputs/")}
+        dead_text = ", ".join(f"{k.split('/')[0]}: {v:.3g}" for k, v in dead.items() if v) or "0"
+        lines.append(f"| {method} | {target:.1%} | {collapsed}/{len(rs)} | " + " | ".join(kept)
+                     + f" | {dead_text} |")
+    return "\n".join(lines)

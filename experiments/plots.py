@@ -33,6 +33,12 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _remaining_axis(ax, sparsities: Sequence[float], extra: Sequence[float] = ()) -> None:
     """x axis = % of weights remaining, log scale, decreasing to the right."""
     ax.set_xscale("log")
@@ -106,9 +112,7 @@ def plot_accuracy_vs_sparsity(agg: Sequence[dict], path: Path, title: str,
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_training_curves(records: Sequence[dict], path: Path, title: str) -> None:
@@ -163,9 +167,7 @@ def plot_training_curves(records: Sequence[dict], path: Path, title: str) -> Non
             ax.grid(True, alpha=0.3)
         acc_ax.legend(fontsize=8, title="target sparsity" if methods else None)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_learning_rates(schedules: dict, num_steps: int, path: Path, title: str,
@@ -200,9 +202,7 @@ def plot_learning_rates(schedules: dict, num_steps: int, path: Path, title: str,
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 _LOTTERY_STYLE = {"ticket": ("C0", "winning tickets (rewound to init)"),
@@ -261,6 +261,4 @@ def plot_lottery(agg: Sequence[dict], path: Path, title: str,
         ax.set_ylim(lo - 0.3, None)
     axes[2].legend(fontsize=8, loc="lower left")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)

@@ -1,11 +1,13 @@
-"""Training runs: the optimizer and pruner of a method, the compiled programs, the run loop.
+"""Training runs: the compiled programs and the run loop.
 
-A run is one (method, target sparsity, seed). `train_runs` trains one run, or several runs of
+A run is one (method, target sparsity, seed); what it trains (its transformation and initial
+state, a `RunSetup`) comes from `experiments.methods` for the sweep's methods and from
+`experiments.lottery` for the lottery tickets. `train_runs` trains one run, or several runs of
 the same method as one ``jax.vmap``-ped program over their stacked states (see
 `experiments.stacking`): each run keeps its own initialisation (from its seed), its own data
 order (the batches its sequential run would read, gathered on the device from per-run
 indices) and its own target sparsity (a hyperparameter in its optimizer state, via
-``optax.inject_hyperparams(jaxprune.magnitude_pruning)``).
+``optax.inject_hyperparams``).
 
 Training advances in chunks between events (evaluations, checkpoints, the end): one call of
 a compiled ``lax.fori_loop`` whose trip count is an argument, so every chunk length runs the
@@ -38,8 +40,8 @@ from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import evaluation
 from experiments import models
-from experiments import sparse_training
 from experiments import stacking
+from jaxprune.leaves import path_str
 
 
 class StopRequested(Exception):
@@ -63,11 +65,11 @@ class RunSpec(NamedTuple):
 
     @property
     def name(self) -> str:
-        """The run's name: ``dense_seed0``, ``gradual_s0.9_seed1``, ..."""
+        """The run's name: ``dense_seed0`` (sparsity 0: the dense baseline), ``gradual_s0.9_seed1``."""
         if self.tag is not None:
             return "_".join(x for x in (self.method, self.tag) if x) + f"_seed{self.seed}"
-        if self.method == "dense":
-            return f"dense_seed{self.seed}"
+        if self.sparsity == 0:
+            return f"{self.method}_seed{self.seed}"
         return f"{self.method}_s{self.sparsity:g}_seed{self.seed}"
 
 
@@ -82,6 +84,20 @@ class TrainState(NamedTuple):
     accuracy_sum: jax.Array
 
 
+class RunSetup(NamedTuple):
+    """What one run trains: its transformation, its initial state and what its record adds.
+
+    ``constants`` is what the transformation fixes that another run of its method may not
+    share (the sparsity and mask seed of a dynamic sparse method): a run with constants gets
+    a compiled program of its own. ``extras`` are added to the run's record.
+    """
+
+    tx: optax.GradientTransformation
+    template: TrainState
+    extras: Optional[dict] = None
+    constants: Optional[tuple] = None
+
+
 class DeviceData(NamedTuple):
     """The training split on the device, the padded test split and an optional validation split
     (held out of the training split, evaluated beside the test split when present)."""
@@ -92,286 +108,22 @@ class DeviceData(NamedTuple):
     validation: Optional[evaluation.TestData] = None
 
 
-def prepare_data(dataset: data_lib.Dataset, eval_batch_size: int) -> DeviceData:
-    """Puts a dataset on the device once for all the runs of a sweep.
+def prepare_data(dataset: data_lib.Dataset, eval_batch_size: int,
+                 validation: Optional[data_lib.Split] = None) -> DeviceData:
+    """Puts a dataset on the device once for all the runs of an experiment.
 
     Args:
         dataset: the loaded dataset.
         eval_batch_size: examples per evaluation batch.
+        validation: a split held out of the training split, evaluated beside the test split.
 
     Returns:
         The device copies.
     """
-    return DeviceData(jnp.asarray(dataset.train.images), jnp.asarray(dataset.train.labels),
-                      evaluation.prepare_test_data(dataset.test, eval_batch_size))
-
-
-# ============================================================================ optimizers
-
-
-def make_learning_rate(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-    """The learning-rate schedule of ``config.optimizer``.
-
-    Args:
-        opt: the optimizer config (``learning_rate``, ``schedule``, ``warmup_steps``, ...).
-        num_steps: the number of training steps.
-
-    Returns:
-        An optax schedule.
-
-    Raises:
-        ValueError: for an unknown schedule.
-    """
-    lr = float(opt.learning_rate)
-    kind = opt.get("schedule", "constant")
-    warmup = int(opt.get("warmup_steps", 0) or 0)
-    main_steps = max(1, num_steps - warmup)
-    if kind == "constant":
-        schedule = optax.constant_schedule(lr)
-    elif kind == "cosine":
-        # Decays to ``min_lr_fraction * learning_rate`` (0 unless the config sets it).
-        schedule = optax.cosine_decay_schedule(
-            lr, decay_steps=main_steps, alpha=float(opt.get("min_lr_fraction", 0.0) or 0.0))
-    elif kind == "step":
-        boundaries = {
-            int(b * main_steps): float(opt.get("decay_factor", 0.1))
-            for b in opt.get("decay_boundaries", (0.5, 0.75))
-        }
-        schedule = optax.piecewise_constant_schedule(lr, boundaries)
-    else:
-        raise ValueError(f"Unknown learning rate schedule {kind!r} (constant, cosine, step)")
-    if warmup > 0:
-        schedule = optax.join_schedules(
-            [optax.linear_schedule(0.0, lr, warmup), schedule], [warmup])
-    return schedule
-
-
-def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int,
-                   learning_rate: Optional[optax.Schedule] = None
-                   ) -> optax.GradientTransformation:
-    """The optimizer of ``config.optimizer`` (SGD with optional momentum, or Adam).
-
-    Args:
-        opt: the optimizer config.
-        num_steps: the number of training steps (for the schedule).
-        learning_rate: a schedule to use instead of the config's (the retraining schedules
-            of the IMP methods).
-
-    Returns:
-        The optax transformation.
-
-    Raises:
-        ValueError: for an unknown optimizer or schedule.
-    """
-    lr = make_learning_rate(opt, num_steps) if learning_rate is None else learning_rate
-    wd = float(opt.get("weight_decay", 0.0) or 0.0)
-    name = opt.get("name", "sgd")
-    if name == "sgd":
-        tx = optax.sgd(lr, momentum=opt.get("momentum", None) or None,
-                       nesterov=bool(opt.get("nesterov", False)))
-        if wd > 0:
-            tx = optax.chain(optax.add_decayed_weights(wd), tx)
-        return tx
-    if name == "adam":
-        return optax.adamw(lr, weight_decay=wd) if wd > 0 else optax.adam(lr)
-    raise ValueError(f"Unknown optimizer {name!r} (sgd, adam)")
-
-
-def prune_steps(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The step numbers derived from the fractions in the config.
-
-    Args:
-        config: the config.
-
-    Returns:
-        ``one_shot_step``, ``gradual_begin``, ``gradual_end``, ``gradual_frequency`` and, when
-        the config has IMP methods, ``imp_cycle_steps`` (`imp_cycle_steps`).
-    """
-    n = int(config.num_train_steps)
-    g = config.gradual
-    begin = int(round(g.begin_fraction * n))
-    end = max(begin + 1, int(round(g.end_fraction * n)))
-    steps = {
-        "one_shot_step": int(round(config.one_shot.prune_fraction * n)),
-        "gradual_begin": begin,
-        "gradual_end": end,
-        "gradual_frequency": max(1, int(round(g.frequency_fraction * n))),
-    }
-    if any(m in IMP_SCHEDULES for m in config.get("methods", ())):
-        steps["imp_cycle_steps"] = imp_cycle_steps(config)
-    return steps
-
-
-# The iterative-magnitude-pruning methods of the sweep and the learning-rate schedule of their
-# retraining cycles (`jaxprune.retraining`; Zimmer et al. 2021, Le & Hua 2021, Renda et al. 2020).
-IMP_SCHEDULES = {
-    "imp_ft": jaxprune.retraining.ft,
-    "imp_lrw": jaxprune.retraining.lrw,
-    "imp_slr": jaxprune.retraining.slr,
-    "imp_clr": jaxprune.retraining.clr,
-    "imp_llr": jaxprune.retraining.llr,
-}
-
-
-def imp_cycle_steps(config: ml_collections.ConfigDict) -> list[int]:
-    """The cycle lengths of the IMP methods: the original (dense) training, then the retraining
-    cycles, summing to ``num_train_steps`` (every method trains for the same number of steps).
-
-    The original training takes ``imp.original_fraction`` of the steps; the rest is split into
-    ``imp.cycles`` equal retraining cycles, the last one taking the remainder of the division.
-
-    Args:
-        config: the config (``num_train_steps``, ``imp.cycles``, ``imp.original_fraction``).
-
-    Returns:
-        ``imp.cycles + 1`` lengths.
-
-    Raises:
-        ValueError: if the config has no ``imp`` group or a cycle would be shorter than 1 step.
-    """
-    imp = config.get("imp", None)
-    if imp is None:
-        raise ValueError("the IMP methods need the config group 'imp' (cycles, "
-                         "original_fraction); see experiments/configs/mnist_imp_retraining.py")
-    n, cycles = int(config.num_train_steps), int(imp.cycles)
-    original = int(round(float(imp.original_fraction) * n))
-    retrain = (n - original) // max(cycles, 1)
-    if cycles < 1 or original < 1 or retrain < 1:
-        raise ValueError(f"imp: {n} steps cannot hold an original phase of "
-                         f"{imp.original_fraction} of them and {cycles} retraining cycles")
-    lengths = [original] + [retrain] * cycles
-    lengths[-1] += n - sum(lengths)
-    return lengths
-
-
-# The arguments of jaxprune.imp that inject_hyperparams must not turn into traced values.
-_IMP_STATIC = ("cycles", "cycle_steps", "seed", "rewind", "rate")
-
-
-def make_imp_tx(method: str, sparsity: float,
-                config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """IMP to ``sparsity`` in ``imp.cycles`` prunes with the retraining schedule of ``method``.
-
-    Cycle 0 trains the dense network with the config's optimizer and schedule over its
-    ``T = imp_cycle_steps(config)[0]`` steps (the original schedule ``lr0``); each later cycle
-    starts with a global magnitude prune of ``1 - (1 - sparsity) ** (1 / cycles)`` of the kept
-    weights and retrains the kept weights (no rewinding) with the learning rate of
-    ``IMP_SCHEDULES[method](lr0, T, retrain_steps)``. The optimizer's state carries on across
-    prunes (its step count drives the schedule). The sparsity is an ``inject_hyperparams``
-    hyperparameter, as for the other methods.
-
-    Args:
-        method: one of `IMP_SCHEDULES`.
-        sparsity: the sparsity after the last prune.
-        config: the config.
-
-    Returns:
-        The transformation (the optimizer wrapped by ``jaxprune.imp``).
-    """
-    lengths = imp_cycle_steps(config)
-    inner = make_optimizer(config.optimizer, lengths[0],
-                           learning_rate=method_learning_rate(method, config))
-    return optax.inject_hyperparams(jaxprune.imp, static_args=_IMP_STATIC)(
-        sparsity=float(sparsity), cycles=len(lengths) - 1, cycle_steps=lengths,
-        distribution=config.distribution, inner=inner)
-
-
-def method_learning_rate(method: str, config: ml_collections.ConfigDict) -> optax.Schedule:
-    """The learning-rate schedule a method trains with (for plots and tests).
-
-    Args:
-        method: a sweep method.
-        config: the config.
-
-    Returns:
-        The schedule of the step.
-    """
-    if method in IMP_SCHEDULES:
-        lengths = imp_cycle_steps(config)
-        warmup = int(config.optimizer.get("warmup_steps", 0) or 0)
-        original = make_learning_rate(config.optimizer, lengths[0])
-        return IMP_SCHEDULES[method](original, lengths[0], lengths[1:], warmup_steps=warmup)
-    return make_learning_rate(config.optimizer, int(config.num_train_steps))
-
-
-def make_ticket_tx(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Frankle & Carbin's lottery-ticket IMP of ``config.lottery``.
-
-    ``lottery.rounds`` prunes of ``lottery.round_steps`` steps each after a dense round of the
-    same length; layer-wise (each kernel loses ``lottery.rate`` of its remaining weights per
-    round, the output layer ``lottery.output_rate``), then the kept weights are rewound to their
-    initial values and the optimizer (``config.optimizer``, Adam in the paper) restarts.
-
-    Args:
-        config: the config with a ``lottery`` group.
-
-    Returns:
-        The transformation.
-    """
-    lt = config.lottery
-    steps = int(lt.round_steps)
-    return jaxprune.imp(
-        rate=float(lt.rate), cycles=int(lt.rounds), cycle_steps=steps, distribution="uniform",
-        leaf_rates={str(lt.output_layer): float(lt.output_rate)}, rewind="init",
-        reset_optimizer=True, inner=make_optimizer(config.optimizer, steps))
-
-
-def make_pruner(method: str, sparsity: float,
-                config: ml_collections.ConfigDict) -> Optional[optax.GradientTransformation]:
-    """The jaxprune transformation of ``method``, or None for the dense baseline.
-
-    The target sparsity is an ``optax.inject_hyperparams`` hyperparameter: it lives in the
-    optimizer state, so one compiled program trains every sparsity of a method and runs of
-    different sparsities can be stacked and vmapped.
-
-    Args:
-        method: ``dense``, ``one_shot`` or ``gradual``.
-        sparsity: the target sparsity.
-        config: the config (schedule fractions, ``distribution``).
-
-    Returns:
-        The pruner, or None.
-
-    Raises:
-        ValueError: for an unknown method or a bad sparsity.
-    """
-    if method == "dense":
-        return None
-    steps = prune_steps(config)
-    if method == "one_shot":
-        schedule = jaxprune.schedules.one_shot(steps["one_shot_step"])
-    elif method == "gradual":
-        schedule = jaxprune.schedules.polynomial(
-            steps["gradual_begin"], steps["gradual_end"], steps["gradual_frequency"],
-            power=float(config.gradual.power),
-        )
-    else:
-        raise ValueError(f"Unknown method {method!r}; valid methods: "
-                         f"{', '.join(config_lib.METHODS)}")
-    return optax.inject_hyperparams(jaxprune.magnitude_pruning)(
-        sparsity=float(sparsity), distribution=config.distribution, schedule=schedule)
-
-
-def make_tx(method: str, sparsity: float,
-            config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The optimizer chained with the method's pruner (or wrapped by IMP).
-
-    Args:
-        method: the method (``dense``, ``one_shot``, ``gradual``, one of `IMP_SCHEDULES`, or
-            ``ticket``, see `make_ticket_tx`).
-        sparsity: the target sparsity (ignored for ``dense``).
-        config: the config.
-
-    Returns:
-        The full transformation.
-    """
-    if method in IMP_SCHEDULES:
-        return make_imp_tx(method, sparsity, config)
-    if method == "ticket":
-        return make_ticket_tx(config)
-    tx = make_optimizer(config.optimizer, int(config.num_train_steps))
-    pruner = make_pruner(method, sparsity, config)
-    return tx if pruner is None else optax.chain(tx, pruner)
+    return DeviceData(
+        jnp.asarray(dataset.train.images), jnp.asarray(dataset.train.labels),
+        evaluation.prepare_test_data(dataset.test, eval_batch_size),
+        None if validation is None else evaluation.prepare_test_data(validation, eval_batch_size))
 
 
 # ============================================================================ programs
@@ -526,6 +278,7 @@ def train_runs(
     config: ml_collections.ConfigDict,
     dataset: data_lib.Dataset,
     runs: Sequence[RunSpec],
+    setups: Sequence[RunSetup],
     *,
     data: DeviceData,
     mac_counts: dict[str, Any],
@@ -533,8 +286,6 @@ def train_runs(
     vmap: bool = True,
     log: Callable[[str], None] = print,
     position: int = 1,
-    txs: Optional[Sequence[optax.GradientTransformation]] = None,
-    templates: Optional[Sequence[TrainState]] = None,
 ) -> list[dict]:
     """Trains runs of one method, as one vmapped program if ``vmap`` and there are several.
 
@@ -553,31 +304,29 @@ def train_runs(
         config: the config.
         dataset: the dataset (for its shapes and sizes).
         runs: the runs, all of the same method.
+        setups: one per run (`experiments.methods.setups` for the methods of a sweep); their
+            states must share their structure (the program is built from the first).
         data: the device copies of the dataset, from `prepare_data`.
         mac_counts: `experiments.evaluation.model_macs` of the model.
-        output_dir: the sweep's output directory.
+        output_dir: the experiment's output directory.
         vmap: train several runs as one vmapped program (else ``runs`` must hold one run).
         log: prints a line.
         position: tqdm position of the progress bar.
-        txs: the runs' transformations, instead of `make_tx` (runs of one method must share
-            the structure of their states: the program is built from the first). The
-            methods of `experiments.sparse_training` (dynamic sparse training, pruning at
-            initialisation) get theirs, and their initial states, from
-            `experiments.sparse_training.make_runs`; the records of the pruning-at-init runs
-            also hold ``at_init``, the layer-collapse report of their masks.
-        templates: the runs' initial states, instead of `init_state` from their seeds.
 
     Returns:
-        One record per run: its evaluations and final metrics.
+        One record per run: its evaluations, final metrics and `RunSetup.extras`.
 
     Raises:
-        ValueError: for runs of different methods, or several runs without ``vmap``.
+        ValueError: for runs of different methods, several runs without ``vmap``, or not one
+            setup per run.
         StopRequested: after the checkpoint of ``config.stop_after_step``.
     """
     if len({r.method for r in runs}) != 1:
         raise ValueError("train_runs: the runs must share their method")
     if len(runs) > 1 and not vmap:
         raise ValueError("train_runs: several runs are only trained together when vmapped")
+    if len(setups) != len(runs):
+        raise ValueError("train_runs: one setup per run")
     method = runs[0].method
     num_steps = int(config.num_train_steps)
     eval_every = max(1, int(config.eval_every))
@@ -588,29 +337,15 @@ def train_runs(
     stacked = vmap and len(runs) > 1
 
     model = models.get_model(config.model, dataset.num_classes)
-    extras: list[Optional[dict]] = [None] * len(runs)
-    program_key: tuple = (fingerprint, method, dataset.num_classes)
-    if txs is None and method in sparse_training.METHODS:
-        # Dynamic sparse training and pruning at initialisation: a transformation (and, for
-        # the masks computed at initialisation, an initial state) per run.
-        txs, templates, extras = sparse_training.make_runs(config, model, runs, dataset)
-        if method in sparse_training.DST_METHODS:
-            # Their sparsity and mask seed are constants of the transformation, not state.
-            program_key += (tuple((float(r.sparsity), int(r.seed)) for r in runs),)
-    if txs is None:
-        txs = [make_tx(method, r.sparsity, config) for r in runs]
-    if templates is None:
-        templates = [init_state(model, tx, r.seed, dataset.image_shape)
-                     for tx, r in zip(txs, runs)]
-    if len(txs) != len(runs) or len(templates) != len(runs):
-        raise ValueError("train_runs: one transformation and one template per run")
-    templates = list(templates)
+    program_key = (fingerprint, method, dataset.num_classes) + tuple(
+        s.constants for s in setups if s.constants is not None)
+    templates = [s.template for s in setups]
     cycle_ends = imp_cycle_ends(templates[0].opt_state)
     axes = stacking.run_axes(templates[0]) if stacked else None
-    program = get_program(program_key, model, txs[0], data.test.batch_size, axes)
+    program = get_program(program_key, model, setups[0].tx, data.test.batch_size, axes)
     evaluate_validation = None
     if data.validation is not None:  # (its own program when its batch size differs)
-        evaluate_validation = get_program(program_key, model, txs[0],
+        evaluate_validation = get_program(program_key, model, setups[0].tx,
                                           data.validation.batch_size, axes).evaluate
 
     keep = int(config.get("keep_checkpoints", 2) or 2)
@@ -744,7 +479,7 @@ def train_runs(
                 "leaf_sparsity": final["leaf_sparsity"],
             },
             "evaluations": evals,
-            **(extras[i] or {}),
+            **(setups[i].extras or {}),
         })
     return records
 
@@ -758,8 +493,7 @@ def imp_cycle_ends(opt_state: Any) -> list[int]:
     Returns:
         The cycle ends, ascending.
     """
-    is_imp = lambda x: isinstance(x, jaxprune.IMPState)  # noqa: E731
-    found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_imp) if is_imp(x)]
+    found = jaxprune.masks.find_states(opt_state, lambda x: isinstance(x, jaxprune.IMPState))
     if len(found) != 1:
         return []
     return [int(e) for e in np.asarray(jax.device_get(found[0].cycle_ends))]
@@ -802,7 +536,7 @@ def save_cycle_masks(opt_state: Any, directory: Path, cycle: int) -> Path:
         The file written.
     """
     masks = jax.device_get(jaxprune.get_masks(opt_state))
-    arrays = {jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(m, bool)
+    arrays = {path_str(path): np.asarray(m, bool)
               for path, m in jax.tree_util.tree_flatten_with_path(masks)[0]}
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"cycle_{cycle:02d}.npz"
@@ -829,8 +563,7 @@ def load_cycle_masks(directory: Path, cycle: int, params: Any) -> Any:
     with np.load(directory / f"cycle_{cycle:02d}.npz") as f:
         arrays = {k: f[k] for k in f.files}
     paths, treedef = jax.tree_util.tree_flatten_with_path(params)
-    return jax.tree.unflatten(treedef, [
-        arrays.get(jax.tree_util.keystr(p, simple=True, separator="/")) for p, _ in paths])
+    return jax.tree.unflatten(treedef, [arrays.get(path_str(p)) for p, _ in paths])
 
 
 def _evaluate(state, program, data, runs, axes, step, since_eval, evaluations, diverged,

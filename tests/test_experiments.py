@@ -18,10 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import checkpointing, cli, evaluation, metrics, models, outputs, stacking
+from experiments import checkpointing, cli, evaluation, methods, models, optimizers, outputs
 from experiments import config as config_lib
 from experiments import data as data_lib
-from experiments import sweep, train
+from experiments import stacking, sweep, train
+from jaxprune import flops
 
 from shared_data import DATA_DIR, require_mnist
 
@@ -319,7 +320,7 @@ def test_mac_counts_of_layers_with_known_counts():
     conv = nn.Conv(8, (3, 3), strides=(2, 2), padding="SAME", feature_group_count=2)
     x = jnp.zeros((1, 10, 10, 4))
     params = jax.eval_shape(conv.init, jax.random.PRNGKey(0), x)["params"]
-    counts = metrics.count_macs(lambda p, x: conv.apply({"params": p}, x), params, x)
+    counts = flops.count_macs(lambda p, x: conv.apply({"params": p}, x), params, x)
     assert counts["by_leaf"] == {"kernel": 5 * 5 * 8 * 9 * 2}
 
 
@@ -339,7 +340,7 @@ def test_speedup_and_compression_scale_layers_by_density():
     assert m["zeros"] == 211_680 + 410 and m["size"] == 266_610
     assert m["leaves"]["Dense_0/kernel"] == pytest.approx(0.9)
     assert m["kernel_sparsity"] == pytest.approx(211_680 / 266_200)
-    assert metrics.theoretical_speedup(macs, jax.tree.map(np.zeros_like, params)) == np.inf
+    assert flops.theoretical_speedup(macs, jax.tree.map(np.zeros_like, params)) == np.inf
 
 
 def test_stacking_shares_counters_and_round_trips():
@@ -394,8 +395,8 @@ def _final_state(out, argv, spec):
     """The whole training state in the final checkpoint of run ``spec`` (NumPy leaves)."""
     _, config = cli.parse_args(argv)
     model = models.get_model(config.model, 10)
-    template = train.init_state(model, train.make_tx(spec.method, spec.sparsity, config),
-                                spec.seed, (28, 28, 1))
+    tx = methods.METHODS[spec.method].make_tx(config, spec.sparsity, spec.seed)
+    template = train.init_state(model, tx, spec.seed, (28, 28, 1))
     checkpoints = checkpointing.RunCheckpoints(out / "checkpoints" / spec.name)
     try:
         state, meta = checkpoints.restore(checkpoints.steps()[-1], template)
@@ -573,18 +574,18 @@ def test_imp_retraining_config_and_schedules():
     assert tuple(config.sparsities) == (0.9, 0.95, 0.98) and tuple(config.seeds) == (0, 1, 2)
     # Every method trains num_train_steps steps: IMP's original phase and 4 retraining cycles
     # add up to it.
-    lengths = train.imp_cycle_steps(config)
+    lengths = methods.imp_cycle_steps(config)
     assert lengths == [2000, 1000, 1000, 1000, 1000]
     assert sum(lengths) == config.num_train_steps
     config.num_train_steps = 20
-    assert train.imp_cycle_steps(config) == [7, 3, 3, 3, 4]
+    assert methods.imp_cycle_steps(config) == [7, 3, 3, 3, 4]
     config.num_train_steps = 6000
     # The published LeNet-300-100 points: Han et al. and SNIP's Table 1.
     points = outputs.published_points(config)
     assert [(p["sparsity"], round(100 - p["accuracy"], 2)) for p in points] == [
         (0.0, 1.7), (0.918, 1.59), (0.95, 1.6), (0.98, 2.4), (0.982, 2.0), (0.985, 2.0)]
 
-    lr = {m: train.method_learning_rate(m, config) for m in config.methods}
+    lr = {m: methods.METHODS[m].learning_rate(config) for m in config.methods}
     original = optax.cosine_decay_schedule(0.05, 2000, alpha=0.01)  # the original phase
     lr_max, lr_min = 0.05, float(original(1999))
     assert lr_min == pytest.approx(5e-4, rel=1e-3)
@@ -687,7 +688,7 @@ def test_lottery_tickets_and_reinit_control(mnist, cache_dir, tmp_path):
     assert cli.main(argv) == 0
     _, config = cli.parse_args(argv)
     model = models.get_model("lenet300_100", 10)
-    ticket_init = {s: train.init_state(model, train.make_ticket_tx(config), s,
+    ticket_init = {s: train.init_state(model, lottery.ticket_tx(config), s,
                                        (28, 28, 1)).params for s in (0, 1)}
     shapes = ticket_init[0]
 
@@ -719,7 +720,7 @@ def test_lottery_tickets_and_reinit_control(mnist, cache_dir, tmp_path):
     for s in (0, 1):
         for r in (1, 3):
             spec = train.RunSpec("reinit", lottery.planned_sparsity(config, r), s, tag=f"r{r:02d}")
-            _, template = lottery.make_reinit_run(config, model, spec, masks[s, r], (28, 28, 1))
+            template = lottery.reinit_setup(config, model, spec, masks[s, r], (28, 28, 1)).template
             checkpoints = checkpointing.RunCheckpoints(out / "checkpoints" / spec.name)
             try:
                 assert checkpoints.steps() == [8]
@@ -760,36 +761,39 @@ def test_lottery_tickets_and_reinit_control(mnist, cache_dir, tmp_path):
 
 
 def test_dst_and_at_init_configs():
-    from experiments import sparse_training
-
     dst = config_lib.load_config("mnist_dst")
     assert tuple(dst.methods) == ("dense", "gradual", "static", "set", "rigl", "granet")
     assert tuple(dst.sparsities) == (0.9, 0.95, 0.98) and tuple(dst.seeds) == (0, 1, 2)
     # The main job's optimizer; RigL's T_end at 75% of the steps, its MNIST setting at 98%.
     assert (dst.optimizer.name, dst.optimizer.learning_rate, dst.optimizer.schedule) == (
         "sgd", 0.05, "cosine")
-    assert sparse_training.dst_steps(dst) == {"frequency": 100, "rigl_end": 2250,
-                                              "granet_begin": 300, "granet_end": 2100}
+    assert methods.dst_steps(dst) == {"frequency": 100, "rigl_end": 2250,
+                                      "granet_begin": 300, "granet_end": 2100}
     assert (dst.dst.distribution, dst.dst.drop_fraction) == ("erk", 0.3)
-    assert train.prune_steps(dst)["gradual_end"] == 2100  # GraNet prunes over gradual's window
+    assert methods.prune_steps(dst)["gradual_end"] == 2100  # GraNet prunes over gradual's window
 
     pai = config_lib.load_config("mnist_at_init")
     # SNIP's recipe: SGD momentum 0.9, lr 0.1 decayed x0.1 at fixed points, batch 100, wd 5e-4.
     opt = pai.optimizer
     assert (opt.name, opt.learning_rate, opt.momentum, opt.weight_decay, pai.batch_size) == (
         "sgd", 0.1, 0.9, 5e-4, 100)
-    lr = train.make_learning_rate(opt, pai.num_train_steps)
+    lr = optimizers.make_learning_rate(opt, pai.num_train_steps)
     assert [float(lr(s)) for s in (0, 1499, 1500, 2249, 2250, 2999)] == pytest.approx(
         [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
     assert tuple(pai.sparsities) == (0.9, 0.95, 0.98, 0.995)
-    assert set(sparse_training.AT_INIT_METHODS) <= set(pai.methods)
+    at_init = {m for m, method in methods.METHODS.items() if method.masks is not None}
+    assert at_init == {"snip", "grasp", "synflow", "magnitude_init", "random_init",
+                       "snip_shuffled"}
+    assert at_init <= set(pai.methods)
     assert (pai.at_init.distribution, pai.at_init.random_distribution) == ("global", "erk")
     assert pai.at_init.grasp_temperature == 200  # as in the GraSP authors' code
     # The DST methods are never vmapped (their seed and sparsity are not in their state).
+    dst_methods = {m for m, method in methods.METHODS.items() if not method.stacks}
+    assert dst_methods == {"static", "set", "rigl", "granet"}
     dst.vmap_seeds = dst.vmap_sparsities = True
     groups = sweep.run_groups(dst)
-    assert all(len(g) == 1 for g in groups if g[0].method in sparse_training.DST_METHODS)
-    assert sum(g[0].method in sparse_training.DST_METHODS for g in groups) == 36
+    assert all(len(g) == 1 for g in groups if g[0].method in dst_methods)
+    assert sum(g[0].method in dst_methods for g in groups) == 36
     assert [len(g) for g in groups if g[0].method == "gradual"] == [9]
     # A sparse method without its config group is a config error.
     pai.methods = ("rigl",)
@@ -825,7 +829,7 @@ def test_dst_sweep_keeps_sparsity_and_moves_masks(mnist, cache_dir, tmp_path):
         # GraNet starts dense and prunes gradually; RigL is sparse from the start.
         first = record["evaluations"][0]["kernel_sparsity"]
         assert (first < 0.85) if method == "granet" else first == pytest.approx(0.9, abs=1e-4)
-        template = train.init_state(model, sparse_training_tx(method, config), 0, (28, 28, 1))
+        template = train.init_state(model, dst_tx(method, config), 0, (28, 28, 1))
         checkpoints = checkpointing.RunCheckpoints(out / "checkpoints" / f"{method}_s0.9_seed0")
         try:  # the checkpoints of the evaluations at steps 10 and 20
             states = [checkpoints.restore(step, template)[0] for step in (10, 20)]
@@ -843,10 +847,8 @@ def test_dst_sweep_keeps_sparsity_and_moves_masks(mnist, cache_dir, tmp_path):
         masks["rigl"][1]["Dense_0"]["kernel"])
 
 
-def sparse_training_tx(method, config):
-    from experiments import sparse_training
-
-    return sparse_training.make_dst_tx(method, 0.9, 0, config)
+def dst_tx(method, config):
+    return methods.METHODS[method].make_tx(config, 0.9, 0)
 
 
 @needs_mnist
@@ -854,7 +856,6 @@ def test_at_init_sweep_masks_and_collapse(mnist, cache_dir, tmp_path):
     import optax
 
     import jaxprune
-    from experiments import sparse_training
 
     out = tmp_path / "at_init"
     argv = _argv(out, cache_dir, "--config", "mnist_at_init", "--set",
@@ -864,8 +865,9 @@ def test_at_init_sweep_masks_and_collapse(mnist, cache_dir, tmp_path):
     _, config = cli.parse_args(argv)
     records = _records(out)
     model = models.get_model("lenet300_100", 10)
-    params = train.init_state(model, train.make_tx("dense", 0.0, config), 0, (28, 28, 1)).params
-    batch = sparse_training.first_batch(mnist, 32, 0)
+    params = train.init_state(model, methods.METHODS["dense"].make_tx(config, 0.0, 0), 0,
+                              (28, 28, 1)).params
+    batch = methods.first_batch(mnist, 32, 0)
     snip = jaxprune.snip(params, lambda p, b: optax.softmax_cross_entropy_with_integer_labels(
         model.apply({"params": p}, b[0], train=False), b[1]).mean(), batch, 0.9)
     kept = {k: int(np.sum(np.asarray(v))) for k, v in
@@ -877,8 +879,8 @@ def test_at_init_sweep_masks_and_collapse(mnist, cache_dir, tmp_path):
     assert records["snip_s0.9_seed0"]["at_init"]["kept"] == kept
     assert sum(kept.values()) == round(0.1 * 266_200)
     # The shuffle ablation: SNIP's count per kernel, at other positions.
-    shuffled = sparse_training.at_init_masks("snip_shuffled", 0.9, params, model, batch,
-                                             (28, 28, 1), 0, config)
+    shuffled = methods.METHODS["snip_shuffled"].masks(config, 0.9,
+                                                      methods.AtInit(params, model, batch, 0))
     for layer in ("Dense_0", "Dense_1", "Dense_2"):
         a, b = np.asarray(snip[layer]["kernel"]), np.asarray(shuffled[layer]["kernel"])
         assert a.sum() == b.sum() and np.any(a != b), layer
@@ -898,8 +900,8 @@ def test_at_init_sweep_masks_and_collapse(mnist, cache_dir, tmp_path):
     # The pruned weights are zero from the start and stay zero.
     spec = "snip_s0.9_seed0"
     checkpoints = checkpointing.RunCheckpoints(out / "checkpoints" / spec)
-    template = train.init_state(model, jaxprune.static_sparse(masks=snip, inner=train.make_optimizer(
-        config.optimizer, 20)), 0, (28, 28, 1))
+    template = train.init_state(model, jaxprune.static_sparse(
+        masks=snip, inner=optimizers.make_optimizer(config.optimizer, 20)), 0, (28, 28, 1))
     try:
         final, _ = checkpoints.restore(20, template)
     finally:

@@ -1,4 +1,5 @@
-"""Tests for experiments/metrics.py: MAC counting, theoretical speedup, compression ratio.
+"""`jaxprune.flops` on the Flax models of experiments/: MAC counting, theoretical speedup,
+compression ratio (the hand-computed pure-JAX cases are in test_flops.py).
 
 Models are initialised with ``jax.eval_shape`` where only shapes matter, so nothing is
 compiled for the MAC counts.
@@ -14,8 +15,8 @@ import pytest
 from jax import lax
 
 import jaxprune
-from experiments import metrics
 from experiments import models
+from jaxprune import flops
 
 
 def _abstract_params(model, x, **kwargs):
@@ -23,7 +24,7 @@ def _abstract_params(model, x, **kwargs):
 
 
 def _macs(model, params, x, **kwargs):
-    return metrics.count_macs(lambda p, x, **kw: model.apply({"params": p}, x, **kw),
+    return flops.count_macs(lambda p, x, **kw: model.apply({"params": p}, x, **kw),
                               params, x, **kwargs)
 
 
@@ -90,7 +91,7 @@ def test_raw_scan_counted_per_step():
         return y
 
     params = {"w": jnp.ones((16, 16))}
-    macs = metrics.count_macs(apply, params, jnp.ones((2, 16)))
+    macs = flops.count_macs(apply, params, jnp.ones((2, 16)))
     assert macs["total"] == 3 * 2 * 16 * 16
     assert macs["by_leaf"] == {"w": 3 * 2 * 16 * 16}
 
@@ -138,7 +139,7 @@ def test_attribution_through_nested_calls_and_transforms():
         return scores.sum() + h2.sum()
 
     params = {"v": jnp.ones(v_shape), "w": jnp.ones(w_shape)}
-    macs = metrics.count_macs(apply, params, jnp.ones((5, 8)))
+    macs = flops.count_macs(apply, params, jnp.ones((5, 8)))
     assert macs["by_leaf"] == {"v": 5 * 4 * 6, "w": 2 * 5 * 8 * 4}
     assert macs["unattributed"] == 5 * 6 * 5
     assert macs["total"] == 5 * 4 * 6 + 2 * 5 * 8 * 4 + 5 * 6 * 5
@@ -148,7 +149,7 @@ def test_cond_takes_most_expensive_branch():
     def apply(p, x, flag):
         return lax.cond(flag, lambda a: (a @ p["w"]) @ p["w"], lambda a: a @ p["w"], x)
 
-    macs = metrics.count_macs(apply, {"w": jnp.ones((4, 4))}, jnp.ones((3, 4)), True)
+    macs = flops.count_macs(apply, {"w": jnp.ones((4, 4))}, jnp.ones((3, 4)), True)
     assert macs["total"] == 2 * 3 * 4 * 4
     assert macs["by_leaf"] == {"w": 2 * 3 * 4 * 4}
 
@@ -158,7 +159,7 @@ def test_while_loop_counted_once_with_warning():
         return lax.while_loop(lambda c: c.sum() < 100.0, lambda c: c @ p["w"], x)
 
     with pytest.warns(UserWarning, match="while loop"):
-        macs = metrics.count_macs(apply, {"w": jnp.ones((4, 4))}, jnp.ones((1, 4)))
+        macs = flops.count_macs(apply, {"w": jnp.ones((4, 4))}, jnp.ones((1, 4)))
     assert macs["by_leaf"] == {"w": 16}
 
 
@@ -180,31 +181,31 @@ def test_speedup_of_90_percent_sparse_dense_is_10x():
     model, params, x = _dense_with_sparse_kernel(0.9)
     macs = _macs(model, params, x)
     assert macs["total"] == 1000
-    assert metrics.theoretical_speedup(macs, params) == pytest.approx(10.0)
+    assert flops.theoretical_speedup(macs, params) == pytest.approx(10.0)
     # The same from masks (boolean, packed, or with a prefix) and from a summary.
     mask = {"kernel": params["kernel"] != 0}
-    assert metrics.theoretical_speedup(macs, mask) == pytest.approx(10.0)
+    assert flops.theoretical_speedup(macs, mask) == pytest.approx(10.0)
     packed = {"kernel": jaxprune.masks.pack(mask["kernel"])}
-    assert metrics.theoretical_speedup(macs, packed) == pytest.approx(10.0)
-    assert metrics.theoretical_speedup(macs, {"params": params}) == pytest.approx(10.0)
+    assert flops.theoretical_speedup(macs, packed) == pytest.approx(10.0)
+    assert flops.theoretical_speedup(macs, {"params": params}) == pytest.approx(10.0)
     summary = jaxprune.sparsity_summary(params)
-    assert metrics.theoretical_speedup(macs, summary) == pytest.approx(10.0)
+    assert flops.theoretical_speedup(macs, summary) == pytest.approx(10.0)
 
 
 def test_speedup_dense_model_is_one_and_unattributed_macs_are_not_scaled():
     model, params, x = _dense_with_sparse_kernel(0.0)
     macs = _macs(model, params, x)
-    assert metrics.theoretical_speedup(macs, params) == 1.0
+    assert flops.theoretical_speedup(macs, params) == 1.0
 
     def apply(p, a):
         h = a @ p["w"]
         return h @ h.T  # 4 * 3 * 4 unattributed MACs
 
     params = {"w": jnp.asarray(np.array([[1.0, 0, 0], [0, 0, 0]], np.float32))}
-    macs = metrics.count_macs(apply, params, jnp.ones((4, 2)))
+    macs = flops.count_macs(apply, params, jnp.ones((4, 2)))
     assert macs["by_leaf"] == {"w": 4 * 2 * 3} and macs["unattributed"] == 4 * 3 * 4
     expected = (24 + 48) / (24 / 6 + 48)
-    assert metrics.theoretical_speedup(macs, params) == pytest.approx(expected)
+    assert flops.theoretical_speedup(macs, params) == pytest.approx(expected)
 
 
 def test_speedup_lenet300100_layerwise():
@@ -221,17 +222,17 @@ def test_speedup_lenet300100_layerwise():
     k1[:150] = True
     masks["Dense_0"]["kernel"], masks["Dense_1"]["kernel"] = jnp.asarray(k0), jnp.asarray(k1)
     expected = 266_200 / (235_200 * 0.1 + 30_000 * 0.5 + 1_000)
-    assert metrics.theoretical_speedup(macs, masks) == pytest.approx(expected)
+    assert flops.theoretical_speedup(macs, masks) == pytest.approx(expected)
     pruned = jax.tree.map(lambda p, m: p if m is None else p * m, params, masks,
                           is_leaf=lambda v: v is None)
-    assert metrics.theoretical_speedup(macs, pruned) == pytest.approx(expected)
+    assert flops.theoretical_speedup(macs, pruned) == pytest.approx(expected)
 
 
 def test_speedup_mismatched_tree_raises():
     model, params, x = _dense_with_sparse_kernel(0.5)
     macs = _macs(model, params, x)
     with pytest.raises(ValueError, match="none of the leaves"):
-        metrics.theoretical_speedup(macs, {"something_else": jnp.ones(3)})
+        flops.theoretical_speedup(macs, {"something_else": jnp.ones(3)})
 
 
 # ------------------------------------------------------------------------ compression_ratio
@@ -241,8 +242,8 @@ def test_compression_ratio_known_tree():
     tree = {"a": jnp.array([1.0, 0.0, 0.0, 0.0]),
             "b": {"kernel": jnp.array([[0.0, 2.0], [3.0, 4.0]]), "bias": jnp.zeros(2)}}
     # 10 entries, 4 nonzero.
-    assert metrics.compression_ratio(tree) == pytest.approx(10 / 4)
+    assert flops.compression_ratio(tree) == pytest.approx(10 / 4)
     masks = {"m": jnp.array([True, False, False, False, False])}
-    assert metrics.compression_ratio(masks) == pytest.approx(5.0)
-    assert metrics.compression_ratio({"w": jnp.ones((3, 3))}) == 1.0
-    assert math.isinf(metrics.compression_ratio({"w": jnp.zeros(3)}))
+    assert flops.compression_ratio(masks) == pytest.approx(5.0)
+    assert flops.compression_ratio({"w": jnp.ones((3, 3))}) == 1.0
+    assert math.isinf(flops.compression_ratio({"w": jnp.zeros(3)}))

@@ -63,12 +63,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.at_init.grasp_temperature = 200.0
 
     config.plot_error = True
-    config.published = [
-        dict(label="dense (Lee et al. 2019)", sparsity=0.0, error=1.7,
-             source="SNIP, Table 1"),
-        dict(label="SNIP (Lee et al. 2019)", sparsity=0.95, error=1.6,
-             source="SNIP, Table 1"),
-        dict(label="SNIP (Lee et al. 2019)", sparsity=0.98, error=2.4,
-             source="SNIP, Table 1"),
-    ]
+    config.published = mnist_lenet300.published("dense", "snip_95", "snip_98")
     return config

@@ -56,16 +56,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.plot_error = True
     # From ../shared/REFERENCES.md (LeNet-300-100 / MNIST; no DST numbers are listed for it:
     # RigL's MNIST result is only given as a figure, its published table is ResNet-50).
-    config.published = [
-        dict(label="dense (Lee et al. 2019)", sparsity=0.0, error=1.7,
-             source="SNIP, Table 1"),
-        dict(label="magnitude + retraining (Han et al. 2015)", sparsity=0.918, error=1.59,
-             source="Han et al. 2015, Table 1"),
-        dict(label="SNIP (Lee et al. 2019)", sparsity=0.95, error=1.6,
-             source="SNIP, Table 1"),
-        dict(label="SNIP (Lee et al. 2019)", sparsity=0.98, error=2.4,
-             source="SNIP, Table 1"),
-        dict(label="DNS (in SNIP, Table 1)", sparsity=0.982, error=2.0,
-             source="SNIP, Table 1"),
-    ]
+    config.published = mnist_lenet300.published("dense", "han", "snip_95", "snip_98", "dns")
     return config

@@ -51,20 +51,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.imp.original_fraction = 1 / 3  # of num_train_steps: the original (dense) training
 
     config.plot_error = True  # error_vs_sparsity.png instead of accuracy_vs_sparsity.png
-    # From ../shared/REFERENCES.md: Lee, Ajanthan & Torr, "SNIP", ICLR 2019, Table 1 (SNIP,
-    # and the DNS and L-OBS results it lists); Han, Pool, Tran & Dally, NeurIPS 2015, Table 1.
-    config.published = [
-        dict(label="dense (Lee et al. 2019)", sparsity=0.0, error=1.7,
-             source="SNIP, Table 1"),
-        dict(label="magnitude + retraining (Han et al. 2015)", sparsity=0.918, error=1.59,
-             source="Han et al. 2015, Table 1"),
-        dict(label="SNIP (Lee et al. 2019)", sparsity=0.95, error=1.6,
-             source="SNIP, Table 1"),
-        dict(label="SNIP (Lee et al. 2019)", sparsity=0.98, error=2.4,
-             source="SNIP, Table 1"),
-        dict(label="DNS (in SNIP, Table 1)", sparsity=0.982, error=2.0,
-             source="SNIP, Table 1"),
-        dict(label="L-OBS (in SNIP, Table 1)", sparsity=0.985, error=2.0,
-             source="SNIP, Table 1"),
-    ]
+    # SNIP's Table 1 (SNIP, and the DNS and L-OBS results it lists) and Han et al.'s.
+    config.published = mnist_lenet300.published("dense", "han", "snip_95", "snip_98", "dns", "lobs")
     return config

@@ -19,6 +19,31 @@ take about 3 minutes on 2 CPU cores.
 
 import ml_collections
 
+# Published LeNet-300-100 / MNIST results, from ../shared/REFERENCES.md:
+# Lee, Ajanthan & Torr, "SNIP: Single-shot network pruning based on connection sensitivity",
+# ICLR 2019, Table 1 (SNIP, and the DNS and L-OBS results it lists);
+# Han, Pool, Tran & Dally, "Learning both weights and connections for efficient neural
+# networks", NeurIPS 2015, Table 1 (LeNet-300-100: 12x fewer weights, 1.59% error).
+PUBLISHED = {
+    "dense": dict(label="dense (Lee et al. 2019)", sparsity=0.0, error=1.7,
+                  source="SNIP, Table 1"),
+    "snip_95": dict(label="SNIP (Lee et al. 2019)", sparsity=0.95, error=1.6,
+                    source="SNIP, Table 1"),
+    "snip_98": dict(label="SNIP (Lee et al. 2019)", sparsity=0.98, error=2.4,
+                    source="SNIP, Table 1"),
+    "han": dict(label="magnitude + retraining (Han et al. 2015)", sparsity=0.918, error=1.59,
+                source="Han et al. 2015, Table 1"),
+    "dns": dict(label="DNS (in SNIP, Table 1)", sparsity=0.982, error=2.0,
+                source="SNIP, Table 1"),
+    "lobs": dict(label="L-OBS (in SNIP, Table 1)", sparsity=0.985, error=2.0,
+                 source="SNIP, Table 1"),
+}
+
+
+def published(*keys: str) -> list[dict]:
+    """Copies of the `PUBLISHED` points ``keys``, in that order (for ``config.published``)."""
+    return [dict(PUBLISHED[k]) for k in keys]
+
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -78,21 +103,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.vmap_sparsities = False  # also the sparsities of a method
 
     # Published results drawn on the accuracy-vs-sparsity plot (accuracy in %; sparsity 0
-    # is drawn as a line). From ../shared/REFERENCES.md:
-    # Lee, Ajanthan & Torr, "SNIP: Single-shot network pruning based on connection
-    # sensitivity", ICLR 2019, Table 1 (LeNet-300-100 on MNIST);
-    # Han, Pool, Tran & Dally, "Learning both weights and connections for efficient neural
-    # networks", NeurIPS 2015, Table 1 (LeNet-300-100: 12x fewer weights, 1.59% error).
-    config.published = [
-        dict(label="dense (Lee et al. 2019)", sparsity=0.0, error=1.7,
-             source="SNIP, Table 1"),
-        dict(label="SNIP (Lee et al. 2019)", sparsity=0.95, error=1.6,
-             source="SNIP, Table 1"),
-        dict(label="SNIP (Lee et al. 2019)", sparsity=0.98, error=2.4,
-             source="SNIP, Table 1"),
-        dict(label="magnitude + retraining (Han et al. 2015)", sparsity=0.918, error=1.59,
-             source="Han et al. 2015, Table 1"),
-    ]
+    # is drawn as a line).
+    config.published = published("dense", "snip_95", "snip_98", "han")
 
     config.progress = True  # tqdm progress bars
     config.plots = True  # write the PNG plots (False: only JSON/CSV, for quick runs)
