@@ -1,13 +1,20 @@
 """jaxprune: neural-network pruning and sparse training as optax gradient transformations."""
 
+from jaxprune import allocation as allocation
 from jaxprune import analysis as analysis
 from jaxprune import at_init as at_init
 from jaxprune import collapse as collapse
-from jaxprune import allocation as allocation
 from jaxprune import dst as dst
+from jaxprune import engine as engine
+from jaxprune import ephemeral as ephemeral
+from jaxprune import flops as flops
+from jaxprune import groups as groups
+from jaxprune import leaves as leaves
 from jaxprune import masks as masks
 from jaxprune import patterns as patterns
+from jaxprune import plan as plan
 from jaxprune import retraining as retraining
+from jaxprune import rules as rules
 from jaxprune import schedules as schedules
 from jaxprune import scores as scores
 from jaxprune import selection as selection
@@ -25,7 +32,8 @@ from jaxprune.magnitude import magnitude_pruning as magnitude_pruning
 from jaxprune.masks import PackedMask as PackedMask
 from jaxprune.masks import apply_masks as apply_masks
 from jaxprune.masks import get_masks as get_masks
-from jaxprune.pruning import PruningState as PruningState
+from jaxprune.engine import PruningState as PruningState
+from jaxprune.oneshot import prune as prune
 from jaxprune.pruning import pruning as pruning
 from jaxprune.random_pruning import random_pruning as random_pruning
 from jaxprune.rigl import rigl as rigl
@@ -50,18 +58,26 @@ __all__ = [
     "at_init",
     "collapse",
     "dst",
+    "engine",
+    "ephemeral",
+    "flops",
     "get_cycle",
     "get_masks",
     "granet",
     "grasp",
+    "groups",
     "imp",
+    "leaves",
     "magnitude_pruning",
     "masks",
     "patterns",
+    "plan",
+    "prune",
     "prune_at_init",
     "pruning",
     "random_pruning",
     "retraining",
+    "rules",
     "rigl",
     "saliency_pruning",
     "schedules",

@@ -14,7 +14,6 @@ the input to the output or empty a whole leaf (see `jaxprune.collapse`).
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -26,9 +25,9 @@ import optax
 from jaxprune import allocation as allocation_lib
 from jaxprune import collapse as collapse_lib
 from jaxprune import leaves as leaves_lib
-from jaxprune import selection
+from jaxprune import oneshot
 from jaxprune import static as static_lib
-from jaxprune.pruning import _num_pruned, check_sparsity
+from jaxprune.checks import check_sparsity
 
 __all__ = ["grasp", "masks_from_scores", "prune_at_init", "shuffle_masks", "snip", "synflow"]
 
@@ -43,6 +42,9 @@ def masks_from_scores(params: Any, scores: Any, sparsity: float, *,
                       prune: leaves_lib.Selector = None, keep: Any = None,
                       owner: str = "masks_from_scores") -> Any:
   """Masks keeping the highest ``scores``, with exactly ``sparsity`` of the pruned leaves removed.
+
+  `jaxprune.prune` with given scores and a global default. NaN scores (a float32 overflow in
+  SynFlow) rank below every number: such weights are pruned first.
 
   Args:
     params: the params (for the tree structure and which leaves are pruned).
@@ -59,30 +61,10 @@ def masks_from_scores(params: Any, scores: Any, sparsity: float, *,
   Raises:
     ValueError: for a sparsity outside ``[0, 1)`` or NaN, or an unknown distribution.
   """
-  check_sparsity(sparsity, f"{owner}: sparsity")
-  allocate = allocation_lib.get_allocation(distribution)
-  leaves, treedef = jax.tree.flatten(leaves_lib.unwrap_variables(params))
-  score_leaves = treedef.flatten_up_to(scores)
-  keep_leaves = None if keep is None else treedef.flatten_up_to(keep)
-  index = _pruned_leaves(params, prune, owner)
-  arrays = []
-  for i in index:
-    s = jnp.asarray(score_leaves[i], jnp.float32)
-    s = jnp.where(jnp.isnan(s), -jnp.inf, s)  # a NaN score never wins
-    if keep_leaves is not None:
-      s = jnp.where(keep_leaves[i], s, -jnp.inf)
-    arrays.append(s)
-  sizes = [math.prod(jnp.shape(leaves[i])) for i in index]
-  if allocate is None:
-    keeps, segments = [sum(sizes) - _num_pruned(sparsity, sum(sizes))], [0] * len(index)
-  else:
-    per_leaf = allocate(sparsity, [jnp.shape(leaves[i]) for i in index])
-    keeps = [n - _num_pruned(s, n) for s, n in zip(per_leaf, sizes)]
-    segments = list(range(len(index)))
-  out = [None] * len(leaves)
-  for i, m in zip(index, selection.top_k_masks(arrays, keeps, segments=segments)):
-    out[i] = m
-  return jax.tree.unflatten(treedef, out)
+  scores = jax.tree.map(lambda s: jnp.where(jnp.isnan(s), -jnp.inf, jnp.asarray(s, jnp.float32)),
+                        scores)
+  return oneshot.prune(params, sparsity, scores=scores, distribution=distribution, prune=prune,
+                       keep=keep, name=owner)
 
 
 def _finish(masks: Any, owner: str, check: bool) -> Any:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import optax
 
 from jaxprune import allocation as allocation_lib
 from jaxprune import dst
 from jaxprune import leaves as leaves_lib
+from jaxprune import patterns as patterns_lib
+from jaxprune.groups import Group
 
 __all__ = ["granet"]
 
@@ -22,7 +26,10 @@ def granet(
     power: float = 3.0,
     distribution: str | allocation_lib.Allocation = "erk",
     seed: int = 0,
+    pattern: patterns_lib.Pattern | None = None,
     prune: leaves_lib.Selector = None,
+    overrides: Mapping[str, float] | None = None,
+    groups: Sequence[Group] = (),
     packed_masks: bool = False,
     inner: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -46,7 +53,10 @@ def granet(
     power: exponent of the sparsity schedule (3: cubic).
     distribution: ``"erk"`` (default), ``"er"``, ``"uniform"`` or a function.
     seed: seed of the initial mask when ``initial_sparsity > 0``.
+    pattern: what is dropped and grown together: unstructured (default), block or channel.
     prune: which leaves are sparse, as in `jaxprune.pruning`.
+    overrides: ``{path regex: sparsity}`` for leaves (or groups) at their own sparsity.
+    groups: `jaxprune.groups.Group` units spanning several leaves, dropped and grown whole.
     packed_masks: store masks as bits.
     inner: the optimizer to wrap (required).
 
@@ -72,4 +82,5 @@ def granet(
       sparsity, grow="gradient", drop_fraction=dst.cosine_drop_fraction(drop_fraction, end_step),
       frequency=frequency, begin_step=begin_step, end_step=end_step,
       initial_sparsity=initial_sparsity, sparsity_power=power, distribution=distribution, seed=seed,
-      prune=prune, packed_masks=packed_masks, inner=inner, name="granet")
+      pattern=pattern, prune=prune, overrides=overrides, groups=groups,
+      packed_masks=packed_masks, inner=inner, name="granet")

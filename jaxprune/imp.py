@@ -9,7 +9,6 @@ restarts) or rewinds the kept weights to their values at initialisation or at an
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -18,14 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxprune import engine
 from jaxprune import leaves as leaves_lib
 from jaxprune import masks as masks_lib
 from jaxprune import patterns as patterns_lib
+from jaxprune import plan as plan_lib
+from jaxprune import rules
 from jaxprune import schedules as schedules_lib
 from jaxprune import scores as scores_lib
 from jaxprune import selection
-from jaxprune.pruning import _engine, _mask_grads, _num_pruned, _project, check_sparsity
-from jaxprune.schedules import _check_int
+from jaxprune.checks import check_bool, check_int, check_sparsity
 
 __all__ = ["CycleInfo", "IMPState", "get_cycle", "imp"]
 
@@ -44,6 +45,7 @@ class IMPState(NamedTuple):
     pruned_fraction: fraction of the then-kept weights that the latest prune removed.
     cycle_ends: int32 ``[cycles + 1]``: the update count at which each cycle ends.
     cycle_sparsity: float32 ``[cycles + 1]``: the planned sparsity of the pruned leaves in each cycle.
+    score_state: the score's own state (``None`` for stateless scores).
     inner_state: the wrapped optimizer's state with ``inner=``, else ``optax.EmptyState()``.
   """
 
@@ -55,6 +57,7 @@ class IMPState(NamedTuple):
   pruned_fraction: jax.Array
   cycle_ends: jax.Array
   cycle_sparsity: jax.Array
+  score_state: Any
   inner_state: Any
 
 
@@ -86,8 +89,8 @@ def _lengths(cycles: int, cycle_steps: int | Sequence[int]) -> list[int]:
     if len(cycle_steps) != cycles + 1:
       raise ValueError(f"imp: cycle_steps has {len(cycle_steps)} entries; a run of cycles={cycles} "
                        f"has {cycles + 1} (the dense cycle, then one per prune).")
-    return [_check_int(f"cycle_steps[{i}]", n, 1, "imp") for i, n in enumerate(cycle_steps)]
-  return [_check_int("cycle_steps", cycle_steps, 1, "imp")] * (cycles + 1)
+    return [check_int(f"cycle_steps[{i}]", n, 1, "imp") for i, n in enumerate(cycle_steps)]
+  return [check_int("cycle_steps", cycle_steps, 1, "imp")] * (cycles + 1)
 
 
 def _cycle_schedule(prune_steps: np.ndarray) -> schedules_lib.Schedule:
@@ -98,7 +101,8 @@ def _cycle_schedule(prune_steps: np.ndarray) -> schedules_lib.Schedule:
   def is_update_step(count):
     return jnp.any(count == jnp.asarray(prune_steps, jnp.int32))
 
-  def sparsity(count, rate):
+  def sparsity(count, rate, initial=None):
+    del initial
     done = jnp.sum(count >= jnp.asarray(prune_steps, jnp.int32))
     if isinstance(rate, (int, float)):  # exact in float64, then one rounding to float32
       table = 1.0 - (1.0 - float(rate)) ** np.arange(cycles + 1, dtype=np.float64)
@@ -106,6 +110,64 @@ def _cycle_schedule(prune_steps: np.ndarray) -> schedules_lib.Schedule:
     return 1.0 - (1.0 - jnp.asarray(rate, jnp.float32)) ** done.astype(jnp.float32)
 
   return schedules_lib.Schedule(is_update_step=is_update_step, sparsity=sparsity)
+
+
+def _random_like(seed: int) -> rules.Rule:
+  """The ``random_masks`` control: each leaf keeps as many weights as the magnitude prune would,
+  chosen uniformly at random among those it keeps now."""
+  draw = scores_lib.random(seed)
+
+  def fn(x: rules.RuleInputs) -> rules.MaskUpdate:
+    new = rules.prune.fn(x).masks
+    drawn = draw.fn(scores_lib.ScoreInputs(list(x.params), None, x.count, None, {}))
+    masked = x.plan.masked
+    scores = [jnp.where(x.old[i], drawn[i], -jnp.inf) for i in masked]
+    keeps = jnp.stack([jnp.sum(new[i], dtype=jnp.int32) for i in masked])
+    chosen = selection.top_k_masks(scores, keeps, segments=list(range(len(masked))))
+    return rules.MaskUpdate(dict(zip(masked, chosen)))
+
+  return rules.Rule("random_like_magnitude", fn)
+
+
+def _planned_sparsity(plan: plan_lib.Plan, final: Sequence[Any], rate: Any,
+                      schedule: schedules_lib.Schedule, prune_steps: np.ndarray) -> jax.Array:
+  """Sparsity of the pruned leaves in each cycle, from the counts the selection keeps."""
+  total = sum(u.size for u in plan.units)
+  shared = [u for u, t in zip(plan.units, final) if t is None]
+  shared_groups = sum(u.num_groups for u in shared)
+  shared_size = sum(u.size for u in shared)
+  rows = [jnp.zeros([], jnp.float32)]
+  for step in prune_steps:
+    count = jnp.asarray(step, jnp.int32)
+    zeros = jnp.zeros([], jnp.float32)
+    if shared:
+      pruned = plan_lib.num_pruned(schedule.sparsity(count, rate), shared_groups)
+      zeros += jnp.asarray(pruned, jnp.float32) * (shared_size / shared_groups)
+    for unit, target in zip(plan.units, final):
+      if target is None:
+        continue
+      pruned = plan_lib.num_pruned(schedule.sparsity(count, target), unit.num_groups)
+      zeros += jnp.asarray(pruned, jnp.float32) * (unit.size / unit.num_groups)
+    rows.append(zeros / max(total, 1))
+  return jnp.stack(rows)
+
+
+def _norm_drop(info: engine.StepInfo, old, result) -> dict[str, jax.Array]:
+  """The relative norm drop and the pruned fraction of a prune (see `IMPState`)."""
+  p, masked = info.params, info.plan.masked
+  square = lambda x: jnp.sum(jnp.square(x.astype(jnp.float32)))
+  before = sum(square(jnp.where(old[i], p[i], 0)) for i in masked)
+  after = sum(square(jnp.where(result.masks[i], p[i], 0)) for i in masked)
+  drop = jnp.where(before > 0, jnp.sqrt(jnp.abs(before - after) / jnp.maximum(before, 1e-30)), 0.0)
+  kept_before = sum(jnp.sum(old[i], dtype=jnp.float32) for i in masked)
+  kept_after = sum(jnp.sum(result.masks[i], dtype=jnp.float32) for i in masked)
+  fraction = jnp.where(kept_before > 0, 1 - kept_after / jnp.maximum(kept_before, 1.0), 0.0)
+  return {"norm_drop": drop.astype(jnp.float32), "pruned_fraction": fraction.astype(jnp.float32)}
+
+
+def _offer(info: engine.StepInfo, fields) -> dict[str, jax.Array]:
+  return {"imp_count": info.count, "imp_norm_drop": fields["norm_drop"],
+          "imp_pruned_fraction": fields["pruned_fraction"]}
 
 
 def get_cycle(opt_state: Any) -> CycleInfo:
@@ -161,7 +223,7 @@ def imp(
     reinit: Callable[[jax.Array], Any] | None = None,
     random_masks: bool = False,
     seed: int = 0,
-    score_fn: scores_lib.ScoreFn | None = None,
+    score_fn: scores_lib.Score | scores_lib.ScoreFn | None = None,
     pattern: patterns_lib.Pattern | None = None,
     prune: leaves_lib.Selector = None,
     packed_masks: bool = False,
@@ -212,13 +274,17 @@ def imp(
     random_masks: control experiment: each prune removes, in each leaf, as many weights as the
       magnitude prune would, chosen uniformly at random among the kept ones (seeded by ``seed``).
     seed: seed of ``reinit`` and ``random_masks``.
-    score_fn: ``(params, grads, count) -> scores``; magnitude by default.
+    score_fn: a `jaxprune.scores.Score` or ``(params, grads, count) -> scores``; magnitude by
+      default.
     pattern: what is pruned together (unstructured, block or channel, see `jaxprune.patterns`).
     prune: which leaves are pruned, as in `jaxprune.pruning`.
     packed_masks: store masks as bits.
-    inner: an optimizer to wrap; without it `imp` must be the last link of a chain. Its update
-      receives the extra arguments ``imp_count``, ``imp_norm_drop`` and ``imp_pruned_fraction``
-      (read by `jaxprune.retraining.allr`; transformations that do not use them ignore them).
+    inner: an optimizer to wrap; without it `imp` must be the last link of a chain.
+
+  Offers its inner optimizer (declared in its `jaxprune.engine.Hooks`): the extra update arguments
+  ``imp_count`` (imp's update count, which survives optimizer resets), ``imp_norm_drop`` and
+  ``imp_pruned_fraction`` (of the latest prune, see `IMPState`). `jaxprune.retraining.allr` reads
+  them; transformations that do not use them ignore them.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is an `IMPState`; `get_cycle` reads
@@ -250,7 +316,7 @@ def imp(
     Renda, Frankle & Carbin, `Comparing rewinding and fine-tuning in neural network pruning
     <https://arxiv.org/abs/2003.02389>`_, 2020
   """
-  cycles = _check_int("cycles", cycles, 1, "imp")
+  cycles = check_int("cycles", cycles, 1, "imp")
   lengths = _lengths(cycles, cycle_steps)
   ends = np.cumsum(lengths)
   prune_steps = ends[:-1]  # the first update of cycles 1..n
@@ -267,7 +333,6 @@ def imp(
     check_sparsity(rate, "imp: rate")
   if distribution not in ("global", "uniform"):
     raise ValueError(f"imp: distribution must be 'global' or 'uniform', got {distribution!r}.")
-  pattern = patterns_lib.unstructured() if pattern is None else pattern
   if isinstance(pattern, patterns_lib.NM):
     raise ValueError("imp: N:M patterns fix the sparsity; use magnitude_pruning with n_m instead.")
   if rewind == "init":
@@ -275,170 +340,84 @@ def imp(
   if rewind is not None:
     if isinstance(rewind, str):
       raise ValueError(f"imp: rewind must be None, 'init' or an update count, got {rewind!r}.")
-    rewind = _check_int("rewind", rewind, 0, "imp")
+    rewind = check_int("rewind", rewind, 0, "imp")
     if rewind >= lengths[0]:
       raise ValueError(f"imp: rewind step {rewind} is beyond the first cycle, which ends after "
                        f"{lengths[0]} updates (cycle_steps[0]); the rewind point must be stored "
                        f"before the first prune.")
   for flag_name, flag in (("reset_optimizer", reset_optimizer), ("random_masks", random_masks),
                           ("packed_masks", packed_masks)):
-    if not isinstance(flag, bool):
-      raise TypeError(f"imp: {flag_name} must be a bool, got {flag!r}.")
-  if reset_optimizer and inner is None:
-    raise ValueError("imp: reset_optimizer=True needs the inner= form: in optax.chain the pruner "
-                     "cannot reach the optimizer's statistics. Use imp(..., inner=optimizer).")
+    check_bool(flag_name, flag, "imp")
   if reinit is not None:
     if not callable(reinit):
       raise TypeError(f"imp: reinit must be a function key -> params, got {reinit!r}.")
     if rewind is None:
       raise ValueError("imp: reinit replaces the weights that a prune rewinds to; it needs rewind "
                        "('init' or a step), got rewind=None.")
-  if random_masks and not isinstance(pattern, patterns_lib.Unstructured):
+  selection_ = plan_lib.make_selection("imp", sparsity=rate, prune=prune, pattern=pattern,
+                                       distribution=distribution, overrides=leaf_rates)
+  if random_masks and not isinstance(selection_.pattern, patterns_lib.Unstructured):
     raise ValueError(f"imp: random_masks needs the unstructured pattern, got {pattern!r}.")
-  random_scores = scores_lib.random(seed)  # also validates the seed
-  engine = _engine(
-      scores_lib.magnitude if score_fn is None else score_fn, rate,
-      distribution=distribution, pattern=pattern, schedule=_cycle_schedule(prune_steps),
-      prune=prune, overrides=leaf_rates, packed_masks=packed_masks, name="imp")
+  scores_lib.random(seed)  # checks the seed of random_masks and reinit
+  rule = _random_like(seed) if random_masks else rules.prune
+  schedule = _cycle_schedule(prune_steps)
   stores_rewind = rewind is not None and reinit is None
-  if inner is not None:
-    inner = optax.with_extra_args_support(inner)
 
-  def planned_sparsity(plan) -> jax.Array:
-    """Sparsity of the pruned leaves in each cycle, from the counts the selection keeps."""
-    total = sum(math.prod(leaf.shape) for leaf in plan)
-    shared = [leaf for leaf in plan if leaf.override is None and distribution == "global"]
-    shared_groups = sum(pattern.num_groups(leaf.shape) for leaf in shared)
-    shared_size = sum(math.prod(leaf.shape) for leaf in shared)
-    rows = [jnp.zeros([], jnp.float32)]
-    for step in prune_steps:
-      count = jnp.asarray(step, jnp.int32)
-      zeros = jnp.zeros([], jnp.float32)
-      if shared:
-        pruned = _num_pruned(engine.schedule.sparsity(count, rate), shared_groups)
-        zeros += jnp.asarray(pruned, jnp.float32) * (shared_size / shared_groups)
-      for leaf in plan:
-        if leaf in shared:
-          continue
-        groups = pattern.num_groups(leaf.shape)
-        leaf_rate = rate if leaf.override is None else leaf.override
-        pruned = _num_pruned(engine.schedule.sparsity(count, leaf_rate), groups)
-        zeros += jnp.asarray(pruned, jnp.float32) * (math.prod(leaf.shape) / groups)
-      rows.append(zeros / max(total, 1))
-    return jnp.stack(rows)
-
-  def init_fn(params):
-    plan = engine.plan_for(params)
+  def init(plan, leaves, treedef):
+    final, _ = plan_lib.targets(plan, selection_, rate)
+    inexact = lambda x: jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
     rewind_params = None
     if stores_rewind:
-      inexact = lambda p: jnp.issubdtype(jnp.asarray(p).dtype, jnp.inexact)
-      rewind_params = jax.tree.map(lambda p: jnp.copy(p) if inexact(p) else None,
-                                   leaves_lib.unwrap_variables(params))
-    return IMPState(
-        count=jnp.zeros([], jnp.int32), cycle=jnp.zeros([], jnp.int32),
-        masks=engine.init_masks(params), rewind_params=rewind_params,
-        norm_drop=jnp.zeros([], jnp.float32), pruned_fraction=jnp.zeros([], jnp.float32),
-        cycle_ends=jnp.asarray(ends, jnp.int32), cycle_sparsity=planned_sparsity(plan),
-        inner_state=optax.EmptyState() if inner is None else inner.init(params))
+      rewind_params = jax.tree.unflatten(treedef, [
+          jnp.copy(x) if inexact(x) else None for x in leaves])
+    return dict(cycle=jnp.zeros([], jnp.int32), rewind_params=rewind_params,
+                norm_drop=jnp.zeros([], jnp.float32), pruned_fraction=jnp.zeros([], jnp.float32),
+                cycle_ends=jnp.asarray(ends, jnp.int32),
+                cycle_sparsity=_planned_sparsity(plan, final, rate, schedule, prune_steps))
 
-  def random_like(plan, new, old, params, count):
-    """Masks keeping, per leaf, as many entries as ``new`` does, at random among ``old``'s."""
-    drawn = jax.tree.structure(params).flatten_up_to(random_scores(params, None, count))
-    scores = [jnp.where(old[leaf.index], drawn[leaf.index], -jnp.inf) for leaf in plan]
-    keeps = jnp.stack([jnp.sum(m, dtype=jnp.int32) for m in new])
-    return selection.top_k_masks(scores, keeps, segments=list(range(len(plan))))
-
-  def update_fn(updates, state, params=None, **extra_args):
-    plan = engine.plan_for(params)
-    treedef = jax.tree.structure(params)
-    params_leaves = treedef.flatten_up_to(params)
-    stored = treedef.flatten_up_to(state.masks)
-    count = state.count
-    prune_now = engine.schedule.is_update_step(count)
-
-    def prune_step():
-      old = {leaf.index: masks_lib.unpack(stored[leaf.index]) for leaf in plan}
-      new = engine.compute_masks(plan, updates, params, count, old)
-      if random_masks:
-        new = random_like(plan, new, old, params, count)
-      square = lambda x: jnp.sum(jnp.square(x.astype(jnp.float32)))
-      before = sum(square(jnp.where(old[leaf.index], params_leaves[leaf.index], 0)) for leaf in plan)
-      after = sum(square(jnp.where(m, params_leaves[leaf.index], 0)) for leaf, m in zip(plan, new))
-      drop = jnp.where(before > 0, jnp.sqrt(jnp.abs(before - after) / jnp.maximum(before, 1e-30)), 0.0)
-      kept_before = sum(jnp.sum(old[leaf.index], dtype=jnp.float32) for leaf in plan)
-      kept_after = sum(jnp.sum(m, dtype=jnp.float32) for m in new)
-      fraction = jnp.where(kept_before > 0, 1 - kept_after / jnp.maximum(kept_before, 1.0), 0.0)
-      return [engine.store(m) for m in new], drop.astype(jnp.float32), fraction.astype(jnp.float32)
-
-    kept = [stored[leaf.index] for leaf in plan]
-    new_stored, norm_drop, pruned_fraction = selection.cond(
-        prune_now, prune_step, lambda: (kept, state.norm_drop, state.pruned_fraction))
-    masks = {}
-    for leaf, m in zip(plan, new_stored):
-      stored[leaf.index] = m
-      masks[leaf.index] = masks_lib.unpack(m)
-    cycle = state.cycle + prune_now.astype(jnp.int32)
-
-    rewind_params = state.rewind_params
+  def every_step(info, fields):
+    del fields
+    state = info.state
+    out = {"cycle": state.cycle + info.is_update.astype(jnp.int32)}
     if stores_rewind and rewind > 0:
-      copy = lambda: [None if r is None else p.astype(r.dtype) for p, r in
-                      zip(params_leaves, treedef.flatten_up_to(rewind_params))]
-      rewind_params = jax.tree.unflatten(treedef, selection.cond(
-          count == rewind, copy, lambda: treedef.flatten_up_to(state.rewind_params)))
+      copy = lambda: [None if r is None else x.astype(r.dtype) for x, r in
+                      zip(info.params, info.treedef.flatten_up_to(state.rewind_params))]
+      out["rewind_params"] = jax.tree.unflatten(info.treedef, selection.cond(
+          info.count == rewind, copy, lambda: info.treedef.flatten_up_to(state.rewind_params)))
+    return out
 
-    inner_state = state.inner_state
-    if reset_optimizer:
-      # The prune step re-initialises the optimizer and feeds it no gradient, so the next step is
-      # its first. Its params-shaped statistics are reset *before* its update (a zero gradient keeps
-      # them at their initial zeros): XLA fuses a select there, while one on the state the update
-      # returns copies every moment buffer. Its other leaves (step counts, injected hyperparameters)
-      # are reset after the update (see below).
-      fresh = inner.init(params)
-      inner_state = jax.tree.map(lambda f, s: jnp.where(prune_now, f, s), fresh, inner_state)
-    if inner is not None:
-      grads = treedef.flatten_up_to(updates)
-      if reset_optimizer:
-        grads = [jnp.where(prune_now, jnp.zeros((), g.dtype), g) for g in grads]
-      grads = _mask_grads(plan, masks, grads)
-      # The prune statistics reach schedules that read them (`jaxprune.retraining.allr`).
-      updates, inner_state = inner.update(
-          jax.tree.unflatten(treedef, grads), inner_state, params, **extra_args, imp_count=count,
-          imp_norm_drop=norm_drop, imp_pruned_fraction=pruned_fraction)
-    out = treedef.flatten_up_to(updates)
+  def rewound(info, out, targets):
+    return [u if t is None or not jnp.issubdtype(t.dtype, jnp.inexact)
+            else (t.astype(u.dtype) - x.astype(u.dtype))
+            for u, x, t in zip(out, info.params, targets)]
 
-    if rewind is not None:
-      def rewound(targets):
-        return [u if t is None or not jnp.issubdtype(t.dtype, jnp.inexact)
-                else (t.astype(u.dtype) - p.astype(u.dtype))
-                for u, p, t in zip(out, params_leaves, targets)]
+  def updates(info, fields, out):
+    if rewind is None:
+      return out
+    if reinit is None:
+      # An elementwise select, not a cond: XLA fuses it with the projection and the optimizer's
+      # arithmetic, so steps between prunes only read the stored weights once more. (A cond
+      # returning the updates blocks that fusion and cost ~20% of the step on a 10M MLP.)
+      stored = fields.get("rewind_params", info.state.rewind_params)
+      moved = rewound(info, out, info.treedef.flatten_up_to(stored))
+      return [jnp.where(info.is_update, m, u) for m, u in zip(moved, out)]
 
-      if reinit is None:
-        # An elementwise select, not a cond: XLA fuses it with the projection and the optimizer's
-        # arithmetic, so steps between prunes only read the stored weights once more. (A cond
-        # returning the updates blocks that fusion and cost ~20% of the step on a 10M MLP.)
-        moved = rewound(treedef.flatten_up_to(rewind_params))
-        out = [jnp.where(prune_now, m, u) for m, u in zip(moved, out)]
-      else:
-        def fresh():
-          drawn = leaves_lib.unwrap_variables(reinit(jax.random.fold_in(jax.random.key(seed), cycle)))
-          expected = jax.tree.structure(leaves_lib.unwrap_variables(params))
-          if jax.tree.structure(drawn) != expected:
-            raise ValueError(f"imp: reinit returned a tree of structure {jax.tree.structure(drawn)}, "
-                             f"expected the params' structure {expected}.")
-          return rewound(expected.flatten_up_to(drawn))
-        out = selection.cond(prune_now, fresh, lambda: out)  # drawing is too costly for every step
-    out = _project(plan, masks, out, params_leaves)
+    def fresh():
+      key = jax.random.fold_in(jax.random.key(seed), fields["cycle"])
+      drawn = leaves_lib.unwrap_variables(reinit(key))
+      if jax.tree.structure(drawn) != info.treedef:
+        raise ValueError(f"imp: reinit returned a tree of structure {jax.tree.structure(drawn)}, "
+                         f"expected the params' structure {info.treedef}.")
+      return rewound(info, out, info.treedef.flatten_up_to(drawn))
 
-    if reset_optimizer:
-      is_param = optax.tree_utils.tree_map_params(inner, lambda _: True, fresh,
-                                                  transform_non_params=lambda _: False)
-      inner_state = jax.tree.map(lambda f, s, p: s if p else jnp.where(prune_now, f, s), fresh,
-                                 inner_state, is_param)
+    return selection.cond(info.is_update, fresh, lambda: out)  # drawing is too costly for every step
 
-    new_state = IMPState(
-        count=optax.safe_increment(count), cycle=cycle, masks=jax.tree.unflatten(treedef, stored),
-        rewind_params=rewind_params, norm_drop=norm_drop, pruned_fraction=pruned_fraction,
-        cycle_ends=state.cycle_ends, cycle_sparsity=state.cycle_sparsity, inner_state=inner_state)
-    return jax.tree.unflatten(treedef, out), new_state
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  hooks = engine.Hooks(
+      state_class=IMPState, init=init, update_fields=("norm_drop", "pruned_fraction"),
+      on_update=_norm_drop, every_step=every_step,
+      offers=("imp_count", "imp_norm_drop", "imp_pruned_fraction"), offer=_offer, updates=updates)
+  score = scores_lib.magnitude if score_fn is None else scores_lib.as_score(score_fn, "imp")
+  method = engine.Method("imp", score, rate, selection_, schedule, rule=rule,
+                         statistics="reset" if reset_optimizer else "keep",
+                         packed_masks=packed_masks, hooks=hooks)
+  return engine.transformation(method, inner)

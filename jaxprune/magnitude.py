@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import optax
 
 from jaxprune import allocation as allocation_lib
+from jaxprune.groups import Group
 from jaxprune import leaves as leaves_lib
 from jaxprune import patterns as patterns_lib
 from jaxprune import schedules as schedules_lib
@@ -25,7 +26,9 @@ def magnitude_pruning(
     schedule: schedules_lib.Schedule | None = None,
     prune: leaves_lib.Selector = None,
     overrides: Mapping[str, float] | None = None,
+    groups: Sequence[Group] = (),
     packed_masks: bool = False,
+    application: str = "persistent",
     inner: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Prunes the weights of smallest magnitude ``|w|``, one-shot or gradually.
@@ -40,9 +43,12 @@ def magnitude_pruning(
     pattern: a `jaxprune.patterns` pattern; unstructured by default.
     schedule: a `jaxprune.schedules` schedule; by default the masks are computed at the first update
       and then stay fixed.
-    prune: which leaves to prune (default: floating-point leaves with ``ndim >= 2``).
-    overrides: ``{path regex: sparsity}`` per-leaf targets.
+    prune: which leaves to prune (default: the kernels, see `jaxprune.leaves.default_prunable`).
+    overrides: ``{path regex: sparsity}`` per-leaf (or per-group) targets.
+    groups: `jaxprune.groups.Group` units spanning several leaves, pruned whole.
     packed_masks: keep masks as bits in the state.
+    application: ``"persistent"`` (pruned weights exactly zero) or ``"ephemeral"`` (see
+      `jaxprune.pruning`).
     inner: an optimizer to wrap instead of chaining.
 
   Returns:
@@ -68,5 +74,6 @@ def magnitude_pruning(
     <https://arxiv.org/abs/1710.01878>`_, 2017
   """
   return pruning(scores.magnitude, sparsity, distribution=distribution, pattern=pattern,
-                 schedule=schedule, prune=prune, overrides=overrides, packed_masks=packed_masks,
-                 inner=inner, name="magnitude_pruning")
+                 schedule=schedule, prune=prune, overrides=overrides, groups=groups,
+                 packed_masks=packed_masks, application=application, inner=inner,
+                 name="magnitude_pruning")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import optax
 
 from jaxprune import allocation as allocation_lib
+from jaxprune.groups import Group
 from jaxprune import leaves as leaves_lib
 from jaxprune import patterns as patterns_lib
 from jaxprune import schedules as schedules_lib
@@ -26,7 +27,9 @@ def random_pruning(
     schedule: schedules_lib.Schedule | None = None,
     prune: leaves_lib.Selector = None,
     overrides: Mapping[str, float] | None = None,
+    groups: Sequence[Group] = (),
     packed_masks: bool = False,
+    application: str = "persistent",
     inner: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Prunes weights chosen uniformly at random, reproducibly from ``seed``.
@@ -37,8 +40,8 @@ def random_pruning(
   Args:
     sparsity: target fraction of pruned weights, in ``[0, 1)``.
     seed: integer seed; the same seed gives the same masks on any device layout.
-    distribution, pattern, schedule, prune, overrides, packed_masks, inner: as in
-      `jaxprune.magnitude_pruning`.
+    distribution, pattern, schedule, prune, overrides, groups, packed_masks, application, inner:
+      as in `jaxprune.magnitude_pruning`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with a `jaxprune.PruningState`.
@@ -60,5 +63,6 @@ def random_pruning(
     <https://arxiv.org/abs/2202.02643>`_, 2022
   """
   return pruning(scores.random(seed), sparsity, distribution=distribution, pattern=pattern,
-                 schedule=schedule, prune=prune, overrides=overrides, packed_masks=packed_masks,
-                 inner=inner, name="random_pruning")
+                 schedule=schedule, prune=prune, overrides=overrides, groups=groups,
+                 packed_masks=packed_masks, application=application, inner=inner,
+                 name="random_pruning")

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxprune.schedules import _check_int
+from jaxprune.checks import check_int
 
 __all__ = ["AdaptiveLinear", "allr", "clr", "ft", "llr", "lrw", "silo", "slr"]
 
@@ -47,15 +47,15 @@ class _Cycles(NamedTuple):
 
 def _cycles(owner: str, original: optax.Schedule, original_steps: int,
             retrain_steps: int | Sequence[int], warmup_steps: int) -> _Cycles:
-  original_steps = _check_int("original_steps", original_steps, 1, owner)
-  warmup_steps = _check_int("warmup_steps", warmup_steps, 0, owner)
+  original_steps = check_int("original_steps", original_steps, 1, owner)
+  warmup_steps = check_int("warmup_steps", warmup_steps, 0, owner)
   if warmup_steps >= original_steps:
     raise ValueError(f"{owner}: warmup_steps ({warmup_steps}) must be below original_steps "
                      f"({original_steps}).")
   lengths = [retrain_steps] if not isinstance(retrain_steps, Sequence) else list(retrain_steps)
   if not lengths:
     raise ValueError(f"{owner}: retrain_steps is empty.")
-  lengths = np.asarray([_check_int("retrain_steps", r, 1, owner) for r in lengths], np.int64)
+  lengths = np.asarray([check_int("retrain_steps", r, 1, owner) for r in lengths], np.int64)
   starts = original_steps + np.concatenate([[0], np.cumsum(lengths)[:-1]])
   table = np.asarray(jax.device_get(jax.vmap(original)(jnp.arange(original_steps))), np.float64)
   if not np.all(np.isfinite(table)):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import optax
 
 from jaxprune import allocation as allocation_lib
 from jaxprune import dst
 from jaxprune import leaves as leaves_lib
+from jaxprune import patterns as patterns_lib
+from jaxprune.groups import Group
 
 __all__ = ["rigl"]
 
@@ -21,7 +25,10 @@ def rigl(
     begin_step: int | None = None,
     distribution: str | allocation_lib.Allocation = "erk",
     seed: int = 0,
+    pattern: patterns_lib.Pattern | None = None,
     prune: leaves_lib.Selector = None,
+    overrides: Mapping[str, float] | None = None,
+    groups: Sequence[Group] = (),
     packed_masks: bool = False,
     inner: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -43,7 +50,10 @@ def rigl(
     begin_step: first mask update; ``frequency`` by default.
     distribution: ``"erk"`` (default), ``"er"``, ``"uniform"`` or a function.
     seed: seed of the initial mask.
+    pattern: what is dropped and grown together: unstructured (default), block or channel.
     prune: which leaves are sparse, as in `jaxprune.pruning`.
+    overrides: ``{path regex: sparsity}`` for leaves (or groups) at their own sparsity.
+    groups: `jaxprune.groups.Group` units spanning several leaves, dropped and grown whole.
     packed_masks: store masks as bits.
     inner: the optimizer to wrap (required).
 
@@ -76,5 +86,6 @@ def rigl(
   return dst.dynamic_sparse(
       sparsity, grow="gradient", drop_fraction=fraction, frequency=frequency,
       begin_step=frequency if begin_step is None else begin_step, end_step=end_step,
-      distribution=distribution, seed=seed, prune=prune, packed_masks=packed_masks, inner=inner,
+      distribution=distribution, seed=seed, pattern=pattern, prune=prune, overrides=overrides, groups=groups,
+      packed_masks=packed_masks, inner=inner,
       name="rigl")

@@ -2,46 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jaxprune import allocation as allocation_lib
+from jaxprune import engine
 from jaxprune import leaves as leaves_lib
-from jaxprune import masks as masks_lib
+from jaxprune import patterns as patterns_lib
+from jaxprune import plan as plan_lib
 from jaxprune import schedules as schedules_lib
 from jaxprune import scores as scores_lib
-from jaxprune.pruning import PruningState, _Leaf, _mask_grads, _project, pruning
+from jaxprune.checks import check_bool
+from jaxprune.groups import Group
 
 __all__ = ["static_sparse"]
-
-
-def _given_plan(masks: Any, params: Any) -> list[_Leaf]:
-  """The leaves that ``masks`` prunes, checked against ``params``."""
-  names = [name for name, _ in leaves_lib.named_leaves(params)]
-  treedef = jax.tree.structure(params)
-  try:
-    given = treedef.flatten_up_to(masks)
-  except (ValueError, TypeError) as e:
-    raise ValueError(f"static_sparse: masks must be a tree shaped like the params (None for unpruned "
-                     f"leaves): {e}") from None
-  plan = []
-  for index, (name, leaf, mask) in enumerate(zip(names, treedef.flatten_up_to(params), given)):
-    if mask is None:
-      continue
-    mask = masks_lib.unpack(leaves_lib.unwrap_variable(mask))
-    leaf = leaves_lib.unwrap_variable(leaf)
-    if jnp.shape(mask) != jnp.shape(leaf) or jnp.result_type(mask) != jnp.bool_:
-      raise ValueError(f"static_sparse: the mask of leaf {name!r} must be a bool array of shape "
-                       f"{jnp.shape(leaf)}, got {jnp.result_type(mask)}{list(jnp.shape(mask))}.")
-    if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
-      raise TypeError(f"static_sparse: leaf {name!r} has a mask but is not floating-point "
-                      f"({jnp.result_type(leaf)}).")
-    plan.append(_Leaf(index, name, tuple(jnp.shape(leaf)), None))
-  return plan
 
 
 def static_sparse(
@@ -50,7 +27,10 @@ def static_sparse(
     masks: Any = None,
     distribution: str | allocation_lib.Allocation = "erk",
     seed: int = 0,
+    pattern: patterns_lib.Pattern | None = None,
     prune: leaves_lib.Selector = None,
+    overrides: Mapping[str, float] | None = None,
+    groups: Sequence[Group] = (),
     packed_masks: bool = False,
     inner: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -70,7 +50,7 @@ def static_sparse(
     distribution: how a random mask's sparsity is spread over the leaves: ``"erk"`` (default),
       ``"er"``, ``"uniform"``, ``"global"`` or a function, as in `jaxprune.pruning`.
     seed: seed of the random mask.
-    prune: which leaves a random mask prunes, as in `jaxprune.pruning`.
+    pattern, prune, overrides, groups: what a random mask prunes, as in `jaxprune.pruning`.
     packed_masks: store the masks as bits.
     inner: an optimizer to wrap (its statistics of pruned weights then stay zero); without it the
       transformation must be the last link of a chain.
@@ -80,7 +60,8 @@ def static_sparse(
 
   Raises:
     ValueError: for both or neither of ``sparsity`` and ``masks``, a sparsity outside ``[0, 1)``,
-      masks not shaped like the params (the message names the leaf), or ``prune`` with ``masks``.
+      masks not shaped like the params (the message names the leaf), or selection options with
+      ``masks``.
     TypeError: for a mask on a non-floating-point leaf.
 
   Example:
@@ -99,54 +80,21 @@ def static_sparse(
     Evci et al., `Rigging the lottery: making all tickets winners <https://arxiv.org/abs/1911.11134>`_,
     2020 (ERK)
   """
+  name = "static_sparse"
   if (sparsity is None) == (masks is None):
     raise ValueError("static_sparse: give exactly one of sparsity (a random mask) and masks.")
-  if sparsity is not None:
-    return pruning(scores_lib.random(seed), sparsity, distribution=distribution,
-                   schedule=schedules_lib.one_shot(0), prune=prune, packed_masks=packed_masks,
-                   inner=inner, name="static_sparse")
-  if prune is not None:
-    raise ValueError("static_sparse: prune selects leaves for a random mask; with masks= the "
-                     "pruned leaves are those with a mask.")
-  if not isinstance(packed_masks, bool):
-    raise TypeError(f"static_sparse: packed_masks must be a bool, got {packed_masks!r}.")
-  if inner is not None:
-    inner = optax.with_extra_args_support(inner)
-  # Host copies: the masks are constants of the run, not traced inputs.
-  masks = jax.tree.map(lambda m: np.asarray(masks_lib.unpack(leaves_lib.unwrap_variable(m))), masks,
-                       is_leaf=lambda x: isinstance(x, masks_lib.PackedMask) or leaves_lib.is_variable(x))
-
-  def store(mask):
-    mask = jnp.asarray(mask)
-    return masks_lib.pack(mask) if packed_masks else mask
-
-  def init_fn(params):
-    unwrapped = leaves_lib.unwrap_variables(params)
-    plan = _given_plan(masks, unwrapped)
-    treedef = jax.tree.structure(unwrapped)
-    given = treedef.flatten_up_to(masks)
-    stored = [None] * len(given)
-    for leaf in plan:
-      stored[leaf.index] = store(given[leaf.index])
-    inner_state = optax.EmptyState() if inner is None else inner.init(params)
-    return PruningState(count=jnp.zeros([], jnp.int32), masks=jax.tree.unflatten(treedef, stored),
-                        inner_state=inner_state)
-
-  def update_fn(updates, state, params=None, **extra_args):
-    if params is None:
-      raise ValueError("static_sparse: params must be given to update (tx.update(updates, state, "
-                       "params)).")
-    plan = _given_plan(masks, params)
-    treedef = jax.tree.structure(params)
-    stored = treedef.flatten_up_to(state.masks)
-    current = {leaf.index: masks_lib.unpack(stored[leaf.index]) for leaf in plan}
-    inner_state = state.inner_state
-    if inner is not None:
-      grads = _mask_grads(plan, current, treedef.flatten_up_to(updates))
-      updates, inner_state = inner.update(jax.tree.unflatten(treedef, grads), inner_state, params,
-                                          **extra_args)
-    out = _project(plan, current, treedef.flatten_up_to(updates), treedef.flatten_up_to(params))
-    return jax.tree.unflatten(treedef, out), PruningState(
-        count=optax.safe_increment(state.count), masks=state.masks, inner_state=inner_state)
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  check_bool("packed_masks", packed_masks, name)
+  if masks is not None:
+    if prune is not None or pattern is not None or overrides or groups:
+      raise ValueError("static_sparse: prune, pattern, overrides and groups select leaves for a "
+                       "random mask; with masks= the pruned leaves are those with a mask.")
+    selection = plan_lib.Selection(None, patterns_lib.unstructured(), "uniform", {}, ())
+    method = engine.Method(name, scores_lib.magnitude, None, selection, schedules_lib.one_shot(0),
+                           given_masks=masks, packed_masks=packed_masks)
+  else:
+    selection = plan_lib.make_selection(name, sparsity=sparsity, prune=prune, pattern=pattern,
+                                        distribution=distribution, overrides=overrides,
+                                        groups=groups)
+    method = engine.Method(name, scores_lib.random(seed), sparsity, selection,
+                           schedules_lib.one_shot(0), packed_masks=packed_masks)
+  return engine.transformation(method, inner)

@@ -98,9 +98,9 @@ def test_override_matching_no_leaf():
 
 
 def test_override_with_bad_sparsity_names_leaf():
-  tx = jaxprune.magnitude_pruning(0.5, overrides={"out/kernel": 2.0})
+  # Checked at construction, before any params are seen.
   with pytest.raises(ValueError, match=r"leaf 'out/kernel'.*got 2.0"):
-    tx.init(PARAMS)
+    jaxprune.magnitude_pruning(0.5, overrides={"out/kernel": 2.0})
 
 
 def test_leaf_matched_by_two_overrides():

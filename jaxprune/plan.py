@@ -1,0 +1,357 @@
+"""The selection path shared by every pruner and by `jaxprune.prune`: what is selected, to what sparsity.
+
+A `Plan` is read off the params once per trace: the leaves that carry masks and the *units* of
+selection. A unit is either one leaf under a pattern (its groups are entries, blocks, channels or
+N:M groups, see `jaxprune.patterns`) or a `jaxprune.groups.Group` of coupled slices of several
+leaves. Selection works on units: each has ``num_groups`` groups, one score per group, and a kept
+count per update; masks of leaves are the expansion of their units' group masks (the product, for a
+leaf in several groups).
+
+Where a unit's target comes from: an override (``{regex: sparsity}`` matched in full against unit
+names), else the distribution's share of the model-wide sparsity, else (``"global"``) one threshold
+over all units without an override.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxprune import allocation as allocation_lib
+from jaxprune import leaves as leaves_lib
+from jaxprune import patterns as patterns_lib
+from jaxprune.checks import check_sparsity, number
+from jaxprune.groups import Group
+
+__all__ = ["Plan", "Selection", "Unit", "make_plan", "make_selection", "num_pruned", "targets"]
+
+_PATTERNS = (patterns_lib.Unstructured, patterns_lib.Block, patterns_lib.Channel, patterns_lib.NM)
+
+
+class Selection(NamedTuple):
+  """The selection options that every method accepts (see `make_selection`)."""
+
+  prune: leaves_lib.Selector
+  pattern: patterns_lib.Pattern
+  distribution: Any
+  overrides: dict[str, Any]
+  groups: tuple[Group, ...]
+
+  @property
+  def is_global(self) -> bool:
+    return allocation_lib.get_allocation(self.distribution) is None
+
+  @property
+  def is_nm(self) -> bool:
+    return isinstance(self.pattern, patterns_lib.NM)
+
+
+def make_selection(owner: str, *, sparsity: Any, prune: leaves_lib.Selector = None,
+                   pattern: patterns_lib.Pattern | None = None, distribution: Any = "uniform",
+                   overrides: Mapping[str, Any] | None = None,
+                   groups: Sequence[Group] = ()) -> Selection:
+  """Validates the selection options of ``owner`` (a factory's name) and bundles them.
+
+  Args:
+    owner: the name used in error messages.
+    sparsity: the model-wide target, checked to be in ``[0, 1)``; ``None`` only for N:M patterns.
+    prune: which leaves are pruned (`jaxprune.leaves.Selector`).
+    pattern: what is pruned together; unstructured by default.
+    distribution: ``"uniform"``, ``"erk"``, ``"er"``, ``"global"`` or ``(sparsity, shapes) -> list``.
+    overrides: ``{regex: sparsity}`` for units pruned to their own sparsity.
+    groups: `jaxprune.groups.Group` units spanning several leaves.
+
+  Returns:
+    A `Selection`.
+
+  Raises:
+    ValueError, TypeError: naming the bad argument and its value.
+  """
+  pattern = patterns_lib.unstructured() if pattern is None else pattern
+  if not isinstance(pattern, _PATTERNS):
+    raise TypeError(f"{owner}: pattern must come from jaxprune.patterns, got {pattern!r}.")
+  if overrides is not None and not isinstance(overrides, Mapping):
+    raise TypeError(f"{owner}: overrides must be a mapping {{regex: sparsity}}, got {overrides!r}.")
+  overrides = dict(overrides or {})
+  for key, value in overrides.items():
+    if not isinstance(key, str):
+      raise TypeError(f"{owner}: override keys must be regular expressions (str), got {key!r}.")
+    try:
+      re.compile(key)
+    except re.error as e:
+      raise ValueError(f"{owner}: override pattern {key!r} is not a valid regular expression: {e}.") from None
+    if value is None:
+      raise ValueError(f"{owner}: override {key!r} has no sparsity (None). Give a number in [0, 1); "
+                       f"to leave leaves unpruned, exclude them with prune=.")
+    check_sparsity(value, f"{owner}: override sparsity for leaf {key!r}")
+  groups = tuple(groups)
+  for g in groups:
+    if not isinstance(g, Group):
+      raise TypeError(f"{owner}: groups must be jaxprune.groups.Group values, got {g!r}.")
+  if isinstance(pattern, patterns_lib.NM):
+    if sparsity is not None or overrides:
+      raise ValueError(f"{owner}: an N:M pattern fixes the sparsity at 1 - n/m = "
+                       f"{1 - pattern.n / pattern.m}; pass sparsity=None and no overrides, got "
+                       f"sparsity={sparsity!r}, overrides={overrides!r}.")
+    if distribution != "uniform":
+      raise ValueError(f"{owner}: an N:M pattern selects within groups; distribution must be "
+                       f"'uniform', got {distribution!r}.")
+    if groups:
+      raise ValueError(f"{owner}: groups are pruned by whole units, which an N:M pattern does not do.")
+  else:
+    if sparsity is None:
+      raise ValueError(f"{owner}: sparsity is required (only N:M patterns fix it themselves).")
+    check_sparsity(sparsity, f"{owner}: sparsity")
+  try:
+    allocation_lib.get_allocation(distribution)
+  except ValueError as e:
+    raise ValueError(f"{owner}: {e}") from None
+  return Selection(prune, pattern, distribution, overrides, groups)
+
+
+class Unit(NamedTuple):
+  """One unit of selection.
+
+  Attributes:
+    name: the leaf's name, or the group's.
+    members: ``(leaf index, axis)`` pairs; ``axis`` is ``None`` for a leaf under ``pattern``.
+    pattern: the leaf's pattern; ``None`` for a group.
+    shape: the shape the distribution allocates by (the leaf's, or the group's first member's).
+    num_groups: the number of selectable groups (entries, blocks, channels, units).
+    size: the entries its groups cover, over all members.
+    override: its own target from ``overrides``, or ``None``.
+  """
+
+  name: str
+  members: tuple[tuple[int, int | None], ...]
+  pattern: patterns_lib.Pattern | None
+  shape: tuple[int, ...]
+  num_groups: int
+  size: int
+  override: Any
+
+  @property
+  def is_nm(self) -> bool:
+    return isinstance(self.pattern, patterns_lib.NM)
+
+  def group_scores(self, leaves: Sequence[jax.Array]) -> jax.Array:
+    """One float32 score per group, from leaf-shaped score arrays (indexed like the params)."""
+    if self.pattern is not None:
+      (index, _), = self.members
+      score = leaves[index].astype(jnp.float32)
+      return score if self.is_nm else self.pattern.group_scores(score)
+    total = None
+    for index, axis in self.members:
+      s = leaves[index].astype(jnp.float32)
+      other = tuple(a for a in range(s.ndim) if a != axis % s.ndim)
+      per = jnp.mean(s, axis=other) if other else s
+      total = per if total is None else total + per
+    return total
+
+  def group_shape(self, shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
+    """The shape of `group_scores`' result."""
+    structs = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+    return tuple(jax.eval_shape(self.group_scores, structs).shape)
+
+  def kept(self, masks: Mapping[int, jax.Array]) -> jax.Array:
+    """Which groups are kept under leaf masks ``masks`` (a group is kept if any entry is)."""
+    if self.pattern is not None:
+      (index, _), = self.members
+      if isinstance(self.pattern, (patterns_lib.Unstructured, patterns_lib.NM)):
+        return masks[index]
+      return self.pattern.group_scores(masks[index].astype(jnp.float32)) > 0
+    out = None
+    for index, axis in self.members:
+      m = masks[index]
+      other = tuple(a for a in range(m.ndim) if a != axis % m.ndim)
+      per = jnp.any(m, axis=other) if other else m
+      out = per if out is None else out | per
+    return out
+
+  def expand(self, group_mask: jax.Array, shapes: Sequence[tuple[int, ...]]) -> list[tuple[int, jax.Array]]:
+    """``(leaf index, leaf-shaped mask)`` for each member, from a mask over groups."""
+    if self.pattern is not None:
+      (index, _), = self.members
+      if isinstance(self.pattern, patterns_lib.NM):
+        return [(index, group_mask)]
+      return [(index, self.pattern.expand(group_mask, shapes[index]))]
+    out = []
+    for index, axis in self.members:
+      shape = shapes[index]
+      axis = axis % len(shape)
+      other = tuple(a for a in range(len(shape)) if a != axis)
+      out.append((index, jnp.broadcast_to(jnp.expand_dims(group_mask, other), shape)))
+    return out
+
+
+class Plan(NamedTuple):
+  """The validated selection of one params tree (see the module docstring).
+
+  Attributes:
+    owner: the transformation's name, for messages.
+    names: every leaf's name, in ``jax.tree.leaves`` order.
+    shapes: every leaf's shape.
+    masked: indices of the leaves that carry a mask.
+    units: the units of selection.
+  """
+
+  owner: str
+  names: tuple[str, ...]
+  shapes: tuple[tuple[int, ...], ...]
+  masked: tuple[int, ...]
+  units: tuple[Unit, ...]
+
+  def combine(self, unit_masks: Sequence[jax.Array]) -> dict[int, jax.Array]:
+    """Leaf masks (index -> bool array) from one group mask per unit; a leaf in several units
+    keeps what all of them keep."""
+    out: dict[int, jax.Array] = {}
+    for unit, group_mask in zip(self.units, unit_masks):
+      for index, mask in unit.expand(group_mask, self.shapes):
+        out[index] = mask if index not in out else out[index] & mask
+    return out
+
+
+def _group_units(params_named, flags, groups: Sequence[Group], owner: str) -> list[Unit]:
+  index_of = {name: i for i, (name, _) in enumerate(params_named)}
+  seen: dict[tuple[int, int], str] = {}
+  units = []
+  for g in groups:
+    members, size = [], None
+    for name, axis in g.members:
+      if name not in index_of:
+        raise ValueError(f"{owner}: group {g.name!r} names leaf {name!r}, which the params do not have; "
+                         f"leaf names are {list(index_of)}.")
+      i = index_of[name]
+      leaf = params_named[i][1]
+      shape = tuple(jnp.shape(leaf))
+      if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+        raise TypeError(f"{owner}: group {g.name!r}: leaf {name!r} of dtype {jnp.result_type(leaf)} "
+                        f"cannot be pruned (only floating-point leaves can).")
+      if not -len(shape) <= axis < len(shape):
+        raise ValueError(f"{owner}: group {g.name!r}: axis {axis} is out of range for leaf {name!r} "
+                         f"of shape {shape}.")
+      axis = axis % len(shape)
+      if size is not None and shape[axis] != size:
+        raise ValueError(f"{owner}: group {g.name!r}: leaf {name!r} has {shape[axis]} entries along "
+                         f"axis {axis}, the group's first member {size}.")
+      size = shape[axis] if size is None else size
+      if (i, axis) in seen:
+        raise ValueError(f"{owner}: leaf {name!r} axis {axis} is in two groups, {seen[(i, axis)]!r} "
+                         f"and {g.name!r}.")
+      seen[(i, axis)] = g.name
+      members.append((i, axis))
+      flags[i] = False  # a group member is pruned by its groups, not by the leaf pattern
+    first_shape = tuple(jnp.shape(params_named[members[0][0]][1]))
+    total = sum(math.prod(jnp.shape(params_named[i][1])) for i, _ in members)
+    units.append(Unit(g.name, tuple(members), None, first_shape, size, total, None))
+  return units
+
+
+def make_plan(params: Any, sel: Selection, owner: str) -> Plan:
+  """The plan of ``params`` under ``sel`` (see the module docstring).
+
+  Raises:
+    ValueError: for ``params=None``, a pattern that does not fit a leaf, an override or group that
+      names nothing, or a leaf in two groups along one axis.
+    TypeError: for a non-floating-point leaf selected for pruning.
+  """
+  if params is None:
+    raise ValueError(f"{owner}: params must be given to update (tx.update(updates, state, params)).")
+  named = leaves_lib.named_leaves(leaves_lib.unwrap_variables(params))
+  flags = leaves_lib.prunable_paths(params, sel.prune, owner=owner)
+  group_units = _group_units(named, flags, sel.groups, owner)
+  units = []
+  for i, ((name, leaf), selected) in enumerate(zip(named, flags)):
+    if not selected:
+      continue
+    shape = tuple(jnp.shape(leaf))
+    try:
+      sel.pattern.validate(name, shape)
+    except ValueError as e:
+      raise ValueError(f"{owner}: {e}") from None
+    groups = (math.prod(shape) if isinstance(sel.pattern, patterns_lib.NM)
+              else sel.pattern.num_groups(shape))
+    units.append(Unit(name, ((i, None),), sel.pattern, shape, groups, math.prod(shape), None))
+  units += group_units
+  matched_by: dict[str, str] = {}
+  for key in sel.overrides:
+    hits = [u.name for u in units if re.fullmatch(key, u.name)]
+    if not hits:
+      raise ValueError(f"{owner}: override pattern {key!r} matches no pruned leaf; pruned leaves "
+                       f"are {[u.name for u in units]}.")
+    for name in hits:
+      if name in matched_by:
+        raise ValueError(f"{owner}: leaf {name!r} is matched by two override patterns, "
+                         f"{matched_by[name]!r} and {key!r}.")
+      matched_by[name] = key
+  units = [u._replace(override=sel.overrides[matched_by[u.name]]) if u.name in matched_by else u
+           for u in units]
+  masked = sorted({i for u in units for i, _ in u.members})
+  return Plan(owner, tuple(n for n, _ in named), tuple(tuple(jnp.shape(x)) for _, x in named),
+              tuple(masked), tuple(units))
+
+
+def num_pruned(sparsity: Any, size: int) -> Any:
+  """``round(sparsity * size)``: exact for Python numbers, float32 for arrays."""
+  if isinstance(sparsity, (int, float)):
+    return round(sparsity * size)
+  return jnp.round(jnp.asarray(sparsity, jnp.float32) * size).astype(jnp.int32)
+
+
+def _allocate(plan: Plan, distribution: Any, sparsity: Any, units: Sequence[Unit]) -> list[Any]:
+  """The distribution's per-unit shares of ``sparsity``, checked (``None`` each for global)."""
+  allocate = allocation_lib.get_allocation(distribution)
+  if allocate is None:
+    return [None] * len(units)
+  shares = list(allocate(sparsity, [u.shape for u in units]))
+  if len(shares) != len(units):
+    raise ValueError(f"{plan.owner}: the distribution returned {len(shares)} sparsities for "
+                     f"{len(units)} pruned leaves ({[u.name for u in units]}).")
+  for u, share in zip(units, shares):
+    try:
+      check_sparsity(share, f"{plan.owner}: the distribution's sparsity for leaf {u.name!r}")
+    except TypeError as e:
+      raise ValueError(str(e)) from None
+  return shares
+
+
+def targets(plan: Plan, sel: Selection, sparsity: Any,
+            initial_sparsity: Any = None) -> tuple[list[Any], list[Any]]:
+  """Per-unit final and initial sparsities.
+
+  The final target of a unit is its override, else its share under the distribution, else ``None``
+  (a global threshold, shared by every such unit). The initial sparsity (of a ramping schedule) is
+  shared the same way (a unit with an override starts from ``initial_sparsity`` itself); ``None``
+  entries without a ramp.
+
+  Raises:
+    ValueError: if a unit's initial sparsity is above its target (the ramp would revive weights), or
+      the distribution returns too few or bad values.
+  """
+  if sel.is_nm:
+    return [None] * len(plan.units), [None] * len(plan.units)
+  free = [u for u in plan.units if u.override is None]
+
+  def shares(value):
+    it = iter(_allocate(plan, sel.distribution, value, free))
+    return [u.override if u.override is not None else next(it) for u in plan.units]
+
+  final = shares(sparsity)
+  if initial_sparsity is None:
+    return final, [None] * len(plan.units)
+  it = iter(_allocate(plan, sel.distribution, initial_sparsity, free))
+  initial = [initial_sparsity if u.override is not None else next(it) for u in plan.units]
+  initial = [initial_sparsity if i is None else i for i in initial]  # global: the number itself
+  for u, s_f, s_i in zip(plan.units, final, initial):
+    f = number(sparsity if s_f is None else s_f, "sparsity")
+    i = number(s_i, "initial sparsity")
+    if f is not None and i is not None and i > f + 1e-9:
+      raise ValueError(f"{plan.owner}: the schedule starts leaf {u.name!r} at sparsity {i:.6g}, "
+                       f"above its target {f:.6g}: weights pruned early would be revived. Lower "
+                       f"the schedule's initial_sparsity to at most the target.")
+  return final, initial

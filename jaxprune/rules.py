@@ -1,0 +1,183 @@
+"""Selection rules: how a mask update turns scores into new masks.
+
+A rule runs on mask-update steps only. It receives a `RuleInputs` (the plan, the scores, the current
+masks, the per-unit targets) and returns a `MaskUpdate`: the new masks and, when they differ, the
+masks of the weights that train at this step. Two rules cover the methods of jaxprune:
+
+- `prune`: keep the highest-scoring groups of each unit, as many as the schedule's sparsity leaves
+  (layer-wise, by the distribution's shares, or with one global threshold). With ``monotone`` (the
+  default for persistent masks) weights pruned earlier stay pruned.
+- `drop_and_grow`: dynamic sparse training. Each unit drops its lowest-scoring active groups down
+  to ``A_t - k`` and grows ``k`` inactive groups, by gradient magnitude or at random; ``A_t`` is the
+  active count the schedule gives, ``k = min(round(f(t) A_t), G - A_t)``. Grown weights train from
+  the next step on: on the update step only the survivors do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxprune import schedules as schedules_lib
+from jaxprune import selection
+from jaxprune.plan import Plan, Selection, num_pruned
+
+__all__ = ["MaskUpdate", "Rule", "RuleInputs", "drop_and_grow", "prune", "random_masks",
+           "scheduled"]
+
+
+class RuleInputs(NamedTuple):
+  """What a rule reads (leaf lists are indexed like ``jax.tree.leaves(params)``).
+
+  Attributes:
+    plan: the `jaxprune.plan.Plan`.
+    selection: the `jaxprune.plan.Selection` options.
+    schedule: the method's schedule.
+    sparsity: the model-wide target (for a global threshold).
+    final: per-unit final targets (``None``: global).
+    initial: per-unit initial sparsities of a ramping schedule (``None`` entries otherwise).
+    count: the update count.
+    scores: the method's scores, one array per leaf (``None`` for leaves not pruned).
+    params: the params' leaves.
+    grads: the gradients' leaves (the incoming updates in a chain).
+    old: the current masks, ``{leaf index: bool array}``.
+    monotone: whether pruned weights must stay pruned.
+  """
+
+  plan: Plan
+  selection: Selection
+  schedule: schedules_lib.Schedule
+  sparsity: Any
+  final: Sequence[Any]
+  initial: Sequence[Any]
+  count: jax.Array
+  scores: Sequence[Any]
+  params: Sequence[Any]
+  grads: Sequence[Any]
+  old: Mapping[int, jax.Array]
+  monotone: bool
+
+
+class MaskUpdate(NamedTuple):
+  """A rule's result: ``masks`` (``{leaf index: bool array}``) and ``train``, the masks of the weights
+  that train at this step, or ``None`` when they are ``masks``."""
+
+  masks: dict[int, jax.Array]
+  train: dict[int, jax.Array] | None = None
+
+
+class Rule(NamedTuple):
+  """A selection rule: ``fn(RuleInputs) -> MaskUpdate``; ``separate_train`` says whether its
+  ``train`` masks can differ from its masks (the engine carries them through the update step)."""
+
+  name: str
+  fn: Callable[[RuleInputs], MaskUpdate]
+  separate_train: bool = False
+
+
+def scheduled(x: RuleInputs, target: Any, initial: Any) -> Any:
+  """The schedule's sparsity at ``x.count`` for a unit with these final and initial sparsities."""
+  if initial is None:
+    return x.schedule.sparsity(x.count, target)
+  return x.schedule.sparsity(x.count, target, initial)
+
+
+def _masked_score(x: RuleInputs, unit) -> jax.Array:
+  score = unit.group_scores(x.scores)
+  return jnp.where(unit.kept(x.old), score, -jnp.inf) if x.monotone else score
+
+
+def _prune(x: RuleInputs) -> MaskUpdate:
+  units = x.plan.units
+  unit_masks: list[Any] = [None] * len(units)
+  ranked, scores, keeps, segments = [], [], [], []
+  shared = [j for j, (u, t) in enumerate(zip(units, x.final)) if t is None and not u.is_nm]
+  if shared:  # segment 0: one threshold over all units without a target of their own
+    groups = sum(units[j].num_groups for j in shared)
+    keeps.append(groups - num_pruned(scheduled(x, x.sparsity, x.initial[shared[0]]), groups))
+  for j, unit in enumerate(units):
+    score = _masked_score(x, unit)
+    if unit.is_nm:
+      unit_masks[j] = unit.pattern.mask(score)
+      continue
+    ranked.append(j)
+    scores.append(score)
+    if x.final[j] is None:
+      segments.append(0)
+    else:
+      segments.append(len(keeps))
+      keeps.append(unit.num_groups - num_pruned(scheduled(x, x.final[j], x.initial[j]),
+                                                unit.num_groups))
+  if ranked:
+    for j, m in zip(ranked, selection.top_k_masks(scores, keeps, segments=segments)):
+      unit_masks[j] = m
+  return MaskUpdate(x.plan.combine(unit_masks))
+
+
+prune = Rule("prune", _prune)
+"""Keep the highest scores, to the schedule's sparsity (see the module docstring)."""
+
+
+def random_masks(plan: Plan, sparsities: Sequence[Any], key: jax.Array) -> dict[int, jax.Array]:
+  """Masks keeping, in each unit, ``G - round(s G)`` groups chosen uniformly at random.
+
+  Unit ``j`` draws from ``fold_in(key, j)``.
+  """
+  if not plan.units:
+    return {}
+  draws = [jax.random.uniform(jax.random.fold_in(key, j), u.group_shape(plan.shapes))
+           for j, u in enumerate(plan.units)]
+  keeps = jnp.stack([jnp.asarray(u.num_groups - num_pruned(s, u.num_groups), jnp.int32)
+                     for u, s in zip(plan.units, sparsities)])
+  chosen = selection.top_k_masks(draws, keeps, segments=list(range(len(plan.units))))
+  return plan.combine(chosen)
+
+
+def drop_and_grow(*, grow: str, drop_fraction: Callable[[jax.Array], jax.Array],
+                  seed: int = 0) -> Rule:
+  """The rule of dynamic sparse training (see the module docstring).
+
+  Args:
+    grow: ``"gradient"`` (largest mean ``|g|`` per group: RigL, GraNet) or ``"random"`` (SET).
+    drop_fraction: ``count -> f``, the fraction of active groups dropped and regrown.
+    seed: seed of random growth; update ``t`` draws from ``fold_in(fold_in(key(seed), t), U)``.
+
+  Returns:
+    A `Rule` whose train masks are the survivors of the drop.
+
+  Raises:
+    ValueError: for an unknown ``grow``.
+  """
+  if grow not in ("gradient", "random"):
+    raise ValueError(f"drop_and_grow: grow must be 'gradient' or 'random', got {grow!r}.")
+  key = jax.random.key(seed)
+
+  def fn(x: RuleInputs) -> MaskUpdate:
+    units = x.plan.units
+    segments = list(range(len(units)))
+    sizes = jnp.asarray([u.num_groups for u in units], jnp.int32)
+    active = jnp.stack([jnp.asarray(u.num_groups - num_pruned(scheduled(x, t, i), u.num_groups),
+                                    jnp.int32) for u, t, i in zip(units, x.final, x.initial)])
+    # k is at most the number of groups inactive after the update (G - A_t): a dense or nearly
+    # dense unit (GraNet's start) never has more of its weights reset than the schedule prunes.
+    k = jnp.minimum(jnp.round(drop_fraction(x.count) * active.astype(jnp.float32)).astype(jnp.int32),
+                    sizes - active)
+    kept = [u.kept(x.old) for u in units]
+    drop = [jnp.where(m, u.group_scores(x.scores), -jnp.inf) for u, m in zip(units, kept)]
+    survivors = selection.top_k_masks(drop, active - k, segments=segments)
+    if grow == "gradient":
+      magnitudes = [None if g is None else jnp.abs(g.astype(jnp.float32)) for g in x.grads]
+      raw = [u.group_scores(magnitudes) for u in units]
+    else:
+      draw = jax.random.fold_in(jax.random.fold_in(key, x.count), len(units))
+      raw = [jax.random.uniform(jax.random.fold_in(draw, j), jnp.shape(s))
+             for j, s in enumerate(survivors)]
+    grown = selection.top_k_masks([jnp.where(s, -jnp.inf, r) for s, r in zip(survivors, raw)], k,
+                                  segments=segments)
+    new = [s | g for s, g in zip(survivors, grown)]
+    return MaskUpdate(x.plan.combine(new), x.plan.combine(survivors))
+
+  return Rule(f"drop_and_grow({grow})", fn, separate_train=True)
