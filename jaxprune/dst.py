@@ -112,10 +112,10 @@ def dynamic_sparse(
   Raises:
     ValueError: for bad sparsities, steps, ``distribution="global"``, an N:M pattern, or no ``inner``.
   """
+  needs_inner = ("growth reads raw gradients and resets the optimizer's statistics of grown "
+                 "weights, which a chained pruner cannot reach.")
   if inner is None:
-    raise ValueError(f"{name}: needs the inner= form (inner=optimizer): growth reads raw gradients "
-                     f"and resets the optimizer's statistics of grown weights, which a chained "
-                     f"pruner cannot reach.")
+    raise ValueError(f"{name}: needs the inner= form (inner=optimizer): {needs_inner}")
   check_sparsity(sparsity, f"{name}: sparsity")
   frequency = check_int("frequency", frequency, 1, name)
   begin_step = check_int("begin_step", begin_step, 0, name)
@@ -152,5 +152,6 @@ def dynamic_sparse(
   method = engine.Method(
       name, scores_lib.magnitude, sparsity, selection, schedule,
       rule=rules.drop_and_grow(grow=grow, drop_fraction=drop_fraction, seed=seed),
-      initial_masks=initial_masks, statistics="zero_inactive", packed_masks=packed_masks)
+      initial_masks=initial_masks, statistics="zero_inactive", needs_inner=needs_inner,
+      packed_masks=packed_masks)
   return engine.transformation(method, inner)

@@ -70,12 +70,20 @@ class MaskUpdate(NamedTuple):
 
 
 class Rule(NamedTuple):
-  """A selection rule: ``fn(RuleInputs) -> MaskUpdate``; ``separate_train`` says whether its
-  ``train`` masks can differ from its masks (the engine carries them through the update step)."""
+  """A selection rule: ``fn(RuleInputs) -> MaskUpdate``.
+
+  Attributes:
+    name: the rule's name.
+    fn: the rule.
+    separate_train: whether its ``train`` masks can differ from its masks (the engine then carries
+      them through the update step).
+    reads_grads: whether it reads ``grads`` itself (gradient growth), besides the method's score.
+  """
 
   name: str
   fn: Callable[[RuleInputs], MaskUpdate]
   separate_train: bool = False
+  reads_grads: bool = False
 
 
 def scheduled(x: RuleInputs, target: Any, initial: Any) -> Any:
@@ -180,4 +188,4 @@ def drop_and_grow(*, grow: str, drop_fraction: Callable[[jax.Array], jax.Array],
     new = [s | g for s, g in zip(survivors, grown)]
     return MaskUpdate(x.plan.combine(new), x.plan.combine(survivors))
 
-  return Rule(f"drop_and_grow({grow})", fn, separate_train=True)
+  return Rule(f"drop_and_grow({grow})", fn, separate_train=True, reads_grads=grow == "gradient")

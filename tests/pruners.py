@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import optax
 
 import jaxprune
 
@@ -26,17 +27,31 @@ class Pruner:
   kind: str  # 'layerwise', 'global', 'erk' or 'nm': how exact sparsity is checked
   group: tuple[int, ...] = ()  # block shape, for block patterns
   channel: bool = False
-  uses_grads: bool = False  # scores depend on gradients (chain and inner= forms then differ)
   # 'schedule' (takes schedule=), 'cycles' (imp: CYCLES), 'static' (pruned from step 0 on),
   # 'dst' (DST_STEPS; sparsity constant from step 0) or 'dst_gradual' (DST_STEPS; the schedule's ramp)
   timing: str = "schedule"
   target: float = SPARSITY  # what the schedule is applied to: the final sparsity, or imp's rate
   leaf_targets: tuple[tuple[str, float], ...] = ()  # per-leaf targets (imp's leaf_rates)
-  chain: bool = True  # can be the last link of a chain (False: needs inner=)
   static_args: tuple[str, ...] = ()  # arguments inject_hyperparams must not trace
 
   def make(self, **kwargs):
     return self.factory(**self.kwargs, **kwargs)
+
+  @property
+  def method(self) -> jaxprune.engine.Method:
+    """The engine declaration behind the factory: the suite reads what it needs from it."""
+    timing = {"cycles": CYCLES, "dst": DST_STEPS, "dst_gradual": DST_STEPS}.get(self.timing, {})
+    return jaxprune.engine.method_of(self.make(**timing, inner=optax.sgd(0.1)))
+
+  @property
+  def uses_grads(self) -> bool:
+    """Whether its masks depend on gradients (the chain and inner= forms then differ)."""
+    return self.method.score.reads_grads or self.method.rule.reads_grads
+
+  @property
+  def chain(self) -> bool:
+    """Whether it can be the last link of a chain (else it needs inner=)."""
+    return self.method.needs_inner is None and self.method.statistics == "keep"
 
 
 S = {"sparsity": SPARSITY}
@@ -57,19 +72,24 @@ PRUNERS = [
     Pruner("magnitude_channel", jaxprune.magnitude_pruning,
            {**S, "pattern": jaxprune.patterns.channel()}, "layerwise", channel=True),
     Pruner("random", jaxprune.random_pruning, {**S, "seed": 3}, "layerwise"),
-    Pruner("saliency", jaxprune.saliency_pruning, S, "layerwise", uses_grads=True),
-    Pruner("saliency_global", jaxprune.saliency_pruning, {**S, "distribution": "global"}, "global",
-           uses_grads=True),
+    Pruner("saliency", jaxprune.saliency_pruning, S, "layerwise"),
+    Pruner("saliency_global", jaxprune.saliency_pruning, {**S, "distribution": "global"}, "global"),
     Pruner("static_sparse_random", jaxprune.static_sparse, {**S, "distribution": "uniform"},
            "layerwise", timing="static", static_args=("seed",)),
-    Pruner("set_sparse", jaxprune.set_sparse, {**S, "seed": 2}, "erk", timing="dst", chain=False,
+    Pruner("set_sparse", jaxprune.set_sparse, {**S, "seed": 2}, "erk", timing="dst",
            static_args=DST_STATIC),
-    Pruner("rigl", jaxprune.rigl, {**S, "drop_fraction": 0.5}, "erk", timing="dst", chain=False,
-           uses_grads=True, static_args=DST_STATIC),
+    Pruner("rigl", jaxprune.rigl, {**S, "drop_fraction": 0.5}, "erk", timing="dst",
+           static_args=DST_STATIC),
     Pruner("rigl_uniform_packed", jaxprune.rigl,
            {**S, "distribution": "uniform", "drop_schedule": "constant", "packed_masks": True},
-           "layerwise", timing="dst", chain=False, uses_grads=True, static_args=DST_STATIC),
-    Pruner("granet", jaxprune.granet, S, "erk", timing="dst_gradual", chain=False, uses_grads=True,
+           "layerwise", timing="dst", static_args=DST_STATIC),
+    Pruner("rigl_block", jaxprune.rigl,
+           {**S, "distribution": "uniform", "pattern": jaxprune.patterns.block((2, 4))}, "layerwise",
+           group=(2, 4), timing="dst", static_args=DST_STATIC),
+    Pruner("set_sparse_overrides", jaxprune.set_sparse,
+           {**S, "distribution": "uniform", "overrides": {"dense1/kernel": 0.5}, "seed": 1},
+           "layerwise", timing="dst", leaf_targets=(("dense1/kernel", 0.5),), static_args=DST_STATIC),
+    Pruner("granet", jaxprune.granet, S, "erk", timing="dst_gradual",
            static_args=DST_STATIC),
     Pruner("imp", jaxprune.imp, {"rate": 0.4}, "global", timing="cycles", target=0.4, static_args=IMP_STATIC),
     Pruner("imp_rewind_layerwise", jaxprune.imp,
@@ -78,7 +98,7 @@ PRUNERS = [
            leaf_targets=(("dense1/kernel", 0.25),), static_args=IMP_STATIC),
     Pruner("imp_lr_rewinding_packed", jaxprune.imp,
            {"sparsity": 0.75, "reset_optimizer": True, "packed_masks": True}, "global", timing="cycles",
-           target=1 - 0.25 ** (1 / 3), chain=False, static_args=IMP_STATIC),
+           target=1 - 0.25 ** (1 / 3), static_args=IMP_STATIC),
     Pruner("imp_random_masks", jaxprune.imp,
            {"rate": 0.4, "random_masks": True, "seed": 5}, "global", timing="cycles", target=0.4,
            static_args=IMP_STATIC),
