@@ -28,3 +28,12 @@ def test_iterative_pruning_example_continues_the_quick_start(capsys):
   printed = capsys.readouterr().out.strip()
   shown = _block_after("prints the sparsity of every layer", "").strip()
   assert printed == shown
+
+
+def test_engine_example_method_runs_and_prints_what_readme_shows(capsys):
+  exec(compile(_block_after("## The engine: how a method is written", "python"), "README engine",
+               "exec"), {})
+  printed = capsys.readouterr().out.strip()
+  section = README.read_text()[README.read_text().index("## The engine: how a method is written"):]
+  shown = re.search(r"It prints\n\n```\n(.*?)```", section, re.S).group(1).strip()
+  assert printed == shown
