@@ -27,7 +27,7 @@ from jaxprune import collapse as collapse_lib
 from jaxprune import leaves as leaves_lib
 from jaxprune import oneshot
 from jaxprune import static as static_lib
-from jaxprune.checks import check_sparsity
+from jaxprune.checks import JaxpruneWarning, check_sparsity
 
 __all__ = ["grasp", "masks_from_scores", "prune_at_init", "shuffle_masks", "snip", "synflow"]
 
@@ -71,7 +71,8 @@ def _finish(masks: Any, owner: str, check: bool) -> Any:
   if check:
     report = collapse_lib.layer_collapse(masks)
     if report.collapsed:
-      warnings.warn(f"{owner}: the masks collapse the network: {report.describe()}", stacklevel=3)
+      warnings.warn(f"{owner}: the masks collapse the network: {report.describe()}",
+                    JaxpruneWarning, stacklevel=3)
   return masks
 
 

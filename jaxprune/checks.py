@@ -12,7 +12,11 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["check_bool", "check_fraction", "check_int", "check_sparsity", "is_traced", "number"]
+__all__ = ["JaxpruneWarning", "check_bool", "check_fraction", "check_int", "check_sparsity", "is_traced", "number"]
+
+
+class JaxpruneWarning(UserWarning):
+  """The category of every warning jaxprune issues (the test suite turns them into errors)."""
 
 
 def is_traced(value: Any) -> bool:

@@ -30,6 +30,7 @@ import jax
 from jax.extend import core as jex_core
 
 from jaxprune import summary as summary_lib
+from jaxprune.checks import JaxpruneWarning
 from jaxprune.leaves import path_str
 
 __all__ = ["Equation", "WeightOp", "equations", "weight_ops", "count_macs", "sparse_macs",
@@ -286,7 +287,7 @@ def count_macs(fn: Callable[..., Any], params: Any, *inputs: Any, **kwargs: Any)
   in_loops = sum(op.repeats is None for op in ops)
   if in_loops:
     warnings.warn(f"count_macs: {in_loops} product(s) inside while loops of unknown trip count were "
-                  "counted as one iteration each.", stacklevel=2)
+                  "counted as one iteration each.", JaxpruneWarning, stacklevel=2)
   by_leaf: dict[str, int] = {}
   by_primitive: dict[str, int] = {}
   for op in ops:

@@ -9,6 +9,9 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
 
 import jax  # noqa: E402
 
+# Strict, the way equinox tests: implicit rank promotion raises, and warnings jaxprune issues
+# (jaxprune.checks.JaxpruneWarning) are errors unless a test expects them (pyproject.toml). Strict
+# dtype promotion is not set: optax's own Adam (bias correction `decay ** count`) fails under it.
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
