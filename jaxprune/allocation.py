@@ -6,6 +6,9 @@ or a traced array (for ``optax.inject_hyperparams``; the result is then a float3
 
 ``"global"`` is not an allocation function: it selects with one threshold over all leaves together,
 so the per-leaf sparsities come out of the scores (see `jaxprune.pruning`).
+
+`allocate` calls an allocation and checks what it returns (one value per leaf, each in ``[0, 1)``),
+naming the transformation and the leaf at fault.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Allocation", "uniform", "erk", "er", "get_allocation"]
+__all__ = ["Allocation", "uniform", "erk", "er", "get_allocation", "allocate"]
 
 Allocation = Callable[[Any, Sequence[tuple[int, ...]]], list[Any]]
 
@@ -32,14 +36,19 @@ def uniform(sparsity: Any, shapes: Sequence[tuple[int, ...]]) -> list[Any]:
 
 
 def _erdos_renyi(sparsity: Any, shapes: Sequence[tuple[int, ...]], dims) -> list[Any]:
-  """Solve ``sum_l min(eps * r_l, 1) * n_l = (1 - s) * sum_l n_l`` for the densities ``eps * r_l``."""
+  """Solve ``sum_l min(eps * r_l, 1) * n_l = (1 - s) * sum_l n_l`` for the densities ``eps * r_l``.
+
+  A zero-size leaf (a shape with a 0 dim) holds no weight of the budget: it gets sparsity 0 and
+  takes no part in the solve.
+  """
   if not shapes:
     return []
   xp = np if _is_concrete(sparsity) else jnp
   sizes = xp.asarray([math.prod(s) for s in shapes], dtype=xp.float64 if xp is np else jnp.float32)
-  raw = xp.asarray([sum(dims(s)) / math.prod(dims(s)) for s in shapes], dtype=sizes.dtype)
+  raw = xp.asarray([sum(dims(s)) / math.prod(dims(s)) if math.prod(s) else 0.0 for s in shapes],
+                   dtype=sizes.dtype)
   budget_total = (1 - sparsity) * xp.sum(sizes)
-  dense = xp.zeros(len(shapes), dtype=bool)
+  dense = xp.asarray([math.prod(s) == 0 for s in shapes], dtype=bool)  # zero-size: sparsity 0
   eps = xp.zeros((), sizes.dtype)
   for _ in range(len(shapes)):  # each round makes at least one more leaf dense, or nothing changes
     budget = budget_total - xp.sum(xp.where(dense, sizes, 0))
@@ -88,3 +97,78 @@ def get_allocation(distribution: str | Allocation) -> Allocation | None:
     raise ValueError(f"unknown distribution {distribution!r}; expected one of "
                      f"{sorted(_ALLOCATIONS) + ['global']} or a function (sparsity, shapes) -> list.")
   return _ALLOCATIONS[distribution]
+
+
+def _describe(value: Any) -> str:
+  try:
+    return repr(value.item()) if hasattr(value, "item") and jnp.ndim(value) == 0 else repr(value)
+  except Exception:  # pylint: disable=broad-except
+    return repr(value)
+
+
+def allocate(distribution: str | Allocation, sparsity: Any, shapes: Sequence[tuple[int, ...]],
+             names: Sequence[str] | None = None, *, owner: str) -> list[Any]:
+  """The per-leaf sparsities of ``distribution`` for the leaves of ``shapes``, checked.
+
+  Calls the allocation (a name or a function, as in `get_allocation`) and checks what it returns.
+  Traced values (under ``jit`` or ``optax.inject_hyperparams``) cannot be checked and pass.
+
+  Args:
+    distribution: ``"uniform"``, ``"erk"``, ``"er"``, ``"global"`` or a function
+      ``(sparsity, shapes) -> list``.
+    sparsity: the target sparsity (a number or a traced scalar).
+    shapes: the shapes of the leaves sharing the target.
+    names: the leaves' names, for error messages; by default ``leaf 0``, ``leaf 1``, ...
+    owner: the name of the transformation, for error messages.
+
+  Returns:
+    One sparsity per leaf, as the allocation returned them; for ``"global"`` (no allocation: the
+    leaves share one threshold) a list of ``None``.
+
+  Raises:
+    ValueError: for an unknown distribution name, if the allocation returns a number of values that
+      differs from the number of leaves, or a concrete value that is outside ``[0, 1)``, NaN or not a
+      real number (a bool, a string, an array that is not a scalar).
+  """
+  shapes = [tuple(s) for s in shapes]
+  names = [f"leaf {i}" for i in range(len(shapes))] if names is None else [str(n) for n in names]
+  if len(names) != len(shapes):
+    raise ValueError(f"{owner}: allocate got {len(names)} names for {len(shapes)} shapes.")
+  fn = get_allocation(distribution)
+  if fn is None:
+    return [None] * len(shapes)
+  label = getattr(fn, "__name__", None) or repr(fn)
+  result = fn(sparsity, shapes)
+  try:
+    if isinstance(result, (jax.Array, np.ndarray)):  # concrete or traced: one entry per leaf
+      if jnp.ndim(result) != 1:
+        raise TypeError
+      values = [result[i] for i in range(result.shape[0])]
+    else:
+      values = list(result)
+  except TypeError:
+    raise ValueError(f"{owner}: the allocation {label} must return a sequence of {len(shapes)} "
+                     f"sparsities (one per leaf), got {_describe(result)}.") from None
+  if len(values) != len(shapes):
+    raise ValueError(f"{owner}: the allocation {label} returned {len(values)} sparsities for "
+                     f"{len(shapes)} leaves (expected one per leaf: {names}).")
+  for name, value in zip(names, values):
+    if isinstance(value, jax.core.Tracer):
+      if jnp.ndim(value) != 0:
+        raise ValueError(f"{owner}: the allocation {label} returned a sparsity of shape "
+                         f"{jnp.shape(value)} for leaf {name!r}; expected a scalar.")
+      continue
+    what = f"{owner}: the allocation {label} returned sparsity {_describe(value)} for leaf {name!r}"
+    if isinstance(value, (bool, np.bool_, str, bytes)) or value is None:
+      raise ValueError(f"{what}; expected a number in [0, 1).")
+    if isinstance(value, (jax.Array, np.ndarray)) and (
+        np.ndim(value) != 0 or not (jnp.issubdtype(value.dtype, jnp.floating)
+                                    or jnp.issubdtype(value.dtype, jnp.integer))):
+      raise ValueError(f"{what}; expected a real scalar in [0, 1).")
+    try:
+      number = float(value)
+    except (TypeError, ValueError):
+      raise ValueError(f"{what}; expected a number in [0, 1).") from None
+    if not 0.0 <= number < 1.0:  # NaN fails every comparison
+      raise ValueError(f"{what}; expected a number in [0, 1).")
+  return values

@@ -44,7 +44,8 @@ def masks_from_scores(params: Any, scores: Any, sparsity: float, *,
   """Masks keeping the highest ``scores``, with exactly ``sparsity`` of the pruned leaves removed.
 
   `jaxprune.prune` with given scores and a global default. NaN scores (a float32 overflow in
-  SynFlow) rank below every number: such weights are pruned first.
+  SynFlow) rank below every number but above ``-inf`` (see `jaxprune.selection`): such weights are
+  pruned first, and never revive weights that ``keep`` prunes.
 
   Args:
     params: the params (for the tree structure and which leaves are pruned).
@@ -61,8 +62,6 @@ def masks_from_scores(params: Any, scores: Any, sparsity: float, *,
   Raises:
     ValueError: for a sparsity outside ``[0, 1)`` or NaN, or an unknown distribution.
   """
-  scores = jax.tree.map(lambda s: jnp.where(jnp.isnan(s), -jnp.inf, jnp.asarray(s, jnp.float32)),
-                        scores)
   return oneshot.prune(params, sparsity, scores=scores, distribution=distribution, prune=prune,
                        keep=keep, name=owner)
 

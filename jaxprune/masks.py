@@ -19,11 +19,13 @@ class PackedMask(NamedTuple):
   sharding).
 
   Attributes:
-    bits: ``uint8`` array of shape ``mask.shape[:-1] + (ceil(mask.shape[-1] / 8),)``.
+    bits: ``uint8`` array of shape ``mask.shape[:-1] + (ceil(mask.shape[-1] / 8),)``; ``(1,)`` for a
+      0-d mask.
     padding: a ``uint8`` array of shape ``(p + 1,)``, where ``p`` (0 to 7) is the number of padding
-      bits in the last byte. It carries the unpacked length in its shape, so the mask can be
-      unpacked from the state alone and survives every pytree transport (``jit``, orbax checkpoints,
-      which reject zero-size arrays, ``nnx.Optimizer``) for at most 8 bytes.
+      bits in the last byte, or of shape ``()`` for a 0-d mask (whose one bit sits in ``bits[0]``).
+      It carries the unpacked shape in its own static shape, so the mask can be unpacked from the
+      state alone and survives every pytree transport (``jit``, orbax checkpoints, which reject
+      zero-size arrays, ``nnx.Optimizer``) for at most 8 bytes.
   """
 
   bits: jax.Array
@@ -31,16 +33,24 @@ class PackedMask(NamedTuple):
 
 
 def pack(mask: jax.Array) -> PackedMask:
-  """Packs a boolean mask into bits (see `PackedMask`)."""
-  mask = jnp.atleast_1d(mask)
+  """Packs a boolean mask of any shape, ``()`` included, into bits (see `PackedMask`).
+
+  ``unpack(pack(mask))`` has ``mask``'s shape and values.
+  """
+  mask = jnp.asarray(mask)
+  if mask.ndim == 0:
+    return PackedMask(jnp.packbits(mask.reshape(1)), jnp.zeros((), jnp.uint8))
   padding = -mask.shape[-1] % 8
   return PackedMask(jnp.packbits(mask, axis=-1), jnp.zeros((padding + 1,), jnp.uint8))
 
 
 def unpack(mask: Any) -> Any:
-  """The boolean mask of a `PackedMask`; other values are returned unchanged."""
+  """The boolean mask of a `PackedMask`, of the shape that was packed; other values are returned
+  unchanged."""
   if isinstance(mask, PackedMask):
     bits, padding = leaves_lib.unwrap_variable(mask.bits), leaves_lib.unwrap_variable(mask.padding)
+    if jnp.ndim(padding) == 0:  # a 0-d mask
+      return jnp.unpackbits(bits, axis=-1, count=1).astype(bool).reshape(bits.shape[:-1])
     length = 8 * bits.shape[-1] - (padding.shape[0] - 1)
     return jnp.unpackbits(bits, axis=-1, count=length).astype(bool)
   return mask

@@ -305,19 +305,8 @@ def num_pruned(sparsity: Any, size: int) -> Any:
 
 def _allocate(plan: Plan, distribution: Any, sparsity: Any, units: Sequence[Unit]) -> list[Any]:
   """The distribution's per-unit shares of ``sparsity``, checked (``None`` each for global)."""
-  allocate = allocation_lib.get_allocation(distribution)
-  if allocate is None:
-    return [None] * len(units)
-  shares = list(allocate(sparsity, [u.shape for u in units]))
-  if len(shares) != len(units):
-    raise ValueError(f"{plan.owner}: the distribution returned {len(shares)} sparsities for "
-                     f"{len(units)} pruned leaves ({[u.name for u in units]}).")
-  for u, share in zip(units, shares):
-    try:
-      check_sparsity(share, f"{plan.owner}: the distribution's sparsity for leaf {u.name!r}")
-    except TypeError as e:
-      raise ValueError(str(e)) from None
-  return shares
+  return allocation_lib.allocate(distribution, sparsity, [u.shape for u in units],
+                                 [u.name for u in units], owner=plan.owner)
 
 
 def targets(plan: Plan, sel: Selection, sparsity: Any,

@@ -12,6 +12,16 @@ Ties at the threshold are broken by position (lower flat index first; in a globa
 leaves first) with the same radix select run on the positions of the tied entries, so the number of
 kept entries is exact whatever the ties, all-equal scores included. That second select runs only when
 the ties straddle the threshold (``lax.cond``), which for continuous scores is almost never.
+
+NaN scores. Every NaN, whatever its sign bit or payload, ranks above ``-inf`` and below every other
+score (``-inf < NaN < -3.4e38 < ... < +inf``); all NaNs tie with each other. The pruners mark the
+weights that must stay pruned with a score of ``-inf``, so this is the one placement under which a
+NaN score (a custom score that overflowed: ``0 * inf``, ``inf - inf``, ``0 / 0``) can neither keep its
+weight ahead of a weight with a real score, nor push out a real score, nor revive a weight marked
+``-inf`` while the count is exact: NaN-scored weights are the first to go among the live ones. (A NaN
+above ``+inf`` would keep garbage ahead of every real score; a NaN below ``-inf`` would prune it after
+the already-pruned weights, reviving those.) On common CPUs a NaN produced by an invalid operation
+has its sign bit set, so the rule is applied to both signs alike.
 """
 
 from __future__ import annotations
@@ -49,14 +59,23 @@ def ordered_key(scores: jax.Array) -> jax.Array:
     scores: a floating-point array.
 
   Returns:
-    A ``uint32`` array of the same shape with ``key(a) < key(b)`` iff ``a < b``; ``-0.0`` and ``+0.0``
-    get the same key, NaN sorts above ``+inf``.
+    A ``uint32`` array of the same shape with ``key(a) < key(b)`` iff ``a < b`` for non-NaN scores;
+    ``-0.0`` and ``+0.0`` get the same key, and subnormals keep their order (the keys come from bit
+    tests, which XLA's flush-to-zero compares on CPU would not give). Every NaN (either sign, any payload) gets one key, above
+    the key of ``-inf`` and below that of every other score: ``key(-inf) = 0``, ``key(NaN) = 1``,
+    ``key(-3.4028235e38) = 0x00800000`` (see the module docstring for why).
   """
-  scores = scores.astype(jnp.float32)
-  scores = jnp.where(scores == 0, jnp.zeros((), jnp.float32), scores)  # one key for -0.0 and +0.0
-  bits = jax.lax.bitcast_convert_type(scores, jnp.uint32)
+  # Bit tests, not float compares: XLA on CPU treats subnormals as zero in compares, and the keys
+  # must follow IEEE order exactly (-1e-45 < 0).
+  bits = jax.lax.bitcast_convert_type(scores.astype(jnp.float32), jnp.uint32)
   sign = jnp.uint32(1 << 31)
-  return jnp.where(bits & sign, ~bits, bits | sign)
+  magnitude = bits & jnp.uint32(0x7FFFFFFF)
+  bits = jnp.where(magnitude == jnp.uint32(0), jnp.uint32(0), bits)  # one key for -0.0 and +0.0
+  key = jnp.where((bits & sign) != jnp.uint32(0), ~bits, bits | sign)
+  # Finite scores and +inf have keys >= 0x00800000; the keys below are those of -inf (0x007fffff) and
+  # of NaNs with the sign bit set, so -inf -> 0 and every NaN -> 1 keep the order of everything else.
+  key = jnp.where(bits == jnp.uint32(0xFF800000), jnp.uint32(0), key)
+  return jnp.where(magnitude > jnp.uint32(0x7F800000), jnp.uint32(1), key)
 
 
 def _segment_histograms(digits: Sequence[jax.Array], weights: Sequence[jax.Array | None],
@@ -92,7 +111,8 @@ def _kth_largest(keys: Sequence[jax.Array], active: Sequence[jax.Array] | None, 
   high = [key >> _DIGIT_BITS for key in keys]
   hist = _segment_histograms(high, active, segments, num_segments)
   high_digit, above_high, _ = _select_digit(hist, k)
-  in_bucket = [h == high_digit[seg] for h, seg in zip(high, segments)]
+  high_key = high_digit.astype(jnp.uint32)
+  in_bucket = [h == high_key[seg] for h, seg in zip(high, segments)]
   in_bucket = [b if a is None else b & a for b, a in zip(in_bucket, active)]
   hist = _segment_histograms([key & _DIGIT_MASK for key in keys], in_bucket, segments, num_segments)
   low_digit, above_low, ties = _select_digit(hist, k - above_high)
@@ -134,7 +154,10 @@ def top_k_masks(
   Returns:
     One boolean mask per input, of the input's shape. Each segment keeps ``clip(k, 0, size)``
     entries: every score above its k-th largest, and the ties at the k-th largest in position order
-    (position runs through the segment's arrays in the order given).
+    (position runs through the segment's arrays in the order given). Scores are ranked as by
+    `ordered_key`: ``-inf < NaN < every finite score < +inf``, NaNs of either sign alike, so NaN
+    scores never change how many entries are kept, and an entry scored ``-inf`` is kept only when
+    ``k`` exceeds the number of entries of its segment scored above ``-inf`` (NaNs included).
 
   Raises:
     ValueError: if a segment holds ``2**31`` or more entries, or ``segments`` does not match.
