@@ -45,8 +45,8 @@ import time
 from typing import Any, NamedTuple
 
 import jax
-import jaxlib
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 import optax
 
@@ -55,9 +55,9 @@ import jaxprune
 SPARSITY = 0.9
 BATCH = 128
 MODELS = {
-    # name: layer widths, input first.
-    "lenet300100": (784, 300, 100, 10),  # LeNet-300-100: 266,610 parameters
-    "mlp10m": (784, 2048, 2048, 2048, 10),  # 10,020,874 parameters
+  # name: layer widths, input first.
+  "lenet300100": (784, 300, 100, 10),  # LeNet-300-100: 266,610 parameters
+  "mlp10m": (784, 2048, 2048, 2048, 10),  # 10,020,874 parameters
 }
 DISTRIBUTIONS = ("uniform", "global", "erk")
 KINDS = ("fixed", "update", "sort", "imp", "rigl", "rigl_update")
@@ -68,8 +68,14 @@ RIGL_KINDS = ("rigl", "rigl_update")
 def kinds_for(distribution: str) -> tuple[str, ...]:
   """The configurations run for a distribution (the sort reference and imp exist for uniform and
   global only)."""
-  return tuple(k for k in KINDS if not (distribution == "global" and k in RIGL_KINDS)
-               and not (distribution == "erk" and k in ("sort", "imp")))
+  return tuple(
+    k
+    for k in KINDS
+    if not (distribution == "global" and k in RIGL_KINDS)
+    and not (distribution == "erk" and k in ("sort", "imp"))
+  )
+
+
 DEFAULT_OUT = os.path.join("benchmarks", "results", "pruning_step.json")
 
 
@@ -82,8 +88,8 @@ def init_mlp(key: jax.Array, widths: tuple[int, ...]) -> dict:
   keys = jax.random.split(key, len(widths) - 1)
   for i, (k, fan_in, fan_out) in enumerate(zip(keys, widths[:-1], widths[1:])):
     params[f"dense_{i}"] = {
-        "kernel": jax.random.normal(k, (fan_in, fan_out), jnp.float32) * math.sqrt(1.0 / fan_in),
-        "bias": jnp.zeros((fan_out,), jnp.float32),
+      "kernel": jax.random.normal(k, (fan_in, fan_out), jnp.float32) * math.sqrt(1.0 / fan_in),
+      "bias": jnp.zeros((fan_out,), jnp.float32),
     }
   return params
 
@@ -122,7 +128,8 @@ def sort_pruning(sparsity: float, distribution: str) -> optax.GradientTransforma
 
   def init_fn(params):
     return SortPruningState(
-        jax.tree.map(lambda p: jnp.ones(p.shape, bool) if p.ndim >= 2 else None, params))
+      jax.tree.map(lambda p: jnp.ones(p.shape, bool) if p.ndim >= 2 else None, params)
+    )
 
   def update_fn(updates, state, params):
     leaves, treedef = jax.tree.flatten(params)
@@ -160,27 +167,45 @@ def make_tx(kind: str, distribution: str | None) -> optax.GradientTransformation
   if kind == "fixed":
     schedule = jaxprune.schedules.one_shot(0)
   elif kind == "update":
-    schedule = jaxprune.schedules.polynomial(begin_step=0, end_step=10**9, frequency=1,
-                                             initial_sparsity=SPARSITY)
+    schedule = jaxprune.schedules.polynomial(
+      begin_step=0, end_step=10**9, frequency=1, initial_sparsity=SPARSITY
+    )
   elif kind == "sort":
     return optax.chain(adam, sort_pruning(SPARSITY, distribution))
   elif kind == "rigl":
     # Masks installed at the first step; the next mask update is far beyond the timed steps.
-    return jaxprune.rigl(SPARSITY, end_step=10**9, frequency=10**8, distribution=distribution,
-                         inner=adam)
+    return jaxprune.rigl(
+      SPARSITY, end_step=10**9, frequency=10**8, distribution=distribution, inner=adam
+    )
   elif kind == "rigl_update":
     # A drop-and-grow update (30% of the active weights, constant fraction) at every step.
-    return jaxprune.rigl(SPARSITY, end_step=10**9, frequency=1, begin_step=1, drop_fraction=0.3,
-                         drop_schedule="constant", distribution=distribution, inner=adam)
+    return jaxprune.rigl(
+      SPARSITY,
+      end_step=10**9,
+      frequency=1,
+      begin_step=1,
+      drop_fraction=0.3,
+      drop_schedule="constant",
+      distribution=distribution,
+      inner=adam,
+    )
   elif kind == "imp":
     # Pruned at count 2 (during warm-up), rewinding to the weights stored at count 1 and resetting
     # Adam; every timed step is a non-prune step that still carries both conds and the stored weights.
-    return jaxprune.imp(SPARSITY, cycles=1, cycle_steps=[2, 10**9], distribution=distribution,
-                        rewind=1, reset_optimizer=True, inner=adam)
+    return jaxprune.imp(
+      SPARSITY,
+      cycles=1,
+      cycle_steps=[2, 10**9],
+      distribution=distribution,
+      rewind=1,
+      reset_optimizer=True,
+      inner=adam,
+    )
   else:
     raise ValueError(kind)
-  return optax.chain(adam, jaxprune.magnitude_pruning(SPARSITY, distribution=distribution,
-                                                      schedule=schedule))
+  return optax.chain(
+    adam, jaxprune.magnitude_pruning(SPARSITY, distribution=distribution, schedule=schedule)
+  )
 
 
 class Runner:
@@ -249,8 +274,10 @@ def benchmark_model(model: str, args: argparse.Namespace) -> list[dict]:
     estimate = r.run(1 if args.quick else 2, x, y)
     r.steps = max(args.min_steps, min(args.max_steps, math.ceil(args.min_time / estimate)))
     sparsity = "" if r.name == "dense" else f", kernel sparsity {r.kernel_sparsity():.4f}"
-    log(f"[{model}] warm-up {r.name:>14}: first step {compile_s:6.2f} s, ~{estimate * 1e3:8.2f} ms/step"
-        f" -> {r.steps} steps per measurement{sparsity}")
+    log(
+      f"[{model}] warm-up {r.name:>14}: first step {compile_s:6.2f} s, ~{estimate * 1e3:8.2f} ms/step"
+      f" -> {r.steps} steps per measurement{sparsity}"
+    )
 
   # Rounds of dense, A, dense, B, dense, ...: each pruned measurement is compared with the mean of
   # the dense measurements just before and just after it (cancels drift and load changes).
@@ -264,8 +291,10 @@ def benchmark_model(model: str, args: argparse.Namespace) -> list[dict]:
     t = r.run(r.steps, x, y)
     r.times.append(t)
     r.cpu_times.append(r.last_cpu)
-    log(f"[{model} round {round_ + 1}/{args.repeats}] {r.name:>14}: {t * 1e3:9.3f} ms/step "
-        f"(cpu {r.last_cpu * 1e3:9.3f} ms/step, {r.steps} steps)")
+    log(
+      f"[{model} round {round_ + 1}/{args.repeats}] {r.name:>14}: {t * 1e3:9.3f} ms/step "
+      f"(cpu {r.last_cpu * 1e3:9.3f} ms/step, {r.steps} steps)"
+    )
     return t, r.last_cpu
 
   for round_ in range(args.repeats):
@@ -281,8 +310,14 @@ def benchmark_model(model: str, args: argparse.Namespace) -> list[dict]:
   dense = runners["dense"].times
   rows = []
   for d in args.distributions:
-    row = {"model": model, "params": num_params(params), "batch": BATCH, "distribution": d,
-           "sparsity": SPARSITY, "dense_ms": statistics.median(dense) * 1e3}
+    row = {
+      "model": model,
+      "params": num_params(params),
+      "batch": BATCH,
+      "distribution": d,
+      "sparsity": SPARSITY,
+      "dense_ms": statistics.median(dense) * 1e3,
+    }
     for kind in kinds_for(d):
       name = f"{kind}/{d}"
       row[f"{kind}_ms"] = statistics.median(runners[name].times) * 1e3
@@ -303,8 +338,17 @@ def benchmark_model(model: str, args: argparse.Namespace) -> list[dict]:
 def format_table(rows: list[dict], cpu: bool = False) -> str:
   """The table of ratios: by wall time, or by process CPU time with ``cpu=True``."""
   suffix = "_cpu" if cpu else ""
-  header = ("model", "distribution", f"dense {'cpu ' if cpu else ''}ms/step", "non-update", "update",
-            "sort update", "imp non-prune", "rigl non-update", "rigl update")
+  header = (
+    "model",
+    "distribution",
+    f"dense {'cpu ' if cpu else ''}ms/step",
+    "non-update",
+    "update",
+    "sort update",
+    "imp non-prune",
+    "rigl non-update",
+    "rigl update",
+  )
   lines = []
   for row in rows:
     cells = [row["model"], row["distribution"], f"{row[f'dense{suffix}_ms']:.3f}"]
@@ -316,28 +360,42 @@ def format_table(rows: list[dict], cpu: bool = False) -> str:
       cells.append(f"{row[f'{kind}{suffix}_ratio']:.3f}x [{lo:.2f}-{hi:.2f}]")
     lines.append(cells)
   widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(header)]
-  fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                                for i, (c, w) in enumerate(zip(cells, widths)))
+  fmt = lambda cells: "  ".join(
+    c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+  )
   out = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(c) for c in lines]
   return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="a short run: 3 rounds of measurements of ~0.15 s, shorter warm-up")
-  parser.add_argument("--out", nargs="?", const=DEFAULT_OUT, default=None,
-                      help=f"write the results as JSON (default path {DEFAULT_OUT})")
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="a short run: 3 rounds of measurements of ~0.15 s, shorter warm-up",
+  )
+  parser.add_argument(
+    "--out",
+    nargs="?",
+    const=DEFAULT_OUT,
+    default=None,
+    help=f"write the results as JSON (default path {DEFAULT_OUT})",
+  )
   parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
-  parser.add_argument("--distributions", nargs="+", choices=DISTRIBUTIONS,
-                      default=["uniform", "global"])
-  parser.add_argument("--repeats", type=int, default=None, help="rounds of measurements (default 7)")
-  parser.add_argument("--min-time", type=float, default=None,
-                      help="seconds per measurement, at least (default 1.0)")
+  parser.add_argument(
+    "--distributions", nargs="+", choices=DISTRIBUTIONS, default=["uniform", "global"]
+  )
+  parser.add_argument(
+    "--repeats", type=int, default=None, help="rounds of measurements (default 7)"
+  )
+  parser.add_argument(
+    "--min-time", type=float, default=None, help="seconds per measurement, at least (default 1.0)"
+  )
   parser.add_argument("--min-steps", type=int, default=2)
   parser.add_argument("--max-steps", type=int, default=2000)
-  parser.add_argument("--warmup", type=int, default=None,
-                      help="steps after the first one (default 3, 1 with --quick)")
+  parser.add_argument(
+    "--warmup", type=int, default=None, help="steps after the first one (default 3, 1 with --quick)"
+  )
   parser.add_argument("--no-donate", action="store_true", help="do not donate params and opt state")
   args = parser.parse_args(argv)
   if args.repeats is None:
@@ -349,38 +407,53 @@ def main(argv: list[str] | None = None) -> None:
 
   start = time.perf_counter()
   load_start = os.getloadavg()
-  log(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}, "
-      f"{os.cpu_count()} CPUs")
+  log(
+    f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}, "
+    f"{os.cpu_count()} CPUs"
+  )
   rows = []
   for model in args.models:
     rows += benchmark_model(model, args)
   total = time.perf_counter() - start
   load_end = os.getloadavg()
 
-  print(f"Training step time, pruned / dense (sparsity {SPARSITY}, adam, batch {BATCH}, "
-        f"{'no donation' if args.no_donate else 'params and opt state donated'}; "
-        f"ratio to the dense measurements around each one, median [min-max] over {args.repeats} "
-        f"rounds)")
+  print(
+    f"Training step time, pruned / dense (sparsity {SPARSITY}, adam, batch {BATCH}, "
+    f"{'no donation' if args.no_donate else 'params and opt state donated'}; "
+    f"ratio to the dense measurements around each one, median [min-max] over {args.repeats} "
+    f"rounds)"
+  )
   print(format_table(rows))
-  print("The same by process CPU time (all threads of this process; less sensitive to other load on "
-        "the machine):")
+  print(
+    "The same by process CPU time (all threads of this process; less sensitive to other load on "
+    "the machine):"
+  )
   print(format_table(rows, cpu=True))
-  print(f"non-update: masks fixed (one_shot(0), count > 0); update: masks recomputed every step "
-        f"(jaxprune radix select); sort update: threshold by jnp.sort; imp non-prune: jaxprune.imp "
-        f"(inner adam, rewind to step 1, optimizer reset) between prunes; rigl non-update / update: "
-        f"jaxprune.rigl (inner adam) between mask updates / with a drop-and-grow of 30% of the "
-        f"active weights at every step (n/a for global: RigL allocates per leaf).\n"
-        f"Total {total:.1f} s; load average (1 min) {load_start[0]:.2f} at start, {load_end[0]:.2f} at "
-        f"end, on {os.cpu_count()} CPUs.")
+  print(
+    f"non-update: masks fixed (one_shot(0), count > 0); update: masks recomputed every step "
+    f"(jaxprune radix select); sort update: threshold by jnp.sort; imp non-prune: jaxprune.imp "
+    f"(inner adam, rewind to step 1, optimizer reset) between prunes; rigl non-update / update: "
+    f"jaxprune.rigl (inner adam) between mask updates / with a drop-and-grow of 30% of the "
+    f"active weights at every step (n/a for global: RigL allocates per leaf).\n"
+    f"Total {total:.1f} s; load average (1 min) {load_start[0]:.2f} at start, {load_end[0]:.2f} at "
+    f"end, on {os.cpu_count()} CPUs."
+  )
 
   if args.out:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     meta = {
-        "jax": jax.__version__, "jaxlib": jaxlib.__version__, "optax": optax.__version__, "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
-        "platform": platform.platform(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "args": vars(args), "total_seconds": total, "load_average_start": load_start,
-        "load_average_end": load_end,
+      "jax": jax.__version__,
+      "jaxlib": jaxlib.__version__,
+      "optax": optax.__version__,
+      "backend": jax.default_backend(),
+      "devices": [str(d) for d in jax.devices()],
+      "cpu_count": os.cpu_count(),
+      "platform": platform.platform(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "args": vars(args),
+      "total_seconds": total,
+      "load_average_start": load_start,
+      "load_average_end": load_end,
     }
     with open(args.out, "w") as f:
       json.dump({"meta": meta, "rows": rows}, f, indent=2)

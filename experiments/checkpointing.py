@@ -32,115 +32,114 @@ logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 def _leaf_paths(tree: Any) -> list[str]:
-    return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 class RunCheckpoints:
-    """The orbax checkpoints of one run.
+  """The orbax checkpoints of one run.
+
+  Args:
+      directory: ``<output_dir>/checkpoints/<run>``; created on the first save.
+      max_to_keep: how many of the latest checkpoints are kept.
+  """
+
+  def __init__(self, directory: Path | str, max_to_keep: int = 2):
+    self.directory = Path(directory).expanduser().resolve()
+    self.max_to_keep = max(1, int(max_to_keep))
+    self._manager: Optional[ocp.CheckpointManager] = None
+
+  @property
+  def manager(self) -> ocp.CheckpointManager:
+    if self._manager is None:
+      options = ocp.CheckpointManagerOptions(
+        max_to_keep=self.max_to_keep,
+        enable_async_checkpointing=False,
+        create=True,
+      )
+      self._manager = ocp.CheckpointManager(self.directory, options=options)
+    return self._manager
+
+  def steps(self) -> list[int]:
+    """The steps saved so far, ascending (empty when there is no checkpoint)."""
+    if not self.directory.is_dir():
+      return []
+    return sorted(int(s) for s in self.manager.all_steps())
+
+  def save(self, step: int, state: Any, meta: dict) -> None:
+    """Saves ``state`` and ``meta`` as the checkpoint of ``step`` (synchronously).
 
     Args:
-        directory: ``<output_dir>/checkpoints/<run>``; created on the first save.
-        max_to_keep: how many of the latest checkpoints are kept.
+        step: the training step the state is at.
+        state: the run's training state (a pytree of arrays).
+        meta: JSON-serialisable progress record; ``step`` and ``leaves`` are added.
     """
+    leaves = [np.asarray(jax.device_get(x)) for x in jax.tree.leaves(state)]
+    items = {f"{i:04d}": x for i, x in enumerate(leaves)}
+    meta = {**meta, "step": int(step), "leaves": _leaf_paths(state)}
+    self.manager.save(
+      int(step),
+      args=ocp.args.Composite(state=ocp.args.StandardSave(items), meta=ocp.args.JsonSave(meta)),
+      force=True,
+    )
+    self.manager.wait_until_finished()
 
-    def __init__(self, directory: Path | str, max_to_keep: int = 2):
-        self.directory = Path(directory).expanduser().resolve()
-        self.max_to_keep = max(1, int(max_to_keep))
-        self._manager: Optional[ocp.CheckpointManager] = None
+  def read_meta(self, step: int) -> dict:
+    """The JSON record saved with the checkpoint of ``step``.
 
-    @property
-    def manager(self) -> ocp.CheckpointManager:
-        if self._manager is None:
-            options = ocp.CheckpointManagerOptions(
-                max_to_keep=self.max_to_keep, enable_async_checkpointing=False,
-                create=True,
-            )
-            self._manager = ocp.CheckpointManager(self.directory, options=options)
-        return self._manager
+    Args:
+        step: a saved step.
 
-    def steps(self) -> list[int]:
-        """The steps saved so far, ascending (empty when there is no checkpoint)."""
-        if not self.directory.is_dir():
-            return []
-        return sorted(int(s) for s in self.manager.all_steps())
+    Returns:
+        The record.
+    """
+    restored = self.manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(restored.meta)
 
-    def save(self, step: int, state: Any, meta: dict) -> None:
-        """Saves ``state`` and ``meta`` as the checkpoint of ``step`` (synchronously).
+  def restore(self, step: int, template: Any) -> tuple[Any, dict]:
+    """Restores the checkpoint of ``step`` into the structure and dtypes of ``template``.
 
-        Args:
-            step: the training step the state is at.
-            state: the run's training state (a pytree of arrays).
-            meta: JSON-serialisable progress record; ``step`` and ``leaves`` are added.
-        """
-        leaves = [np.asarray(jax.device_get(x)) for x in jax.tree.leaves(state)]
-        items = {f"{i:04d}": x for i, x in enumerate(leaves)}
-        meta = {**meta, "step": int(step), "leaves": _leaf_paths(state)}
-        self.manager.save(
-            int(step),
-            args=ocp.args.Composite(state=ocp.args.StandardSave(items),
-                                    meta=ocp.args.JsonSave(meta)),
-            force=True,
+    Args:
+        step: a saved step.
+        template: a state of the same structure (e.g. a freshly initialised run).
+
+    Returns:
+        ``(state, meta)``: the restored state (device arrays) and its JSON record.
+
+    Raises:
+        ValueError: if the checkpoint's leaves do not match the template's.
+    """
+    leaves, treedef = jax.tree.flatten(template)
+    targets = {f"{i:04d}": np.zeros(np.shape(x), jnp.result_type(x)) for i, x in enumerate(leaves)}
+    restored = self.manager.restore(
+      int(step),
+      args=ocp.args.Composite(state=ocp.args.StandardRestore(targets), meta=ocp.args.JsonRestore()),
+    )
+    meta = dict(restored.meta)
+    paths = _leaf_paths(template)
+    if meta.get("leaves") != paths:
+      raise ValueError(
+        f"Checkpoint {self.directory}/{step} does not match the run's state "
+        f"(saved leaves {meta.get('leaves')}, expected {paths})"
+      )
+    arrays = []
+    for i, x in enumerate(leaves):
+      value = np.asarray(restored.state[f"{i:04d}"])
+      if value.shape != np.shape(x):
+        raise ValueError(
+          f"Checkpoint {self.directory}/{step}: leaf {paths[i]} has shape "
+          f"{value.shape}, expected {np.shape(x)}"
         )
-        self.manager.wait_until_finished()
+      arrays.append(jnp.asarray(value, dtype=jnp.result_type(x)))
+    return jax.tree.unflatten(treedef, arrays), meta
 
-    def read_meta(self, step: int) -> dict:
-        """The JSON record saved with the checkpoint of ``step``.
+  def clear(self) -> None:
+    """Deletes every checkpoint of the run."""
+    self.close()
+    if self.directory.exists():
+      shutil.rmtree(self.directory)
 
-        Args:
-            step: a saved step.
-
-        Returns:
-            The record.
-        """
-        restored = self.manager.restore(
-            int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return dict(restored.meta)
-
-    def restore(self, step: int, template: Any) -> tuple[Any, dict]:
-        """Restores the checkpoint of ``step`` into the structure and dtypes of ``template``.
-
-        Args:
-            step: a saved step.
-            template: a state of the same structure (e.g. a freshly initialised run).
-
-        Returns:
-            ``(state, meta)``: the restored state (device arrays) and its JSON record.
-
-        Raises:
-            ValueError: if the checkpoint's leaves do not match the template's.
-        """
-        leaves, treedef = jax.tree.flatten(template)
-        targets = {f"{i:04d}": np.zeros(np.shape(x), jnp.result_type(x))
-                   for i, x in enumerate(leaves)}
-        restored = self.manager.restore(
-            int(step),
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(targets),
-                                    meta=ocp.args.JsonRestore()),
-        )
-        meta = dict(restored.meta)
-        paths = _leaf_paths(template)
-        if meta.get("leaves") != paths:
-            raise ValueError(
-                f"Checkpoint {self.directory}/{step} does not match the run's state "
-                f"(saved leaves {meta.get('leaves')}, expected {paths})")
-        arrays = []
-        for i, x in enumerate(leaves):
-            value = np.asarray(restored.state[f"{i:04d}"])
-            if value.shape != np.shape(x):
-                raise ValueError(
-                    f"Checkpoint {self.directory}/{step}: leaf {paths[i]} has shape "
-                    f"{value.shape}, expected {np.shape(x)}")
-            arrays.append(jnp.asarray(value, dtype=jnp.result_type(x)))
-        return jax.tree.unflatten(treedef, arrays), meta
-
-    def clear(self) -> None:
-        """Deletes every checkpoint of the run."""
-        self.close()
-        if self.directory.exists():
-            shutil.rmtree(self.directory)
-
-    def close(self) -> None:
-        """Releases the orbax manager (its threads); the object stays usable."""
-        if self._manager is not None:
-            self._manager.close()
-            self._manager = None
+  def close(self) -> None:
+    """Releases the orbax manager (its threads); the object stays usable."""
+    if self._manager is not None:
+      self._manager.close()
+      self._manager = None

@@ -25,120 +25,123 @@ from jaxprune import flops
 
 @dataclasses.dataclass
 class TestData:
-    """A split on the device, padded to whole batches.
+  """A split on the device, padded to whole batches.
 
-    Attributes:
-        images: ``(num_batches * batch_size, ...)`` float32.
-        labels: ``(num_batches * batch_size,)`` int32.
-        valid: ``(num_batches * batch_size,)`` bool, False on the padding.
-        size: the number of real examples.
-        batch_size: examples per evaluation batch.
-    """
+  Attributes:
+      images: ``(num_batches * batch_size, ...)`` float32.
+      labels: ``(num_batches * batch_size,)`` int32.
+      valid: ``(num_batches * batch_size,)`` bool, False on the padding.
+      size: the number of real examples.
+      batch_size: examples per evaluation batch.
+  """
 
-    images: jax.Array
-    labels: jax.Array
-    valid: jax.Array
-    size: int
-    batch_size: int
+  images: jax.Array
+  labels: jax.Array
+  valid: jax.Array
+  size: int
+  batch_size: int
 
 
 def prepare_test_data(split: data_lib.Split, batch_size: int) -> TestData:
-    """Puts a split on the device, padded to a multiple of the batch size.
+  """Puts a split on the device, padded to a multiple of the batch size.
 
-    Args:
-        split: the split (e.g. ``dataset.test``).
-        batch_size: examples per evaluation batch (capped at the split's size).
+  Args:
+      split: the split (e.g. ``dataset.test``).
+      batch_size: examples per evaluation batch (capped at the split's size).
 
-    Returns:
-        The padded split.
-    """
-    n = len(split)
-    batch_size = max(1, min(int(batch_size), n))
-    pad = -n % batch_size
-    images, labels = split.images, split.labels
-    valid = np.ones(n, bool)
-    if pad:
-        images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-        labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
-        valid = np.concatenate([valid, np.zeros(pad, bool)])
-    return TestData(jnp.asarray(images), jnp.asarray(labels), jnp.asarray(valid), n,
-                    batch_size)
+  Returns:
+      The padded split.
+  """
+  n = len(split)
+  batch_size = max(1, min(int(batch_size), n))
+  pad = -n % batch_size
+  images, labels = split.images, split.labels
+  valid = np.ones(n, bool)
+  if pad:
+    images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+    labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+    valid = np.concatenate([valid, np.zeros(pad, bool)])
+  return TestData(jnp.asarray(images), jnp.asarray(labels), jnp.asarray(valid), n, batch_size)
 
 
 def make_eval_fn(model: nn.Module, batch_size: int) -> Callable:
-    """The (unjitted) evaluation of a whole padded split.
+  """The (unjitted) evaluation of a whole padded split.
 
-    Args:
-        model: the Flax model.
-        batch_size: the split's evaluation batch size (`TestData.batch_size`).
+  Args:
+      model: the Flax model.
+      batch_size: the split's evaluation batch size (`TestData.batch_size`).
 
-    Returns:
-        ``evaluate(params, model_state, images, labels, valid) -> (correct, loss_sum)``:
-        the number of correctly classified examples and the summed cross-entropy.
-    """
+  Returns:
+      ``evaluate(params, model_state, images, labels, valid) -> (correct, loss_sum)``:
+      the number of correctly classified examples and the summed cross-entropy.
+  """
 
-    def evaluate(params, model_state, images, labels, valid):
-        num_batches = images.shape[0] // batch_size
-        batches = (
-            images.reshape(num_batches, batch_size, *images.shape[1:]),
-            labels.reshape(num_batches, batch_size),
-            valid.reshape(num_batches, batch_size),
-        )
+  def evaluate(params, model_state, images, labels, valid):
+    num_batches = images.shape[0] // batch_size
+    batches = (
+      images.reshape(num_batches, batch_size, *images.shape[1:]),
+      labels.reshape(num_batches, batch_size),
+      valid.reshape(num_batches, batch_size),
+    )
 
-        def one(batch):
-            x, y, v = batch
-            logits = model.apply({"params": params, **model_state}, x, train=False)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-            correct = (jnp.argmax(logits, -1) == y) & v
-            return jnp.sum(correct), jnp.sum(jnp.where(v, loss, 0.0))
+    def one(batch):
+      x, y, v = batch
+      logits = model.apply({"params": params, **model_state}, x, train=False)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+      correct = (jnp.argmax(logits, -1) == y) & v
+      return jnp.sum(correct), jnp.sum(jnp.where(v, loss, 0.0))
 
-        correct, loss = jax.lax.map(one, batches)
-        return jnp.sum(correct), jnp.sum(loss)
+    correct, loss = jax.lax.map(one, batches)
+    return jnp.sum(correct), jnp.sum(loss)
 
-    return evaluate
+  return evaluate
 
 
 def model_macs(model: nn.Module, variables: Any, image_shape: tuple) -> dict[str, Any]:
-    """Multiply-adds of one example through ``model`` (`jaxprune.flops.count_macs`).
+  """Multiply-adds of one example through ``model`` (`jaxprune.flops.count_macs`).
 
-    Args:
-        model: the Flax model.
-        variables: its variables (arrays or ``jax.ShapeDtypeStruct``s) with ``params``.
-        image_shape: the shape of one input, ``(H, W, C)``.
+  Args:
+      model: the Flax model.
+      variables: its variables (arrays or ``jax.ShapeDtypeStruct``s) with ``params``.
+      image_shape: the shape of one input, ``(H, W, C)``.
 
-    Returns:
-        The `count_macs` result for a batch of one, MACs attributed to the params leaves.
-    """
-    params = variables["params"]
-    rest = {k: v for k, v in variables.items() if k != "params"}
-    example = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-    return flops.count_macs(
-        lambda p, x: model.apply({"params": p, **rest}, x, train=False), params, example)
+  Returns:
+      The `count_macs` result for a batch of one, MACs attributed to the params leaves.
+  """
+  params = variables["params"]
+  rest = {k: v for k, v in variables.items() if k != "params"}
+  example = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+  return flops.count_macs(
+    lambda p, x: model.apply({"params": p, **rest}, x, train=False), params, example
+  )
 
 
 def measure(params: Any, mac_counts: dict[str, Any]) -> dict[str, Any]:
-    """Sparsity, compression ratio and theoretical speedup of a run's parameters.
+  """Sparsity, compression ratio and theoretical speedup of a run's parameters.
 
-    Args:
-        params: the run's parameters.
-        mac_counts: `model_macs` of its model.
+  Args:
+      params: the run's parameters.
+      mac_counts: `model_macs` of its model.
 
-    Returns:
-        A dict with ``sparsity`` (all leaves), ``kernel_sparsity`` (floating-point leaves
-        with ``ndim >= 2``), ``zeros``, ``size``, ``leaves`` (sparsity per leaf),
-        ``compression_ratio`` and ``theoretical_speedup``.
-    """
-    params = jax.device_get(params)
-    summary = jaxprune.sparsity_summary(params)
-    kernels = [x for x in jax.tree.leaves(params)
-               if np.issubdtype(np.asarray(x).dtype, np.floating) and np.ndim(x) >= 2]
-    kernel = jaxprune.sparsity_summary(kernels).sparsity if kernels else 0.0
-    return {
-        "sparsity": float(summary.sparsity),
-        "kernel_sparsity": float(kernel),
-        "zeros": int(summary.zeros),
-        "size": int(summary.size),
-        "leaves": {str(k): float(v.sparsity) for k, v in summary.leaves.items()},
-        "compression_ratio": float(flops.compression_ratio(summary)),
-        "theoretical_speedup": float(flops.theoretical_speedup(mac_counts, summary)),
-    }
+  Returns:
+      A dict with ``sparsity`` (all leaves), ``kernel_sparsity`` (floating-point leaves
+      with ``ndim >= 2``), ``zeros``, ``size``, ``leaves`` (sparsity per leaf),
+      ``compression_ratio`` and ``theoretical_speedup``.
+  """
+  params = jax.device_get(params)
+  summary = jaxprune.sparsity_summary(params)
+  kernels = [
+    x
+    for x in jax.tree.leaves(params)
+    if np.issubdtype(np.asarray(x).dtype, np.floating) and np.ndim(x) >= 2
+  ]
+  kernel = jaxprune.sparsity_summary(kernels).sparsity if kernels else 0.0
+  return {
+    "sparsity": float(summary.sparsity),
+    "kernel_sparsity": float(kernel),
+    "zeros": int(summary.zeros),
+    "size": int(summary.size),
+    "leaves": {str(k): float(v.sparsity) for k, v in summary.leaves.items()},
+    "compression_ratio": float(flops.compression_ratio(summary)),
+    "theoretical_speedup": float(flops.theoretical_speedup(mac_counts, summary)),
+  }

@@ -60,132 +60,137 @@ import optax
 
 import jaxprune
 from experiments import data as data_lib
-from experiments import optimizers
-from experiments import train
+from experiments import optimizers, train
 
 Config = ml_collections.ConfigDict
 
 
 class AtInit(NamedTuple):
-    """What a pruning-at-initialisation method scores for one run."""
+  """What a pruning-at-initialisation method scores for one run."""
 
-    params: Any  # the initial params of the run's seed
-    model: nn.Module  # applied with train=False
-    batch: tuple  # (images, labels): the run's first training batch
-    seed: int  # the run's seed
+  params: Any  # the initial params of the run's seed
+  model: nn.Module  # applied with train=False
+  batch: tuple  # (images, labels): the run's first training batch
+  seed: int  # the run's seed
 
 
 def _learning_rate(config: Config) -> optax.Schedule:
-    """The schedule of ``config.optimizer`` over all the steps."""
-    return optimizers.make_learning_rate(config.optimizer, int(config.num_train_steps))
+  """The schedule of ``config.optimizer`` over all the steps."""
+  return optimizers.make_learning_rate(config.optimizer, int(config.num_train_steps))
 
 
 class Method(NamedTuple):
-    """How the runs of one method name are built: an entry of `METHODS`.
+  """How the runs of one method name are built: an entry of `METHODS`.
 
-    Attributes:
-        make_tx: ``(config, sparsity, seed) -> transformation``: the optimizer with the
-            method's pruner; for a method with ``masks``, the optimizer that
-            ``jaxprune.static_sparse`` wraps.
-        group: the config group the method reads (``imp``, ``dst``, ``at_init``), or None.
-        sparse: False for the dense baseline (one run per seed, at sparsity 0).
-        stacks: runs of different sparsities and seeds share one compiled program and can be
-            vmapped together (their sparsity and masks are optimizer state); False when the
-            sparsity and seed are constants of the transformation.
-        masks: for pruning at initialisation, ``(config, sparsity, AtInit) -> masks``.
-        learning_rate: ``config -> schedule``: what the method trains with (for the plots).
-        cycle_steps: for IMP, ``config -> lengths`` of its cycles (its prunes are at their ends).
-    """
+  Attributes:
+      make_tx: ``(config, sparsity, seed) -> transformation``: the optimizer with the
+          method's pruner; for a method with ``masks``, the optimizer that
+          ``jaxprune.static_sparse`` wraps.
+      group: the config group the method reads (``imp``, ``dst``, ``at_init``), or None.
+      sparse: False for the dense baseline (one run per seed, at sparsity 0).
+      stacks: runs of different sparsities and seeds share one compiled program and can be
+          vmapped together (their sparsity and masks are optimizer state); False when the
+          sparsity and seed are constants of the transformation.
+      masks: for pruning at initialisation, ``(config, sparsity, AtInit) -> masks``.
+      learning_rate: ``config -> schedule``: what the method trains with (for the plots).
+      cycle_steps: for IMP, ``config -> lengths`` of its cycles (its prunes are at their ends).
+  """
 
-    make_tx: Callable[[Config, float, int], optax.GradientTransformation]
-    group: Optional[str] = None
-    sparse: bool = True
-    stacks: bool = True
-    masks: Optional[Callable[[Config, float, AtInit], Any]] = None
-    learning_rate: Callable[[Config], optax.Schedule] = _learning_rate
-    cycle_steps: Optional[Callable[[Config], list[int]]] = None
+  make_tx: Callable[[Config, float, int], optax.GradientTransformation]
+  group: Optional[str] = None
+  sparse: bool = True
+  stacks: bool = True
+  masks: Optional[Callable[[Config, float, AtInit], Any]] = None
+  learning_rate: Callable[[Config], optax.Schedule] = _learning_rate
+  cycle_steps: Optional[Callable[[Config], list[int]]] = None
 
 
 def _optimizer(config: Config, sparsity: float, seed: int) -> optax.GradientTransformation:
-    """The optimizer of ``config.optimizer`` over all the steps, without a pruner."""
-    del sparsity, seed
-    return optimizers.make_optimizer(config.optimizer, int(config.num_train_steps))
+  """The optimizer of ``config.optimizer`` over all the steps, without a pruner."""
+  del sparsity, seed
+  return optimizers.make_optimizer(config.optimizer, int(config.num_train_steps))
 
 
 # ============================================================================ magnitude pruning
 
 
 def prune_steps(config: Config) -> dict[str, int]:
-    """The steps of ``one_shot`` and ``gradual``, from the fractions in the config.
+  """The steps of ``one_shot`` and ``gradual``, from the fractions in the config.
 
-    Args:
-        config: the config (``num_train_steps`` and the ``one_shot`` and ``gradual`` groups).
+  Args:
+      config: the config (``num_train_steps`` and the ``one_shot`` and ``gradual`` groups).
 
-    Returns:
-        ``one_shot_step``, ``gradual_begin``, ``gradual_end`` and ``gradual_frequency``.
-    """
-    n = int(config.num_train_steps)
-    g = config.gradual
-    begin = int(round(g.begin_fraction * n))
-    return {
-        "one_shot_step": int(round(config.one_shot.prune_fraction * n)),
-        "gradual_begin": begin,
-        "gradual_end": max(begin + 1, int(round(g.end_fraction * n))),
-        "gradual_frequency": max(1, int(round(g.frequency_fraction * n))),
-    }
+  Returns:
+      ``one_shot_step``, ``gradual_begin``, ``gradual_end`` and ``gradual_frequency``.
+  """
+  n = int(config.num_train_steps)
+  g = config.gradual
+  begin = int(round(g.begin_fraction * n))
+  return {
+    "one_shot_step": int(round(config.one_shot.prune_fraction * n)),
+    "gradual_begin": begin,
+    "gradual_end": max(begin + 1, int(round(g.end_fraction * n))),
+    "gradual_frequency": max(1, int(round(g.frequency_fraction * n))),
+  }
 
 
 def _one_shot(config: Config) -> Callable:
-    return jaxprune.schedules.one_shot(prune_steps(config)["one_shot_step"])
+  return jaxprune.schedules.one_shot(prune_steps(config)["one_shot_step"])
 
 
 def _gradual(config: Config) -> Callable:
-    steps = prune_steps(config)
-    return jaxprune.schedules.polynomial(steps["gradual_begin"], steps["gradual_end"],
-                                         steps["gradual_frequency"],
-                                         power=float(config.gradual.power))
+  steps = prune_steps(config)
+  return jaxprune.schedules.polynomial(
+    steps["gradual_begin"],
+    steps["gradual_end"],
+    steps["gradual_frequency"],
+    power=float(config.gradual.power),
+  )
 
 
 def _magnitude(schedule: Callable[[Config], Callable]) -> Method:
-    """Global magnitude pruning on ``schedule(config)``, the sparsity a hyperparameter."""
+  """Global magnitude pruning on ``schedule(config)``, the sparsity a hyperparameter."""
 
-    def make_tx(config: Config, sparsity: float, seed: int) -> optax.GradientTransformation:
-        pruner = optax.inject_hyperparams(jaxprune.magnitude_pruning)(
-            sparsity=float(sparsity), distribution=config.distribution, schedule=schedule(config))
-        return optax.chain(_optimizer(config, sparsity, seed), pruner)
+  def make_tx(config: Config, sparsity: float, seed: int) -> optax.GradientTransformation:
+    pruner = optax.inject_hyperparams(jaxprune.magnitude_pruning)(
+      sparsity=float(sparsity), distribution=config.distribution, schedule=schedule(config)
+    )
+    return optax.chain(_optimizer(config, sparsity, seed), pruner)
 
-    return Method(make_tx)
+  return Method(make_tx)
 
 
 # ============================================================================ IMP
 
 
 def imp_cycle_steps(config: Config) -> list[int]:
-    """The cycle lengths of the IMP methods: the original (dense) training, then the retraining
-    cycles, summing to ``num_train_steps`` (every method trains for the same number of steps).
+  """The cycle lengths of the IMP methods: the original (dense) training, then the retraining
+  cycles, summing to ``num_train_steps`` (every method trains for the same number of steps).
 
-    The original training takes ``imp.original_fraction`` of the steps; the rest is split into
-    ``imp.cycles`` equal retraining cycles, the last one taking the remainder of the division.
+  The original training takes ``imp.original_fraction`` of the steps; the rest is split into
+  ``imp.cycles`` equal retraining cycles, the last one taking the remainder of the division.
 
-    Args:
-        config: the config (``num_train_steps``, ``imp.cycles``, ``imp.original_fraction``).
+  Args:
+      config: the config (``num_train_steps``, ``imp.cycles``, ``imp.original_fraction``).
 
-    Returns:
-        ``imp.cycles + 1`` lengths.
+  Returns:
+      ``imp.cycles + 1`` lengths.
 
-    Raises:
-        ValueError: if a cycle would be shorter than 1 step.
-    """
-    imp = config.imp
-    n, cycles = int(config.num_train_steps), int(imp.cycles)
-    original = int(round(float(imp.original_fraction) * n))
-    retrain = (n - original) // max(cycles, 1)
-    if cycles < 1 or original < 1 or retrain < 1:
-        raise ValueError(f"imp: {n} steps cannot hold an original phase of "
-                         f"{imp.original_fraction} of them and {cycles} retraining cycles")
-    lengths = [original] + [retrain] * cycles
-    lengths[-1] += n - sum(lengths)
-    return lengths
+  Raises:
+      ValueError: if a cycle would be shorter than 1 step.
+  """
+  imp = config.imp
+  n, cycles = int(config.num_train_steps), int(imp.cycles)
+  original = int(round(float(imp.original_fraction) * n))
+  retrain = (n - original) // max(cycles, 1)
+  if cycles < 1 or original < 1 or retrain < 1:
+    raise ValueError(
+      f"imp: {n} steps cannot hold an original phase of "
+      f"{imp.original_fraction} of them and {cycles} retraining cycles"
+    )
+  lengths = [original] + [retrain] * cycles
+  lengths[-1] += n - sum(lengths)
+  return lengths
 
 
 # The arguments of jaxprune.imp that inject_hyperparams must not turn into traced values.
@@ -193,269 +198,326 @@ _IMP_STATIC = ("cycles", "cycle_steps", "seed", "rewind", "rate")
 
 
 def _imp_learning_rate(retraining: Callable, config: Config) -> optax.Schedule:
-    """The config's schedule over the original training, then ``retraining`` in every cycle."""
-    lengths = imp_cycle_steps(config)
-    warmup = int(config.optimizer.get("warmup_steps", 0) or 0)
-    original = optimizers.make_learning_rate(config.optimizer, lengths[0])
-    return retraining(original, lengths[0], lengths[1:], warmup_steps=warmup)
+  """The config's schedule over the original training, then ``retraining`` in every cycle."""
+  lengths = imp_cycle_steps(config)
+  warmup = int(config.optimizer.get("warmup_steps", 0) or 0)
+  original = optimizers.make_learning_rate(config.optimizer, lengths[0])
+  return retraining(original, lengths[0], lengths[1:], warmup_steps=warmup)
 
 
-def _imp_tx(retraining: Callable, config: Config, sparsity: float,
-            seed: int) -> optax.GradientTransformation:
-    """IMP to ``sparsity`` in ``imp.cycles`` prunes, retraining with ``retraining``.
+def _imp_tx(
+  retraining: Callable, config: Config, sparsity: float, seed: int
+) -> optax.GradientTransformation:
+  """IMP to ``sparsity`` in ``imp.cycles`` prunes, retraining with ``retraining``.
 
-    Cycle 0 trains the dense network with the config's optimizer and schedule; each later
-    cycle starts with a global magnitude prune of ``1 - (1 - sparsity) ** (1 / cycles)`` of the
-    kept weights and retrains the kept weights (no rewinding). The optimizer's state carries on
-    across prunes (its step count drives the schedule).
-    """
-    del seed
-    lengths = imp_cycle_steps(config)
-    inner = optimizers.make_optimizer(config.optimizer, lengths[0],
-                                      learning_rate=_imp_learning_rate(retraining, config))
-    return optax.inject_hyperparams(jaxprune.imp, static_args=_IMP_STATIC)(
-        sparsity=float(sparsity), cycles=len(lengths) - 1, cycle_steps=lengths,
-        distribution=config.distribution, inner=inner)
+  Cycle 0 trains the dense network with the config's optimizer and schedule; each later
+  cycle starts with a global magnitude prune of ``1 - (1 - sparsity) ** (1 / cycles)`` of the
+  kept weights and retrains the kept weights (no rewinding). The optimizer's state carries on
+  across prunes (its step count drives the schedule).
+  """
+  del seed
+  lengths = imp_cycle_steps(config)
+  inner = optimizers.make_optimizer(
+    config.optimizer, lengths[0], learning_rate=_imp_learning_rate(retraining, config)
+  )
+  return optax.inject_hyperparams(jaxprune.imp, static_args=_IMP_STATIC)(
+    sparsity=float(sparsity),
+    cycles=len(lengths) - 1,
+    cycle_steps=lengths,
+    distribution=config.distribution,
+    inner=inner,
+  )
 
 
 def _imp(retraining: Callable) -> Method:
-    return Method(functools.partial(_imp_tx, retraining), group="imp",
-                  learning_rate=functools.partial(_imp_learning_rate, retraining),
-                  cycle_steps=imp_cycle_steps)
+  return Method(
+    functools.partial(_imp_tx, retraining),
+    group="imp",
+    learning_rate=functools.partial(_imp_learning_rate, retraining),
+    cycle_steps=imp_cycle_steps,
+  )
 
 
 # ============================================================================ dynamic sparse training
 
 
 def dst_steps(config: Config) -> dict[str, int]:
-    """The step numbers of the dynamic sparse methods, from the fractions in ``config.dst``.
+  """The step numbers of the dynamic sparse methods, from the fractions in ``config.dst``.
 
-    Args:
-        config: the config (``num_train_steps`` and the ``dst`` group).
+  Args:
+      config: the config (``num_train_steps`` and the ``dst`` group).
 
-    Returns:
-        ``frequency``, ``rigl_end``, ``granet_begin`` and ``granet_end``.
-    """
-    n = int(config.num_train_steps)
-    d = config.dst
-    begin = int(round(float(d.granet_begin_fraction) * n))
-    return {
-        "frequency": int(d.frequency),
-        "rigl_end": max(1, int(round(float(d.rigl_end_fraction) * n))),
-        "granet_begin": begin,
-        "granet_end": max(begin + 1, int(round(float(d.granet_end_fraction) * n))),
-    }
+  Returns:
+      ``frequency``, ``rigl_end``, ``granet_begin`` and ``granet_end``.
+  """
+  n = int(config.num_train_steps)
+  d = config.dst
+  begin = int(round(float(d.granet_begin_fraction) * n))
+  return {
+    "frequency": int(d.frequency),
+    "rigl_end": max(1, int(round(float(d.rigl_end_fraction) * n))),
+    "granet_begin": begin,
+    "granet_end": max(begin + 1, int(round(float(d.granet_end_fraction) * n))),
+  }
 
 
 def _dst(factory: Callable, options: Optional[Callable[[Config, dict], dict]] = None) -> Method:
-    """``factory(sparsity, ...)`` around the optimizer, with ``options(config.dst, dst_steps)``."""
+  """``factory(sparsity, ...)`` around the optimizer, with ``options(config.dst, dst_steps)``."""
 
-    def make_tx(config: Config, sparsity: float, seed: int) -> optax.GradientTransformation:
-        return factory(float(sparsity), distribution=str(config.dst.distribution), seed=int(seed),
-                       inner=_optimizer(config, sparsity, seed),
-                       **(options(config.dst, dst_steps(config)) if options else {}))
+  def make_tx(config: Config, sparsity: float, seed: int) -> optax.GradientTransformation:
+    return factory(
+      float(sparsity),
+      distribution=str(config.dst.distribution),
+      seed=int(seed),
+      inner=_optimizer(config, sparsity, seed),
+      **(options(config.dst, dst_steps(config)) if options else {}),
+    )
 
-    return Method(make_tx, group="dst", stacks=False)
+  return Method(make_tx, group="dst", stacks=False)
 
 
 # ============================================================================ pruning at init
 
 
 def first_batch(dataset: data_lib.Dataset, batch_size: int, seed: int) -> tuple:
-    """The first training batch of the run with ``seed`` (the batch SNIP and GraSP score on).
+  """The first training batch of the run with ``seed`` (the batch SNIP and GraSP score on).
 
-    Args:
-        dataset: the dataset.
-        batch_size: the batch size.
-        seed: the run's seed.
+  Args:
+      dataset: the dataset.
+      batch_size: the batch size.
+      seed: the run's seed.
 
-    Returns:
-        ``(images, labels)`` as device arrays.
-    """
-    idx, _ = data_lib.batch_indices(len(dataset.train), batch_size, seed=seed, position=(0, 0),
-                                    count=1)
-    return (jnp.asarray(dataset.train.images[idx[0]]),
-            jnp.asarray(dataset.train.labels[idx[0]]))
+  Returns:
+      ``(images, labels)`` as device arrays.
+  """
+  idx, _ = data_lib.batch_indices(
+    len(dataset.train), batch_size, seed=seed, position=(0, 0), count=1
+  )
+  return (jnp.asarray(dataset.train.images[idx[0]]), jnp.asarray(dataset.train.labels[idx[0]]))
 
 
 def _loss(model: nn.Module, temperature: float = 1.0) -> Callable:
-    """``(params, batch) -> cross-entropy`` of the logits divided by ``temperature``."""
+  """``(params, batch) -> cross-entropy`` of the logits divided by ``temperature``."""
 
-    def loss_fn(params, batch):
-        logits = model.apply({"params": params}, batch[0], train=False) / temperature
-        return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
+  def loss_fn(params, batch):
+    logits = model.apply({"params": params}, batch[0], train=False) / temperature
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
 
-    return loss_fn
+  return loss_fn
 
 
 def _snip(config: Config, sparsity: float, init: AtInit) -> Any:
-    return jaxprune.snip(init.params, _loss(init.model), init.batch, sparsity,
-                         distribution=str(config.at_init.distribution))
+  return jaxprune.snip(
+    init.params,
+    _loss(init.model),
+    init.batch,
+    sparsity,
+    distribution=str(config.at_init.distribution),
+  )
 
 
 def _snip_shuffled(config: Config, sparsity: float, init: AtInit) -> Any:
-    return jaxprune.shuffle_masks(_snip(config, sparsity, init), seed=1000 + init.seed)
+  return jaxprune.shuffle_masks(_snip(config, sparsity, init), seed=1000 + init.seed)
 
 
 def _grasp(config: Config, sparsity: float, init: AtInit) -> Any:
-    # The authors' code divides the logits by a temperature (200) for the Hessian-gradient
-    # product; 1 is the plain loss of the formula.
-    temperature = float(config.at_init.get("grasp_temperature", 1.0))
-    return jaxprune.grasp(init.params, _loss(init.model, temperature), init.batch, sparsity,
-                          distribution=str(config.at_init.distribution))
+  # The authors' code divides the logits by a temperature (200) for the Hessian-gradient
+  # product; 1 is the plain loss of the formula.
+  temperature = float(config.at_init.get("grasp_temperature", 1.0))
+  return jaxprune.grasp(
+    init.params,
+    _loss(init.model, temperature),
+    init.batch,
+    sparsity,
+    distribution=str(config.at_init.distribution),
+  )
 
 
 def _synflow(config: Config, sparsity: float, init: AtInit) -> Any:
-    return jaxprune.synflow(
-        init.params, lambda p, x: init.model.apply({"params": p}, x, train=False),
-        (1, *init.batch[0].shape[1:]), sparsity, rounds=int(config.at_init.synflow_rounds),
-        distribution=str(config.at_init.distribution))
+  return jaxprune.synflow(
+    init.params,
+    lambda p, x: init.model.apply({"params": p}, x, train=False),
+    (1, *init.batch[0].shape[1:]),
+    sparsity,
+    rounds=int(config.at_init.synflow_rounds),
+    distribution=str(config.at_init.distribution),
+  )
 
 
 def _magnitude_init(config: Config, sparsity: float, init: AtInit) -> Any:
-    scores = jaxprune.scores.magnitude(init.params, None, 0)
-    return jaxprune.at_init.masks_from_scores(init.params, scores, sparsity,
-                                              distribution=str(config.at_init.distribution))
+  scores = jaxprune.scores.magnitude(init.params, None, 0)
+  return jaxprune.at_init.masks_from_scores(
+    init.params, scores, sparsity, distribution=str(config.at_init.distribution)
+  )
 
 
 def _random_init(config: Config, sparsity: float, init: AtInit) -> Any:
-    scores = jaxprune.scores.random(init.seed)(init.params, None, 0)
-    return jaxprune.at_init.masks_from_scores(
-        init.params, scores, sparsity, distribution=str(config.at_init.random_distribution))
+  scores = jaxprune.scores.random(init.seed)(init.params, None, 0)
+  return jaxprune.at_init.masks_from_scores(
+    init.params, scores, sparsity, distribution=str(config.at_init.random_distribution)
+  )
 
 
 def _at_init(masks: Callable[[Config, float, AtInit], Any]) -> Method:
-    return Method(_optimizer, group="at_init", masks=masks)
+  return Method(_optimizer, group="at_init", masks=masks)
 
 
 def collapse_record(masks: Any) -> dict[str, Any]:
-    """The layer-collapse report of ``masks`` and their kept weights per kernel, as JSON.
+  """The layer-collapse report of ``masks`` and their kept weights per kernel, as JSON.
 
-    Args:
-        masks: a mask tree.
+  Args:
+      masks: a mask tree.
 
-    Returns:
-        ``collapsed``, ``connected``, ``empty_leaves``, ``dead_outputs`` (units with no kept
-        input, per kernel), ``dead_inputs``, ``description`` and ``kept`` (per kernel).
-    """
-    report = jaxprune.collapse.layer_collapse(masks)
-    summary = jaxprune.sparsity_summary(jax.device_get(masks))
-    return {
-        "collapsed": bool(report.collapsed),
-        "connected": bool(report.connected),
-        "empty_leaves": list(report.empty_leaves),
-        "dead_outputs": {str(k): int(v) for k, v in report.dead_outputs.items()},
-        "dead_inputs": {str(k): int(v) for k, v in report.dead_inputs.items()},
-        "description": report.describe(),
-        "kept": {str(k): int(v.size - v.zeros) for k, v in summary.leaves.items()},
-    }
+  Returns:
+      ``collapsed``, ``connected``, ``empty_leaves``, ``dead_outputs`` (units with no kept
+      input, per kernel), ``dead_inputs``, ``description`` and ``kept`` (per kernel).
+  """
+  report = jaxprune.collapse.layer_collapse(masks)
+  summary = jaxprune.sparsity_summary(jax.device_get(masks))
+  return {
+    "collapsed": bool(report.collapsed),
+    "connected": bool(report.connected),
+    "empty_leaves": list(report.empty_leaves),
+    "dead_outputs": {str(k): int(v) for k, v in report.dead_outputs.items()},
+    "dead_inputs": {str(k): int(v) for k, v in report.dead_inputs.items()},
+    "description": report.describe(),
+    "kept": {str(k): int(v.size - v.zeros) for k, v in summary.leaves.items()},
+  }
 
 
 # ============================================================================ the registry
 
 METHODS: dict[str, Method] = {
-    "dense": Method(_optimizer, sparse=False),
-    "one_shot": _magnitude(_one_shot),
-    "gradual": _magnitude(_gradual),
-    "imp_ft": _imp(jaxprune.retraining.ft),
-    "imp_lrw": _imp(jaxprune.retraining.lrw),
-    "imp_slr": _imp(jaxprune.retraining.slr),
-    "imp_clr": _imp(jaxprune.retraining.clr),
-    "imp_llr": _imp(jaxprune.retraining.llr),
-    "static": _dst(jaxprune.static_sparse),
-    "set": _dst(jaxprune.set_sparse, lambda d, steps: dict(
-        drop_fraction=float(d.drop_fraction), frequency=steps["frequency"])),
-    "rigl": _dst(jaxprune.rigl, lambda d, steps: dict(
-        end_step=steps["rigl_end"], drop_fraction=float(d.drop_fraction),
-        drop_schedule="cosine", frequency=steps["frequency"])),
-    "granet": _dst(jaxprune.granet, lambda d, steps: dict(
-        end_step=steps["granet_end"], begin_step=steps["granet_begin"],
-        frequency=steps["frequency"], initial_sparsity=0.0,
-        drop_fraction=float(d.granet_drop_fraction))),
-    "snip": _at_init(_snip),
-    "grasp": _at_init(_grasp),
-    "synflow": _at_init(_synflow),
-    "magnitude_init": _at_init(_magnitude_init),
-    "random_init": _at_init(_random_init),
-    "snip_shuffled": _at_init(_snip_shuffled),
+  "dense": Method(_optimizer, sparse=False),
+  "one_shot": _magnitude(_one_shot),
+  "gradual": _magnitude(_gradual),
+  "imp_ft": _imp(jaxprune.retraining.ft),
+  "imp_lrw": _imp(jaxprune.retraining.lrw),
+  "imp_slr": _imp(jaxprune.retraining.slr),
+  "imp_clr": _imp(jaxprune.retraining.clr),
+  "imp_llr": _imp(jaxprune.retraining.llr),
+  "static": _dst(jaxprune.static_sparse),
+  "set": _dst(
+    jaxprune.set_sparse,
+    lambda d, steps: dict(drop_fraction=float(d.drop_fraction), frequency=steps["frequency"]),
+  ),
+  "rigl": _dst(
+    jaxprune.rigl,
+    lambda d, steps: dict(
+      end_step=steps["rigl_end"],
+      drop_fraction=float(d.drop_fraction),
+      drop_schedule="cosine",
+      frequency=steps["frequency"],
+    ),
+  ),
+  "granet": _dst(
+    jaxprune.granet,
+    lambda d, steps: dict(
+      end_step=steps["granet_end"],
+      begin_step=steps["granet_begin"],
+      frequency=steps["frequency"],
+      initial_sparsity=0.0,
+      drop_fraction=float(d.granet_drop_fraction),
+    ),
+  ),
+  "snip": _at_init(_snip),
+  "grasp": _at_init(_grasp),
+  "synflow": _at_init(_synflow),
+  "magnitude_init": _at_init(_magnitude_init),
+  "random_init": _at_init(_random_init),
+  "snip_shuffled": _at_init(_snip_shuffled),
 }
 
 
 def validate(config: Config) -> None:
-    """Checks that every method of ``config.methods`` is known and has its config group.
+  """Checks that every method of ``config.methods`` is known and has its config group.
 
-    Args:
-        config: the config.
+  Args:
+      config: the config.
 
-    Raises:
-        ValueError: for an unknown method or a missing config group.
-    """
-    unknown = [m for m in config.methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"Unknown method(s) {unknown}; valid methods: {', '.join(METHODS)}")
-    for group in dict.fromkeys(METHODS[m].group for m in config.methods):
-        if group is not None and config.get(group, None) is None:
-            used = [m for m in config.methods if METHODS[m].group == group]
-            raise ValueError(f"the methods {used} need the config group {group!r}; see the "
-                             "configs in experiments/configs")
-
-
-def masked_setup(model: nn.Module, masks: Any, inner: optax.GradientTransformation, seed: int,
-                 image_shape: tuple, extras: Optional[dict] = None) -> train.RunSetup:
-    """A run that trains fixed ``masks`` (``jaxprune.static_sparse``) from ``seed``'s init.
-
-    The pruned weights are zeroed in the initial state, so that the first step already trains
-    the sparse network.
-
-    Args:
-        model: the Flax model.
-        masks: a tree like the params (bool arrays; None for leaves that are not pruned).
-        inner: the optimizer.
-        seed: the seed of the initialisation.
-        image_shape: the shape of one input.
-        extras: added to the run's record.
-
-    Returns:
-        The setup.
-    """
-    tx = jaxprune.static_sparse(masks=masks, inner=inner)
-    state = train.init_state(model, tx, seed, image_shape)
-    return train.RunSetup(tx, state._replace(params=jaxprune.apply_masks(state.params, masks)),
-                          extras)
+  Raises:
+      ValueError: for an unknown method or a missing config group.
+  """
+  unknown = [m for m in config.methods if m not in METHODS]
+  if unknown:
+    raise ValueError(f"Unknown method(s) {unknown}; valid methods: {', '.join(METHODS)}")
+  for group in dict.fromkeys(METHODS[m].group for m in config.methods):
+    if group is not None and config.get(group, None) is None:
+      used = [m for m in config.methods if METHODS[m].group == group]
+      raise ValueError(
+        f"the methods {used} need the config group {group!r}; see the "
+        "configs in experiments/configs"
+      )
 
 
-def _setup(config: Config, model: nn.Module, run: train.RunSpec,
-           dataset: data_lib.Dataset) -> train.RunSetup:
-    method = METHODS[run.method]
-    tx = method.make_tx(config, run.sparsity, run.seed)
-    if method.masks is None:
-        constants = None if method.stacks else (float(run.sparsity), int(run.seed))
-        return train.RunSetup(tx, train.init_state(model, tx, run.seed, dataset.image_shape),
-                              constants=constants)
-    # The seed's initialisation, as every other method of the sweep draws it.
-    params = train.init_state(model, optax.identity(), run.seed, dataset.image_shape).params
-    init = AtInit(params, model, first_batch(dataset, int(config.batch_size), run.seed),
-                  int(run.seed))
-    with warnings.catch_warnings():  # collapse is reported per run (`collapse_record`)
-        warnings.simplefilter("ignore", UserWarning)
-        masks = jax.device_get(method.masks(config, float(run.sparsity), init))
-    return masked_setup(model, masks, tx, run.seed, dataset.image_shape,
-                        extras={"at_init": collapse_record(masks)})
+def masked_setup(
+  model: nn.Module,
+  masks: Any,
+  inner: optax.GradientTransformation,
+  seed: int,
+  image_shape: tuple,
+  extras: Optional[dict] = None,
+) -> train.RunSetup:
+  """A run that trains fixed ``masks`` (``jaxprune.static_sparse``) from ``seed``'s init.
+
+  The pruned weights are zeroed in the initial state, so that the first step already trains
+  the sparse network.
+
+  Args:
+      model: the Flax model.
+      masks: a tree like the params (bool arrays; None for leaves that are not pruned).
+      inner: the optimizer.
+      seed: the seed of the initialisation.
+      image_shape: the shape of one input.
+      extras: added to the run's record.
+
+  Returns:
+      The setup.
+  """
+  tx = jaxprune.static_sparse(masks=masks, inner=inner)
+  state = train.init_state(model, tx, seed, image_shape)
+  return train.RunSetup(
+    tx, state._replace(params=jaxprune.apply_masks(state.params, masks)), extras
+  )
 
 
-def setups(config: Config, model: nn.Module, runs: Sequence[train.RunSpec],
-           dataset: data_lib.Dataset) -> list[train.RunSetup]:
-    """What `experiments.train.train_runs` trains for each of ``runs`` (of `METHODS`).
+def _setup(
+  config: Config, model: nn.Module, run: train.RunSpec, dataset: data_lib.Dataset
+) -> train.RunSetup:
+  method = METHODS[run.method]
+  tx = method.make_tx(config, run.sparsity, run.seed)
+  if method.masks is None:
+    constants = None if method.stacks else (float(run.sparsity), int(run.seed))
+    return train.RunSetup(
+      tx, train.init_state(model, tx, run.seed, dataset.image_shape), constants=constants
+    )
+  # The seed's initialisation, as every other method of the sweep draws it.
+  params = train.init_state(model, optax.identity(), run.seed, dataset.image_shape).params
+  init = AtInit(
+    params, model, first_batch(dataset, int(config.batch_size), run.seed), int(run.seed)
+  )
+  with warnings.catch_warnings():  # collapse is reported per run (`collapse_record`)
+    warnings.simplefilter("ignore", UserWarning)
+    masks = jax.device_get(method.masks(config, float(run.sparsity), init))
+  return masked_setup(
+    model, masks, tx, run.seed, dataset.image_shape, extras={"at_init": collapse_record(masks)}
+  )
 
-    Args:
-        config: the config.
-        model: the Flax model.
-        runs: the runs.
-        dataset: the dataset (its input shape; the first batch of pruning at initialisation).
 
-    Returns:
-        One setup per run: its transformation, its initial state from its seed (masked, for
-        pruning at initialisation, with the record's extras ``at_init``: `collapse_record`) and
-        its program's constants.
-    """
-    return [_setup(config, model, r, dataset) for r in runs]
+def setups(
+  config: Config, model: nn.Module, runs: Sequence[train.RunSpec], dataset: data_lib.Dataset
+) -> list[train.RunSetup]:
+  """What `experiments.train.train_runs` trains for each of ``runs`` (of `METHODS`).
+
+  Args:
+      config: the config.
+      model: the Flax model.
+      runs: the runs.
+      dataset: the dataset (its input shape; the first batch of pruning at initialisation).
+
+  Returns:
+      One setup per run: its transformation, its initial state from its seed (masked, for
+      pruning at initialisation, with the record's extras ``at_init``: `collapse_record`) and
+      its program's constants.
+  """
+  return [_setup(config, model, r, dataset) for r in runs]

@@ -40,169 +40,167 @@ he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
 def _flatten(x):
-    return x.reshape((x.shape[0], -1))
+  return x.reshape((x.shape[0], -1))
 
 
 class LeNet300100(nn.Module):
-    num_classes: int = 10
-    hidden: Sequence[int] = (300, 100)
+  num_classes: int = 10
+  hidden: Sequence[int] = (300, 100)
 
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        del train
-        x = _flatten(x)
-        for width in self.hidden:
-            x = nn.relu(nn.Dense(width, kernel_init=glorot_normal)(x))
-        return nn.Dense(self.num_classes, kernel_init=glorot_normal)(x)
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    x = _flatten(x)
+    for width in self.hidden:
+      x = nn.relu(nn.Dense(width, kernel_init=glorot_normal)(x))
+    return nn.Dense(self.num_classes, kernel_init=glorot_normal)(x)
 
 
 class LeNet5(nn.Module):
-    num_classes: int = 10
+  num_classes: int = 10
 
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        del train
-        for features in (20, 50):
-            x = nn.Conv(features, (5, 5), padding="VALID", kernel_init=glorot_normal)(x)
-            x = nn.relu(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = _flatten(x)
-        x = nn.relu(nn.Dense(500, kernel_init=glorot_normal)(x))
-        return nn.Dense(self.num_classes, kernel_init=glorot_normal)(x)
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    for features in (20, 50):
+      x = nn.Conv(features, (5, 5), padding="VALID", kernel_init=glorot_normal)(x)
+      x = nn.relu(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = _flatten(x)
+    x = nn.relu(nn.Dense(500, kernel_init=glorot_normal)(x))
+    return nn.Dense(self.num_classes, kernel_init=glorot_normal)(x)
 
 
 class ConvNet(nn.Module):
-    """Frankle & Carbin's Conv-n: pairs of 3x3 convs with max pooling, then 256-256-out."""
+  """Frankle & Carbin's Conv-n: pairs of 3x3 convs with max pooling, then 256-256-out."""
 
-    num_classes: int = 10
-    stages: Sequence[int] = (64,)
-    dense: Sequence[int] = (256, 256)
+  num_classes: int = 10
+  stages: Sequence[int] = (64,)
+  dense: Sequence[int] = (256, 256)
 
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        del train
-        for features in self.stages:
-            for _ in range(2):
-                x = nn.Conv(features, (3, 3), padding="SAME", kernel_init=glorot_normal)(x)
-                x = nn.relu(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = _flatten(x)
-        for width in self.dense:
-            x = nn.relu(nn.Dense(width, kernel_init=glorot_normal)(x))
-        return nn.Dense(self.num_classes, kernel_init=glorot_normal)(x)
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    for features in self.stages:
+      for _ in range(2):
+        x = nn.Conv(features, (3, 3), padding="SAME", kernel_init=glorot_normal)(x)
+        x = nn.relu(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = _flatten(x)
+    for width in self.dense:
+      x = nn.relu(nn.Dense(width, kernel_init=glorot_normal)(x))
+    return nn.Dense(self.num_classes, kernel_init=glorot_normal)(x)
 
 
 class Conv2(ConvNet):
-    stages: Sequence[int] = (64,)
+  stages: Sequence[int] = (64,)
 
 
 class Conv4(ConvNet):
-    stages: Sequence[int] = (64, 128)
+  stages: Sequence[int] = (64, 128)
 
 
 class Conv6(ConvNet):
-    stages: Sequence[int] = (64, 128, 256)
+  stages: Sequence[int] = (64, 128, 256)
 
 
 def _batch_norm(train: bool, **kw):
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, **kw)
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, **kw)
 
 
 class VGG(nn.Module):
-    """CIFAR-style VGG: ``stages`` is a list of lists of conv widths."""
+  """CIFAR-style VGG: ``stages`` is a list of lists of conv widths."""
 
-    num_classes: int = 10
-    stages: Sequence[Sequence[int]] = ((64, 64), (128, 128), (256, 256))
+  num_classes: int = 10
+  stages: Sequence[Sequence[int]] = ((64, 64), (128, 128), (256, 256))
 
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        for stage in self.stages:
-            for features in stage:
-                x = nn.Conv(features, (3, 3), padding="SAME", use_bias=False,
-                            kernel_init=he_normal)(x)
-                x = nn.relu(_batch_norm(train)(x))
-            x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
-        x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes)(x)
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    for stage in self.stages:
+      for features in stage:
+        x = nn.Conv(features, (3, 3), padding="SAME", use_bias=False, kernel_init=he_normal)(x)
+        x = nn.relu(_batch_norm(train)(x))
+      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes)(x)
 
 
 VGG_CONFIGS = {
-    "vgg_small": ((64, 64), (128, 128), (256, 256)),
-    "vgg11": ((64,), (128,), (256, 256), (512, 512), (512, 512)),
-    "vgg16": ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)),
+  "vgg_small": ((64, 64), (128, 128), (256, 256)),
+  "vgg11": ((64,), (128,), (256, 256), (512, 512), (512, 512)),
+  "vgg16": ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)),
 }
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers; identity shortcut, zero-padded ("option A") on downsampling."""
+  """Two 3x3 conv-BN layers; identity shortcut, zero-padded ("option A") on downsampling."""
 
-    features: int
-    stride: int = 1
+  features: int
+  stride: int = 1
 
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        def conv(s):
-            return nn.Conv(self.features, (3, 3), strides=(s, s), padding="SAME",
-                           use_bias=False, kernel_init=he_normal)
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    def conv(s):
+      return nn.Conv(
+        self.features, (3, 3), strides=(s, s), padding="SAME", use_bias=False, kernel_init=he_normal
+      )
 
-        y = nn.relu(_batch_norm(train)(conv(self.stride)(x)))
-        y = _batch_norm(train)(conv(1)(y))
-        shortcut = x
-        if self.stride != 1:
-            shortcut = shortcut[:, :: self.stride, :: self.stride, :]
-        extra = self.features - shortcut.shape[-1]
-        if extra > 0:
-            pad = (extra // 2, extra - extra // 2)
-            shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0), pad))
-        return nn.relu(y + shortcut)
+    y = nn.relu(_batch_norm(train)(conv(self.stride)(x)))
+    y = _batch_norm(train)(conv(1)(y))
+    shortcut = x
+    if self.stride != 1:
+      shortcut = shortcut[:, :: self.stride, :: self.stride, :]
+    extra = self.features - shortcut.shape[-1]
+    if extra > 0:
+      pad = (extra // 2, extra - extra // 2)
+      shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0), pad))
+    return nn.relu(y + shortcut)
 
 
 class ResNet20(nn.Module):
-    num_classes: int = 10
-    blocks_per_stage: int = 3
-    widths: Sequence[int] = (16, 32, 64)
+  num_classes: int = 10
+  blocks_per_stage: int = 3
+  widths: Sequence[int] = (16, 32, 64)
 
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        x = nn.Conv(self.widths[0], (3, 3), padding="SAME", use_bias=False,
-                    kernel_init=he_normal)(x)
-        x = nn.relu(_batch_norm(train)(x))
-        for i, width in enumerate(self.widths):
-            for j in range(self.blocks_per_stage):
-                stride = 2 if (i > 0 and j == 0) else 1
-                x = BasicBlock(width, stride)(x, train=train)
-        x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes)(x)
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(self.widths[0], (3, 3), padding="SAME", use_bias=False, kernel_init=he_normal)(x)
+    x = nn.relu(_batch_norm(train)(x))
+    for i, width in enumerate(self.widths):
+      for j in range(self.blocks_per_stage):
+        stride = 2 if (i > 0 and j == 0) else 1
+        x = BasicBlock(width, stride)(x, train=train)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes)(x)
 
 
 _FACTORIES: dict[str, Callable[[int], nn.Module]] = {
-    "lenet300_100": lambda n: LeNet300100(num_classes=n),
-    "lenet5": lambda n: LeNet5(num_classes=n),
-    "conv2": lambda n: Conv2(num_classes=n),
-    "conv4": lambda n: Conv4(num_classes=n),
-    "conv6": lambda n: Conv6(num_classes=n),
-    **{name: (lambda n, s=stages: VGG(num_classes=n, stages=s))
-       for name, stages in VGG_CONFIGS.items()},
-    "resnet20": lambda n: ResNet20(num_classes=n),
+  "lenet300_100": lambda n: LeNet300100(num_classes=n),
+  "lenet5": lambda n: LeNet5(num_classes=n),
+  "conv2": lambda n: Conv2(num_classes=n),
+  "conv4": lambda n: Conv4(num_classes=n),
+  "conv6": lambda n: Conv6(num_classes=n),
+  **{
+    name: (lambda n, s=stages: VGG(num_classes=n, stages=s)) for name, stages in VGG_CONFIGS.items()
+  },
+  "resnet20": lambda n: ResNet20(num_classes=n),
 }
 
 _ALIASES = {
-    "lenet300": "lenet300_100",
-    "lenet_300_100": "lenet300_100",
-    "lenet300100": "lenet300_100",
-    "lenet_5": "lenet5",
-    "resnet_20": "resnet20",
+  "lenet300": "lenet300_100",
+  "lenet_300_100": "lenet300_100",
+  "lenet300100": "lenet300_100",
+  "lenet_5": "lenet5",
+  "resnet_20": "resnet20",
 }
 
 MODEL_NAMES = tuple(sorted(_FACTORIES))
 
 
 def get_model(name: str, num_classes: int) -> nn.Module:
-    """Builds a model by name (case-insensitive; '-' and '_' are interchangeable)."""
-    key = str(name).strip().lower().replace("-", "_")
-    key = _ALIASES.get(key, key)
-    if key not in _FACTORIES:
-        raise ValueError(
-            f"Unknown model {name!r}; valid names are: {', '.join(MODEL_NAMES)}"
-        )
-    return _FACTORIES[key](int(num_classes))
+  """Builds a model by name (case-insensitive; '-' and '_' are interchangeable)."""
+  key = str(name).strip().lower().replace("-", "_")
+  key = _ALIASES.get(key, key)
+  if key not in _FACTORIES:
+    raise ValueError(f"Unknown model {name!r}; valid names are: {', '.join(MODEL_NAMES)}")
+  return _FACTORIES[key](int(num_classes))

@@ -22,155 +22,177 @@ import ml_collections
 import numpy as np
 
 from experiments import config as config_lib
-from experiments import methods
-from experiments import outputs
-from experiments import plots
-from experiments import runner
+from experiments import methods, outputs, plots, runner
 from experiments.train import RunSpec
 
 
 def sweep_plan(config: ml_collections.ConfigDict) -> list[tuple[str, float, int]]:
-    """Every run of the sweep, as ``(method, target sparsity, seed)``, seed-major.
+  """Every run of the sweep, as ``(method, target sparsity, seed)``, seed-major.
 
-    Args:
-        config: the config (``methods``, ``sparsities``, ``seeds``).
+  Args:
+      config: the config (``methods``, ``sparsities``, ``seeds``).
 
-    Returns:
-        The runs; the dense baseline appears once per seed with sparsity 0.
+  Returns:
+      The runs; the dense baseline appears once per seed with sparsity 0.
 
-    Raises:
-        ValueError: for an unknown method, a method without its config group, or a sparsity
-            outside ``(0, 1)``.
-    """
-    methods.validate(config)
-    for s in config.sparsities:
-        if not 0.0 < float(s) < 1.0:
-            raise ValueError(f"sparsities must lie in (0, 1), got {s}")
-    plan = []
-    for seed in config.seeds:
-        for method in config.methods:
-            if methods.METHODS[method].sparse:
-                plan.extend((method, float(s), int(seed)) for s in config.sparsities)
-            else:
-                plan.append((method, 0.0, int(seed)))
-    return plan
+  Raises:
+      ValueError: for an unknown method, a method without its config group, or a sparsity
+          outside ``(0, 1)``.
+  """
+  methods.validate(config)
+  for s in config.sparsities:
+    if not 0.0 < float(s) < 1.0:
+      raise ValueError(f"sparsities must lie in (0, 1), got {s}")
+  plan = []
+  for seed in config.seeds:
+    for method in config.methods:
+      if methods.METHODS[method].sparse:
+        plan.extend((method, float(s), int(seed)) for s in config.sparsities)
+      else:
+        plan.append((method, 0.0, int(seed)))
+  return plan
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Checks a sweep config before anything is trained.
+  """Checks a sweep config before anything is trained.
 
-    Args:
-        config: the config.
+  Args:
+      config: the config.
 
-    Raises:
-        ValueError: for a bad method, sparsity, optimizer, schedule, method setting (e.g. IMP
-            cycles) or published point.
-    """
-    for method, sparsity, seed in sweep_plan(config):
-        methods.METHODS[method].make_tx(config, sparsity, seed)
-    outputs.published_points(config)
+  Raises:
+      ValueError: for a bad method, sparsity, optimizer, schedule, method setting (e.g. IMP
+          cycles) or published point.
+  """
+  for method, sparsity, seed in sweep_plan(config):
+    methods.METHODS[method].make_tx(config, sparsity, seed)
+  outputs.published_points(config)
 
 
 def run_groups(config: ml_collections.ConfigDict) -> list[list[RunSpec]]:
-    """The runs of `sweep_plan` grouped into the programs that train them.
+  """The runs of `sweep_plan` grouped into the programs that train them.
 
-    Args:
-        config: the config; ``vmap_seeds`` groups the seeds of a (method, sparsity),
-            ``vmap_sparsities`` the sparsities of a (method, seed), both together every run
-            of a method.
+  Args:
+      config: the config; ``vmap_seeds`` groups the seeds of a (method, sparsity),
+          ``vmap_sparsities`` the sparsities of a (method, seed), both together every run
+          of a method.
 
-    Returns:
-        The groups, in method order; a group of one run is trained without vmap. The runs of
-        a method that does not stack (`experiments.methods.Method.stacks`) are never grouped.
-    """
-    by_seed = bool(config.get("vmap_seeds", True))
-    by_sparsity = bool(config.get("vmap_sparsities", False))
-    groups: dict[tuple, list[RunSpec]] = {}
-    for method, sparsity, seed in sweep_plan(config):
-        stacks = methods.METHODS[method].stacks
-        key = (method, None if by_sparsity and stacks else sparsity,
-               None if by_seed and stacks else seed)
-        groups.setdefault(key, []).append(RunSpec(method, sparsity, seed))
-    order = {m: i for i, m in enumerate(config.methods)}
-    return sorted(groups.values(), key=lambda g: order[g[0].method])
+  Returns:
+      The groups, in method order; a group of one run is trained without vmap. The runs of
+      a method that does not stack (`experiments.methods.Method.stacks`) are never grouped.
+  """
+  by_seed = bool(config.get("vmap_seeds", True))
+  by_sparsity = bool(config.get("vmap_sparsities", False))
+  groups: dict[tuple, list[RunSpec]] = {}
+  for method, sparsity, seed in sweep_plan(config):
+    stacks = methods.METHODS[method].stacks
+    key = (
+      method,
+      None if by_sparsity and stacks else sparsity,
+      None if by_seed and stacks else seed,
+    )
+    groups.setdefault(key, []).append(RunSpec(method, sparsity, seed))
+  order = {m: i for i, m in enumerate(config.methods)}
+  return sorted(groups.values(), key=lambda g: order[g[0].method])
 
 
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Runs the whole sweep described by ``config`` and writes its outputs.
+  """Runs the whole sweep described by ``config`` and writes its outputs.
 
-    Args:
-        config: the config.
+  Args:
+      config: the config.
 
-    Returns:
-        ``records`` (one per run, in `sweep_plan` order), ``aggregate``, ``wall_time_s``,
-        ``output_dir``, ``macs`` and ``published``.
+  Returns:
+      ``records`` (one per run, in `sweep_plan` order), ``aggregate``, ``wall_time_s``,
+      ``output_dir``, ``macs`` and ``published``.
 
-    Raises:
-        FileNotFoundError: if the dataset is not prepared.
-        ValueError: for a bad method, sparsity or published point.
-        experiments.train.StopRequested: after the checkpoint of ``config.stop_after_step``.
-    """
-    plan = sweep_plan(config)
-    groups = run_groups(config)
-    published = outputs.published_points(config)
-    cycles = [methods.METHODS[m].cycle_steps(config) for m in config.methods
-              if methods.METHODS[m].cycle_steps is not None]
-    with runner.start(config, "sweep", len(plan)) as experiment:
-        log, out_dir, macs = experiment.log, experiment.out_dir, experiment.macs
-        fingerprint = config_lib.fingerprint(config)
-        log(f"Sweep: {len(plan)} runs of {config.model} ({macs['total']:,} multiply-adds per "
-            f"example), {config.num_train_steps} steps each, in {len(groups)} program(s) "
-            f"(vmap_seeds={bool(config.get('vmap_seeds', True))}, vmap_sparsities="
-            f"{bool(config.get('vmap_sparsities', False))}); pruning steps "
-            f"{methods.prune_steps(config)}{f', IMP cycles {cycles[0]}' if cycles else ''}; "
-            f"config fingerprint {fingerprint}; jax backend {jax.default_backend()}")
-        records: dict[str, dict] = {}
-        for group in groups:
-            for spec, record in zip(group, experiment.train(group)):
-                records[spec.name] = record
-                f = record["final"]
-                log(f"==> {spec.name}: test acc {f['test_accuracy']:.4f}, sparsity "
-                    f"{f['sparsity']:.4f} (kernels {f['kernel_sparsity']:.4f}), compression "
-                    f"{f['compression_ratio']:.2f}x, speedup {f['theoretical_speedup']:.2f}x, "
-                    f"{record['train_time_s']:.1f}s"
-                    + (f" (vmapped x{len(record['trained_with'])})" if record.get("vmapped")
-                       else ""))
+  Raises:
+      FileNotFoundError: if the dataset is not prepared.
+      ValueError: for a bad method, sparsity or published point.
+      experiments.train.StopRequested: after the checkpoint of ``config.stop_after_step``.
+  """
+  plan = sweep_plan(config)
+  groups = run_groups(config)
+  published = outputs.published_points(config)
+  cycles = [
+    methods.METHODS[m].cycle_steps(config)
+    for m in config.methods
+    if methods.METHODS[m].cycle_steps is not None
+  ]
+  with runner.start(config, "sweep", len(plan)) as experiment:
+    log, out_dir, macs = experiment.log, experiment.out_dir, experiment.macs
+    fingerprint = config_lib.fingerprint(config)
+    log(
+      f"Sweep: {len(plan)} runs of {config.model} ({macs['total']:,} multiply-adds per "
+      f"example), {config.num_train_steps} steps each, in {len(groups)} program(s) "
+      f"(vmap_seeds={bool(config.get('vmap_seeds', True))}, vmap_sparsities="
+      f"{bool(config.get('vmap_sparsities', False))}); pruning steps "
+      f"{methods.prune_steps(config)}{f', IMP cycles {cycles[0]}' if cycles else ''}; "
+      f"config fingerprint {fingerprint}; jax backend {jax.default_backend()}"
+    )
+    records: dict[str, dict] = {}
+    for group in groups:
+      for spec, record in zip(group, experiment.train(group)):
+        records[spec.name] = record
+        f = record["final"]
+        log(
+          f"==> {spec.name}: test acc {f['test_accuracy']:.4f}, sparsity "
+          f"{f['sparsity']:.4f} (kernels {f['kernel_sparsity']:.4f}), compression "
+          f"{f['compression_ratio']:.2f}x, speedup {f['theoretical_speedup']:.2f}x, "
+          f"{record['train_time_s']:.1f}s"
+          + (f" (vmapped x{len(record['trained_with'])})" if record.get("vmapped") else "")
+        )
 
-        ordered = [records[RunSpec(*p).name] for p in plan]
-        meta = {"model": config.model, "dataset": config.dataset,
-                "num_train_steps": int(config.num_train_steps), "fingerprint": fingerprint,
-                "macs_per_example": macs["total"], "macs_by_leaf": macs["by_leaf"],
-                "published": published,
-                "wall_time_s": experiment.elapsed()}
-        agg = outputs.write_summary(ordered, out_dir, meta)
-        markdown = outputs.format_markdown(agg, published)
-        collapse = outputs.collapse_rows(ordered)
-        if collapse:  # pruning at initialisation: which masks collapse the network
-            outputs.write_rows(collapse, out_dir / "collapse.csv")
-            markdown += "\n\n" + outputs.format_collapse(collapse)
-        (out_dir / "summary.md").write_text(markdown + "\n")
-        title = f"{config.model} on {config.dataset}"
-        error = bool(config.get("plot_error", False))
-        png = "error_vs_sparsity.png" if error else "accuracy_vs_sparsity.png"
-        if config.get("plots", True):
-            plots.plot_accuracy_vs_sparsity(agg, out_dir / png, title, published, error=error)
-            plots.plot_training_curves(ordered, out_dir / "training_curves.png", title)
-            if cycles:  # IMP: its retraining schedules, its prunes dotted
-                png += ", learning_rates.png"
-                plots.plot_learning_rates(
-                    {m: methods.METHODS[m].learning_rate(config) for m in config.methods},
-                    int(config.num_train_steps), out_dir / "learning_rates.png",
-                    f"{title}: learning rates", boundaries=list(np.cumsum(cycles[0])[:-1]))
-        log("")
-        log(f"Final test accuracy, {title} ({config.num_train_steps} steps, sparsity, "
-            "compression ratio and theoretical speedup measured on the final parameters):")
-        log(outputs.format_table(agg))
-        if published:
-            log(outputs.format_published(published))
-        if collapse:
-            log("")
-            log(outputs.format_collapse(collapse))
-        pngs = f"{png}, training_curves.png, " if config.get("plots", True) else ""
-        wall = experiment.finish(f"summary.{{json,csv,md}}, {pngs}runs/ and checkpoints/")
-        return {"records": ordered, "aggregate": agg, "wall_time_s": wall,
-                "output_dir": str(out_dir), "macs": macs, "published": published}
+    ordered = [records[RunSpec(*p).name] for p in plan]
+    meta = {
+      "model": config.model,
+      "dataset": config.dataset,
+      "num_train_steps": int(config.num_train_steps),
+      "fingerprint": fingerprint,
+      "macs_per_example": macs["total"],
+      "macs_by_leaf": macs["by_leaf"],
+      "published": published,
+      "wall_time_s": experiment.elapsed(),
+    }
+    agg = outputs.write_summary(ordered, out_dir, meta)
+    markdown = outputs.format_markdown(agg, published)
+    collapse = outputs.collapse_rows(ordered)
+    if collapse:  # pruning at initialisation: which masks collapse the network
+      outputs.write_rows(collapse, out_dir / "collapse.csv")
+      markdown += "\n\n" + outputs.format_collapse(collapse)
+    (out_dir / "summary.md").write_text(markdown + "\n")
+    title = f"{config.model} on {config.dataset}"
+    error = bool(config.get("plot_error", False))
+    png = "error_vs_sparsity.png" if error else "accuracy_vs_sparsity.png"
+    if config.get("plots", True):
+      plots.plot_accuracy_vs_sparsity(agg, out_dir / png, title, published, error=error)
+      plots.plot_training_curves(ordered, out_dir / "training_curves.png", title)
+      if cycles:  # IMP: its retraining schedules, its prunes dotted
+        png += ", learning_rates.png"
+        plots.plot_learning_rates(
+          {m: methods.METHODS[m].learning_rate(config) for m in config.methods},
+          int(config.num_train_steps),
+          out_dir / "learning_rates.png",
+          f"{title}: learning rates",
+          boundaries=list(np.cumsum(cycles[0])[:-1]),
+        )
+    log("")
+    log(
+      f"Final test accuracy, {title} ({config.num_train_steps} steps, sparsity, "
+      "compression ratio and theoretical speedup measured on the final parameters):"
+    )
+    log(outputs.format_table(agg))
+    if published:
+      log(outputs.format_published(published))
+    if collapse:
+      log("")
+      log(outputs.format_collapse(collapse))
+    pngs = f"{png}, training_curves.png, " if config.get("plots", True) else ""
+    wall = experiment.finish(f"summary.{{json,csv,md}}, {pngs}runs/ and checkpoints/")
+    return {
+      "records": ordered,
+      "aggregate": agg,
+      "wall_time_s": wall,
+      "output_dir": str(out_dir),
+      "macs": macs,
+      "published": published,
+    }

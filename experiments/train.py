@@ -35,594 +35,701 @@ import numpy as np
 import optax
 
 import jaxprune
-from experiments import checkpointing
+from experiments import checkpointing, evaluation, models, stacking
 from experiments import config as config_lib
 from experiments import data as data_lib
-from experiments import evaluation
-from experiments import models
-from experiments import stacking
 from jaxprune.leaves import path_str
 
 
 class StopRequested(Exception):
-    """Raised after the checkpoint of ``config.stop_after_step``: a simulated kill.
+  """Raised after the checkpoint of ``config.stop_after_step``: a simulated kill.
 
-    Rerunning the same command resumes from that checkpoint.
-    """
+  Rerunning the same command resumes from that checkpoint.
+  """
 
 
 class RunSpec(NamedTuple):
-    """One run of a sweep.
+  """One run of a sweep.
 
-    ``tag``, when given, names the run instead of its sparsity (the lottery-ticket runs of
-    `experiments.lottery`: ``ticket_seed0``, ``reinit_r07_seed0``).
-    """
+  ``tag``, when given, names the run instead of its sparsity (the lottery-ticket runs of
+  `experiments.lottery`: ``ticket_seed0``, ``reinit_r07_seed0``).
+  """
 
-    method: str
-    sparsity: float
-    seed: int
-    tag: Optional[str] = None
+  method: str
+  sparsity: float
+  seed: int
+  tag: Optional[str] = None
 
-    @property
-    def name(self) -> str:
-        """The run's name: ``dense_seed0`` (sparsity 0: the dense baseline), ``gradual_s0.9_seed1``."""
-        if self.tag is not None:
-            return "_".join(x for x in (self.method, self.tag) if x) + f"_seed{self.seed}"
-        if self.sparsity == 0:
-            return f"{self.method}_seed{self.seed}"
-        return f"{self.method}_s{self.sparsity:g}_seed{self.seed}"
+  @property
+  def name(self) -> str:
+    """The run's name: ``dense_seed0`` (sparsity 0: the dense baseline), ``gradual_s0.9_seed1``."""
+    if self.tag is not None:
+      return "_".join(x for x in (self.method, self.tag) if x) + f"_seed{self.seed}"
+    if self.sparsity == 0:
+      return f"{self.method}_seed{self.seed}"
+    return f"{self.method}_s{self.sparsity:g}_seed{self.seed}"
 
 
 class TrainState(NamedTuple):
-    """Everything one run carries from step to step (per run, or stacked over runs)."""
+  """Everything one run carries from step to step (per run, or stacked over runs)."""
 
-    params: Any
-    model_state: Any
-    opt_state: Any
-    rng: jax.Array
-    loss_sum: jax.Array
-    accuracy_sum: jax.Array
+  params: Any
+  model_state: Any
+  opt_state: Any
+  rng: jax.Array
+  loss_sum: jax.Array
+  accuracy_sum: jax.Array
 
 
 class RunSetup(NamedTuple):
-    """What one run trains: its transformation, its initial state and what its record adds.
+  """What one run trains: its transformation, its initial state and what its record adds.
 
-    ``constants`` is what the transformation fixes that another run of its method may not
-    share (the sparsity and mask seed of a dynamic sparse method): a run with constants gets
-    a compiled program of its own. ``extras`` are added to the run's record.
-    """
+  ``constants`` is what the transformation fixes that another run of its method may not
+  share (the sparsity and mask seed of a dynamic sparse method): a run with constants gets
+  a compiled program of its own. ``extras`` are added to the run's record.
+  """
 
-    tx: optax.GradientTransformation
-    template: TrainState
-    extras: Optional[dict] = None
-    constants: Optional[tuple] = None
+  tx: optax.GradientTransformation
+  template: TrainState
+  extras: Optional[dict] = None
+  constants: Optional[tuple] = None
 
 
 class DeviceData(NamedTuple):
-    """The training split on the device, the padded test split and an optional validation split
-    (held out of the training split, evaluated beside the test split when present)."""
+  """The training split on the device, the padded test split and an optional validation split
+  (held out of the training split, evaluated beside the test split when present)."""
 
-    train_images: jax.Array
-    train_labels: jax.Array
-    test: evaluation.TestData
-    validation: Optional[evaluation.TestData] = None
+  train_images: jax.Array
+  train_labels: jax.Array
+  test: evaluation.TestData
+  validation: Optional[evaluation.TestData] = None
 
 
-def prepare_data(dataset: data_lib.Dataset, eval_batch_size: int,
-                 validation: Optional[data_lib.Split] = None) -> DeviceData:
-    """Puts a dataset on the device once for all the runs of an experiment.
+def prepare_data(
+  dataset: data_lib.Dataset, eval_batch_size: int, validation: Optional[data_lib.Split] = None
+) -> DeviceData:
+  """Puts a dataset on the device once for all the runs of an experiment.
 
-    Args:
-        dataset: the loaded dataset.
-        eval_batch_size: examples per evaluation batch.
-        validation: a split held out of the training split, evaluated beside the test split.
+  Args:
+      dataset: the loaded dataset.
+      eval_batch_size: examples per evaluation batch.
+      validation: a split held out of the training split, evaluated beside the test split.
 
-    Returns:
-        The device copies.
-    """
-    return DeviceData(
-        jnp.asarray(dataset.train.images), jnp.asarray(dataset.train.labels),
-        evaluation.prepare_test_data(dataset.test, eval_batch_size),
-        None if validation is None else evaluation.prepare_test_data(validation, eval_batch_size))
+  Returns:
+      The device copies.
+  """
+  return DeviceData(
+    jnp.asarray(dataset.train.images),
+    jnp.asarray(dataset.train.labels),
+    evaluation.prepare_test_data(dataset.test, eval_batch_size),
+    None if validation is None else evaluation.prepare_test_data(validation, eval_batch_size),
+  )
 
 
 # ============================================================================ programs
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation, seed: int,
-               image_shape: tuple) -> TrainState:
-    """A run's initial state: params from its seed, optimizer state, RNG key, zero sums.
+def init_state(
+  model: nn.Module, tx: optax.GradientTransformation, seed: int, image_shape: tuple
+) -> TrainState:
+  """A run's initial state: params from its seed, optimizer state, RNG key, zero sums.
 
-    Args:
-        model: the Flax model.
-        tx: the run's transformation (its target sparsity is stored in the state).
-        seed: the run's seed.
-        image_shape: the shape of one input.
+  Args:
+      model: the Flax model.
+      tx: the run's transformation (its target sparsity is stored in the state).
+      seed: the run's seed.
+      image_shape: the shape of one input.
 
-    Returns:
-        The state.
-    """
-    init_key, rng = jax.random.split(jax.random.PRNGKey(int(seed)))
-    variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    params = variables["params"]
-    model_state = {k: v for k, v in variables.items() if k != "params"}
-    zero = jnp.zeros((), jnp.float32)
-    state = TrainState(params, model_state, tx.init(params), rng, zero, zero)
-    # Strong dtypes everywhere, so that a restored state has the same jit signature.
-    return jax.tree.map(lambda x: jnp.asarray(x, jnp.result_type(x)), state)
+  Returns:
+      The state.
+  """
+  init_key, rng = jax.random.split(jax.random.PRNGKey(int(seed)))
+  variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  params = variables["params"]
+  model_state = {k: v for k, v in variables.items() if k != "params"}
+  zero = jnp.zeros((), jnp.float32)
+  state = TrainState(params, model_state, tx.init(params), rng, zero, zero)
+  # Strong dtypes everywhere, so that a restored state has the same jit signature.
+  return jax.tree.map(lambda x: jnp.asarray(x, jnp.result_type(x)), state)
 
 
 def make_train_fn(model: nn.Module, tx: optax.GradientTransformation) -> Callable:
-    """The (unjitted) training of one run for a number of steps.
+  """The (unjitted) training of one run for a number of steps.
 
-    Args:
-        model: the Flax model.
-        tx: the transformation.
+  Args:
+      model: the Flax model.
+      tx: the transformation.
 
-    Returns:
-        ``train(state, indices, num_steps, images, labels) -> state``: runs ``num_steps``
-        steps (a traced count, at most ``len(indices)``), step ``i`` on the examples
-        ``indices[i]`` of ``images`` / ``labels``.
-    """
+  Returns:
+      ``train(state, indices, num_steps, images, labels) -> state``: runs ``num_steps``
+      steps (a traced count, at most ``len(indices)``), step ``i`` on the examples
+      ``indices[i]`` of ``images`` / ``labels``.
+  """
 
-    def step(state: TrainState, x, y) -> TrainState:
-        rng, dropout_rng = jax.random.split(state.rng)
+  def step(state: TrainState, x, y) -> TrainState:
+    rng, dropout_rng = jax.random.split(state.rng)
 
-        def loss_fn(params):
-            variables = {"params": params, **state.model_state}
-            rngs = {"dropout": dropout_rng}
-            if state.model_state:
-                logits, new_model_state = model.apply(
-                    variables, x, train=True, rngs=rngs,
-                    mutable=list(state.model_state.keys()))
-            else:
-                logits = model.apply(variables, x, train=True, rngs=rngs)
-                new_model_state = state.model_state
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            return loss, (logits, new_model_state)
+    def loss_fn(params):
+      variables = {"params": params, **state.model_state}
+      rngs = {"dropout": dropout_rng}
+      if state.model_state:
+        logits, new_model_state = model.apply(
+          variables, x, train=True, rngs=rngs, mutable=list(state.model_state.keys())
+        )
+      else:
+        logits = model.apply(variables, x, train=True, rngs=rngs)
+        new_model_state = state.model_state
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+      return loss, (logits, new_model_state)
 
-        (loss, (logits, new_model_state)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        accuracy = jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
-        return TrainState(params, dict(new_model_state), opt_state, rng,
-                          state.loss_sum + loss, state.accuracy_sum + accuracy)
+    (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params
+    )
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    accuracy = jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
+    return TrainState(
+      params,
+      dict(new_model_state),
+      opt_state,
+      rng,
+      state.loss_sum + loss,
+      state.accuracy_sum + accuracy,
+    )
 
-    def train(state, indices, num_steps, images, labels):
-        def body(i, s):
-            idx = indices[i]
-            return step(s, images[idx], labels[idx])
+  def train(state, indices, num_steps, images, labels):
+    def body(i, s):
+      idx = indices[i]
+      return step(s, images[idx], labels[idx])
 
-        return jax.lax.fori_loop(0, num_steps, body, state)
+    return jax.lax.fori_loop(0, num_steps, body, state)
 
-    return train
+  return train
 
 
 class Program(NamedTuple):
-    """The compiled training and evaluation of a run, or of a stacked group of runs."""
+  """The compiled training and evaluation of a run, or of a stacked group of runs."""
 
-    train: Callable
-    evaluate: Callable
+  train: Callable
+  evaluate: Callable
 
 
 _TRAIN_PROGRAMS: dict[tuple, Callable] = {}
 _EVAL_PROGRAMS: dict[tuple, Callable] = {}
 
 
-def get_program(key: tuple, model: nn.Module, tx: optax.GradientTransformation,
-                eval_batch_size: int, axes: Any = None) -> Program:
-    """The jitted (and, with ``axes``, vmapped) programs, cached under ``key``.
+def get_program(
+  key: tuple,
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  eval_batch_size: int,
+  axes: Any = None,
+) -> Program:
+  """The jitted (and, with ``axes``, vmapped) programs, cached under ``key``.
 
-    Cached so that every run of a method, every sparsity and every resumed run reuses one
-    compiled training program, and every method one evaluation program.
+  Cached so that every run of a method, every sparsity and every resumed run reuses one
+  compiled training program, and every method one evaluation program.
 
-    Args:
-        key: what determines the training program (config fingerprint, method, ...).
-        model: the Flax model (its config and the number of classes determine the
-            evaluation program).
-        tx: the transformation (any sparsity: it is read from the state).
-        eval_batch_size: the test data's batch size.
-        axes: `experiments.stacking.run_axes` of a run's `TrainState` to vmap over stacked
-            runs, or None for one run.
+  Args:
+      key: what determines the training program (config fingerprint, method, ...).
+      model: the Flax model (its config and the number of classes determine the
+          evaluation program).
+      tx: the transformation (any sparsity: it is read from the state).
+      eval_batch_size: the test data's batch size.
+      axes: `experiments.stacking.run_axes` of a run's `TrainState` to vmap over stacked
+          runs, or None for one run.
 
-    Returns:
-        The programs.
-    """
-    vmapped = axes is not None
-    train_key = (key, vmapped)
-    if train_key not in _TRAIN_PROGRAMS:
-        train = make_train_fn(model, tx)
-        if vmapped:
-            train = jax.vmap(train, in_axes=(axes, 0, None, None, None), out_axes=axes)
-        _TRAIN_PROGRAMS[train_key] = jax.jit(train)
-    eval_key = (repr(model), vmapped, int(eval_batch_size))
-    if eval_key not in _EVAL_PROGRAMS:
-        evaluate = evaluation.make_eval_fn(model, eval_batch_size)
-        if vmapped:
-            evaluate = jax.vmap(evaluate, in_axes=(axes.params, axes.model_state, None,
-                                                   None, None))
-        _EVAL_PROGRAMS[eval_key] = jax.jit(evaluate)
-    return Program(_TRAIN_PROGRAMS[train_key], _EVAL_PROGRAMS[eval_key])
+  Returns:
+      The programs.
+  """
+  vmapped = axes is not None
+  train_key = (key, vmapped)
+  if train_key not in _TRAIN_PROGRAMS:
+    train = make_train_fn(model, tx)
+    if vmapped:
+      train = jax.vmap(train, in_axes=(axes, 0, None, None, None), out_axes=axes)
+    _TRAIN_PROGRAMS[train_key] = jax.jit(train)
+  eval_key = (repr(model), vmapped, int(eval_batch_size))
+  if eval_key not in _EVAL_PROGRAMS:
+    evaluate = evaluation.make_eval_fn(model, eval_batch_size)
+    if vmapped:
+      evaluate = jax.vmap(evaluate, in_axes=(axes.params, axes.model_state, None, None, None))
+    _EVAL_PROGRAMS[eval_key] = jax.jit(evaluate)
+  return Program(_TRAIN_PROGRAMS[train_key], _EVAL_PROGRAMS[eval_key])
 
 
 # ============================================================================ the run loop
 
 
 def _next_multiple(step: int, every: int) -> float:
-    return (step // every + 1) * every if every > 0 else math.inf
+  return (step // every + 1) * every if every > 0 else math.inf
 
 
 def _reset_sums(state: TrainState) -> TrainState:
-    return state._replace(loss_sum=jnp.zeros_like(state.loss_sum),
-                          accuracy_sum=jnp.zeros_like(state.accuracy_sum))
+  return state._replace(
+    loss_sum=jnp.zeros_like(state.loss_sum), accuracy_sum=jnp.zeros_like(state.accuracy_sum)
+  )
 
 
-def _restore(checkpoints: Sequence[checkpointing.RunCheckpoints], templates: Sequence,
-             fingerprint: str, log: Callable) -> tuple[int, list, list[dict]]:
-    """The latest step checkpointed by every run with this fingerprint, restored."""
-    common = set.intersection(*(set(c.steps()) for c in checkpoints))
-    for step in sorted(common, reverse=True):
-        metas = [c.read_meta(step) for c in checkpoints]
-        if all(m.get("fingerprint") == fingerprint for m in metas):
-            restored = [c.restore(step, t) for c, t in zip(checkpoints, templates)]
-            return step, [s for s, _ in restored], [m for _, m in restored]
-    if any(c.steps() for c in checkpoints):
-        log(f"Ignoring the checkpoints in {checkpoints[0].directory.parent} of "
-            f"{', '.join(c.directory.name for c in checkpoints)}: none was saved by this "
-            "config at a step common to these runs; training from scratch")
-    return 0, list(templates), []
+def _restore(
+  checkpoints: Sequence[checkpointing.RunCheckpoints],
+  templates: Sequence,
+  fingerprint: str,
+  log: Callable,
+) -> tuple[int, list, list[dict]]:
+  """The latest step checkpointed by every run with this fingerprint, restored."""
+  common = set.intersection(*(set(c.steps()) for c in checkpoints))
+  for step in sorted(common, reverse=True):
+    metas = [c.read_meta(step) for c in checkpoints]
+    if all(m.get("fingerprint") == fingerprint for m in metas):
+      restored = [c.restore(step, t) for c, t in zip(checkpoints, templates)]
+      return step, [s for s, _ in restored], [m for _, m in restored]
+  if any(c.steps() for c in checkpoints):
+    log(
+      f"Ignoring the checkpoints in {checkpoints[0].directory.parent} of "
+      f"{', '.join(c.directory.name for c in checkpoints)}: none was saved by this "
+      "config at a step common to these runs; training from scratch"
+    )
+  return 0, list(templates), []
 
 
 def train_runs(
-    config: ml_collections.ConfigDict,
-    dataset: data_lib.Dataset,
-    runs: Sequence[RunSpec],
-    setups: Sequence[RunSetup],
-    *,
-    data: DeviceData,
-    mac_counts: dict[str, Any],
-    output_dir: Path,
-    vmap: bool = True,
-    log: Callable[[str], None] = print,
-    position: int = 1,
+  config: ml_collections.ConfigDict,
+  dataset: data_lib.Dataset,
+  runs: Sequence[RunSpec],
+  setups: Sequence[RunSetup],
+  *,
+  data: DeviceData,
+  mac_counts: dict[str, Any],
+  output_dir: Path,
+  vmap: bool = True,
+  log: Callable[[str], None] = print,
+  position: int = 1,
 ) -> list[dict]:
-    """Trains runs of one method, as one vmapped program if ``vmap`` and there are several.
+  """Trains runs of one method, as one vmapped program if ``vmap`` and there are several.
 
-    Resumes from the runs' latest common checkpoint in ``output_dir/checkpoints/<run>/``
-    when ``config.resume`` (and the checkpoints were saved by a config with the same
-    `experiments.config.fingerprint`); saves every ``checkpoint_interval(config)`` steps and
-    at the end.
+  Resumes from the runs' latest common checkpoint in ``output_dir/checkpoints/<run>/``
+  when ``config.resume`` (and the checkpoints were saved by a config with the same
+  `experiments.config.fingerprint`); saves every ``checkpoint_interval(config)`` steps and
+  at the end.
 
-    Runs whose optimizer holds a ``jaxprune.imp`` state are also evaluated at the end of
-    every IMP cycle; their evaluation records carry the cycle (``cycle``, ``cycle_step``,
-    ``cycle_end``, ``planned_sparsity``) and the sparsity of the masks (``mask_sparsity``,
-    ``mask_leaf_sparsity``, ``mask_leaf_zeros``), and the masks of every cycle are written at
-    its end to ``output_dir/masks/<run>/cycle_<c>.npz`` (one bool array per pruned leaf).
+  Runs whose optimizer holds a ``jaxprune.imp`` state are also evaluated at the end of
+  every IMP cycle; their evaluation records carry the cycle (``cycle``, ``cycle_step``,
+  ``cycle_end``, ``planned_sparsity``) and the sparsity of the masks (``mask_sparsity``,
+  ``mask_leaf_sparsity``, ``mask_leaf_zeros``), and the masks of every cycle are written at
+  its end to ``output_dir/masks/<run>/cycle_<c>.npz`` (one bool array per pruned leaf).
 
-    Args:
-        config: the config.
-        dataset: the dataset (for its shapes and sizes).
-        runs: the runs, all of the same method.
-        setups: one per run (`experiments.methods.setups` for the methods of a sweep); their
-            states must share their structure (the program is built from the first).
-        data: the device copies of the dataset, from `prepare_data`.
-        mac_counts: `experiments.evaluation.model_macs` of the model.
-        output_dir: the experiment's output directory.
-        vmap: train several runs as one vmapped program (else ``runs`` must hold one run).
-        log: prints a line.
-        position: tqdm position of the progress bar.
+  Args:
+      config: the config.
+      dataset: the dataset (for its shapes and sizes).
+      runs: the runs, all of the same method.
+      setups: one per run (`experiments.methods.setups` for the methods of a sweep); their
+          states must share their structure (the program is built from the first).
+      data: the device copies of the dataset, from `prepare_data`.
+      mac_counts: `experiments.evaluation.model_macs` of the model.
+      output_dir: the experiment's output directory.
+      vmap: train several runs as one vmapped program (else ``runs`` must hold one run).
+      log: prints a line.
+      position: tqdm position of the progress bar.
 
-    Returns:
-        One record per run: its evaluations, final metrics and `RunSetup.extras`.
+  Returns:
+      One record per run: its evaluations, final metrics and `RunSetup.extras`.
 
-    Raises:
-        ValueError: for runs of different methods, several runs without ``vmap``, or not one
-            setup per run.
-        StopRequested: after the checkpoint of ``config.stop_after_step``.
-    """
-    if len({r.method for r in runs}) != 1:
-        raise ValueError("train_runs: the runs must share their method")
-    if len(runs) > 1 and not vmap:
-        raise ValueError("train_runs: several runs are only trained together when vmapped")
-    if len(setups) != len(runs):
-        raise ValueError("train_runs: one setup per run")
-    method = runs[0].method
-    num_steps = int(config.num_train_steps)
-    eval_every = max(1, int(config.eval_every))
-    checkpoint_every = config_lib.checkpoint_interval(config)
-    batch_size = int(config.batch_size)
-    num_examples = len(dataset.train)
-    fingerprint = config_lib.fingerprint(config)
-    stacked = vmap and len(runs) > 1
+  Raises:
+      ValueError: for runs of different methods, several runs without ``vmap``, or not one
+          setup per run.
+      StopRequested: after the checkpoint of ``config.stop_after_step``.
+  """
+  if len({r.method for r in runs}) != 1:
+    raise ValueError("train_runs: the runs must share their method")
+  if len(runs) > 1 and not vmap:
+    raise ValueError("train_runs: several runs are only trained together when vmapped")
+  if len(setups) != len(runs):
+    raise ValueError("train_runs: one setup per run")
+  method = runs[0].method
+  num_steps = int(config.num_train_steps)
+  eval_every = max(1, int(config.eval_every))
+  checkpoint_every = config_lib.checkpoint_interval(config)
+  batch_size = int(config.batch_size)
+  num_examples = len(dataset.train)
+  fingerprint = config_lib.fingerprint(config)
+  stacked = vmap and len(runs) > 1
 
-    model = models.get_model(config.model, dataset.num_classes)
-    program_key = (fingerprint, method, dataset.num_classes) + tuple(
-        s.constants for s in setups if s.constants is not None)
-    templates = [s.template for s in setups]
-    cycle_ends = imp_cycle_ends(templates[0].opt_state)
-    axes = stacking.run_axes(templates[0]) if stacked else None
-    program = get_program(program_key, model, setups[0].tx, data.test.batch_size, axes)
-    evaluate_validation = None
-    if data.validation is not None:  # (its own program when its batch size differs)
-        evaluate_validation = get_program(program_key, model, setups[0].tx,
-                                          data.validation.batch_size, axes).evaluate
+  model = models.get_model(config.model, dataset.num_classes)
+  program_key = (fingerprint, method, dataset.num_classes) + tuple(
+    s.constants for s in setups if s.constants is not None
+  )
+  templates = [s.template for s in setups]
+  cycle_ends = imp_cycle_ends(templates[0].opt_state)
+  axes = stacking.run_axes(templates[0]) if stacked else None
+  program = get_program(program_key, model, setups[0].tx, data.test.batch_size, axes)
+  evaluate_validation = None
+  if data.validation is not None:  # (its own program when its batch size differs)
+    evaluate_validation = get_program(
+      program_key, model, setups[0].tx, data.validation.batch_size, axes
+    ).evaluate
 
-    keep = int(config.get("keep_checkpoints", 2) or 2)
-    checkpoints = [checkpointing.RunCheckpoints(output_dir / "checkpoints" / r.name, keep)
-                   for r in runs]
-    evaluations: list[list[dict]] = [[] for _ in runs]
-    diverged = [False] * len(runs)
-    positions = [(0, 0)] * len(runs)
-    since_eval, elapsed = 0, 0.0
-    step = 0
-    states = templates
-    if config.get("resume", True):
-        step, states, metas = _restore(checkpoints, templates, fingerprint, log)
-    else:
-        metas = []
-    if metas:
-        for i, m in enumerate(metas):
-            evaluations[i] = list(m["evaluations"])
-            diverged[i] = bool(m["diverged"])
-            positions[i] = (int(m["epoch"]), int(m["index_in_epoch"]))
-            if positions[i] != data_lib.data_position(step, num_examples, batch_size):
-                raise ValueError(f"{checkpoints[i].directory}/{step}: data position "
-                                 f"{positions[i]} does not match step {step}")
-        since_eval, elapsed = int(metas[0]["steps_since_eval"]), float(metas[0]["elapsed_s"])
-        log(f"[{', '.join(r.name for r in runs)}] resuming from the checkpoint of step "
-            f"{step}/{num_steps}")
-    else:
-        for c, r in zip(checkpoints, runs):
-            c.clear()
-            if cycle_ends:
-                shutil.rmtree(output_dir / "masks" / r.name, ignore_errors=True)
-    state = stacking.stack(states, axes) if stacked else states[0]
-    capacity = min(eval_every, num_steps)
-    stop_after = config.get("stop_after_step", None)
-    stop_after = int(stop_after) if stop_after is not None and int(stop_after) > step else None
+  keep = int(config.get("keep_checkpoints", 2) or 2)
+  checkpoints = [
+    checkpointing.RunCheckpoints(output_dir / "checkpoints" / r.name, keep) for r in runs
+  ]
+  evaluations: list[list[dict]] = [[] for _ in runs]
+  diverged = [False] * len(runs)
+  positions = [(0, 0)] * len(runs)
+  since_eval, elapsed = 0, 0.0
+  step = 0
+  states = templates
+  if config.get("resume", True):
+    step, states, metas = _restore(checkpoints, templates, fingerprint, log)
+  else:
+    metas = []
+  if metas:
+    for i, m in enumerate(metas):
+      evaluations[i] = list(m["evaluations"])
+      diverged[i] = bool(m["diverged"])
+      positions[i] = (int(m["epoch"]), int(m["index_in_epoch"]))
+      if positions[i] != data_lib.data_position(step, num_examples, batch_size):
+        raise ValueError(
+          f"{checkpoints[i].directory}/{step}: data position "
+          f"{positions[i]} does not match step {step}"
+        )
+    since_eval, elapsed = int(metas[0]["steps_since_eval"]), float(metas[0]["elapsed_s"])
+    log(
+      f"[{', '.join(r.name for r in runs)}] resuming from the checkpoint of step {step}/{num_steps}"
+    )
+  else:
+    for c, r in zip(checkpoints, runs):
+      c.clear()
+      if cycle_ends:
+        shutil.rmtree(output_dir / "masks" / r.name, ignore_errors=True)
+  state = stacking.stack(states, axes) if stacked else states[0]
+  capacity = min(eval_every, num_steps)
+  stop_after = config.get("stop_after_step", None)
+  stop_after = int(stop_after) if stop_after is not None and int(stop_after) > step else None
 
-    def run_state(i: int) -> TrainState:
-        return stacking.take(state, axes, i) if stacked else state
+  def run_state(i: int) -> TrainState:
+    return stacking.take(state, axes, i) if stacked else state
 
-    def save(at: int) -> None:
-        for i, (r, c) in enumerate(zip(runs, checkpoints)):
-            epoch, index = positions[i]
-            c.save(at, run_state(i), {
-                "run": r.name, "method": r.method, "target_sparsity": r.sparsity,
-                "seed": r.seed, "fingerprint": fingerprint, "epoch": epoch,
-                "index_in_epoch": index, "steps_since_eval": since_eval,
-                "evaluations": evaluations[i], "diverged": diverged[i],
-                "elapsed_s": elapsed + time.perf_counter() - start,
-            })
+  def save(at: int) -> None:
+    for i, (r, c) in enumerate(zip(runs, checkpoints)):
+      epoch, index = positions[i]
+      c.save(
+        at,
+        run_state(i),
+        {
+          "run": r.name,
+          "method": r.method,
+          "target_sparsity": r.sparsity,
+          "seed": r.seed,
+          "fingerprint": fingerprint,
+          "epoch": epoch,
+          "index_in_epoch": index,
+          "steps_since_eval": since_eval,
+          "evaluations": evaluations[i],
+          "diverged": diverged[i],
+          "elapsed_s": elapsed + time.perf_counter() - start,
+        },
+      )
 
-    label = runs[0].name if len(runs) == 1 else (
-        f"{method} x{len(runs)} (vmapped: {', '.join(r.name for r in runs)})")
-    bar = None
-    if config.get("progress", True):
-        from tqdm import tqdm
+  label = (
+    runs[0].name
+    if len(runs) == 1
+    else (f"{method} x{len(runs)} (vmapped: {', '.join(r.name for r in runs)})")
+  )
+  bar = None
+  if config.get("progress", True):
+    from tqdm import tqdm
 
-        bar = tqdm(total=num_steps, initial=step, desc=label[:60], position=position,
-                   leave=False, unit="step", dynamic_ncols=True)
-    start = time.perf_counter()
-    try:
-        while step < num_steps and not all(diverged):
-            target = min(num_steps, _next_multiple(step, eval_every),
-                         _next_multiple(step, checkpoint_every),
-                         stop_after if stop_after is not None else math.inf,
-                         min((e for e in cycle_ends if e > step), default=math.inf))
-            count = int(target - step)
-            indices = np.zeros((len(runs), capacity, batch_size), np.int32)
-            for i, r in enumerate(runs):
-                indices[i, :count], positions[i] = data_lib.batch_indices(
-                    num_examples, batch_size, seed=r.seed, position=positions[i],
-                    count=count)
-            state = program.train(state, indices if stacked else indices[0], np.int32(count),
-                                  data.train_images, data.train_labels)
-            step += count
-            since_eval += count
-            if bar is not None:
-                bar.update(count)
-            if step % eval_every == 0 or step == num_steps or step in cycle_ends:
-                _evaluate(state, program, data, runs, axes, step, since_eval, evaluations,
-                          diverged, mac_counts, num_examples, batch_size, num_steps, log, bar,
-                          output_dir if cycle_ends else None, evaluate_validation)
-                since_eval = 0
-                state = _reset_sums(state)
-            if (checkpoint_every and step % checkpoint_every == 0) or step == num_steps \
-                    or step == stop_after or all(diverged):
-                save(step)
-            if step == stop_after:
-                log(f"[{label}] stopping after the checkpoint of step {step} "
-                    "(stop_after_step); rerun the same command to resume")
-                raise StopRequested(step)
-    finally:
-        if bar is not None:
-            bar.close()
-        for c in checkpoints:
-            c.close()
-    train_time = elapsed + time.perf_counter() - start
+    bar = tqdm(
+      total=num_steps,
+      initial=step,
+      desc=label[:60],
+      position=position,
+      leave=False,
+      unit="step",
+      dynamic_ncols=True,
+    )
+  start = time.perf_counter()
+  try:
+    while step < num_steps and not all(diverged):
+      target = min(
+        num_steps,
+        _next_multiple(step, eval_every),
+        _next_multiple(step, checkpoint_every),
+        stop_after if stop_after is not None else math.inf,
+        min((e for e in cycle_ends if e > step), default=math.inf),
+      )
+      count = int(target - step)
+      indices = np.zeros((len(runs), capacity, batch_size), np.int32)
+      for i, r in enumerate(runs):
+        indices[i, :count], positions[i] = data_lib.batch_indices(
+          num_examples, batch_size, seed=r.seed, position=positions[i], count=count
+        )
+      state = program.train(
+        state,
+        indices if stacked else indices[0],
+        np.int32(count),
+        data.train_images,
+        data.train_labels,
+      )
+      step += count
+      since_eval += count
+      if bar is not None:
+        bar.update(count)
+      if step % eval_every == 0 or step == num_steps or step in cycle_ends:
+        _evaluate(
+          state,
+          program,
+          data,
+          runs,
+          axes,
+          step,
+          since_eval,
+          evaluations,
+          diverged,
+          mac_counts,
+          num_examples,
+          batch_size,
+          num_steps,
+          log,
+          bar,
+          output_dir if cycle_ends else None,
+          evaluate_validation,
+        )
+        since_eval = 0
+        state = _reset_sums(state)
+      if (
+        (checkpoint_every and step % checkpoint_every == 0)
+        or step == num_steps
+        or step == stop_after
+        or all(diverged)
+      ):
+        save(step)
+      if step == stop_after:
+        log(
+          f"[{label}] stopping after the checkpoint of step {step} "
+          "(stop_after_step); rerun the same command to resume"
+        )
+        raise StopRequested(step)
+  finally:
+    if bar is not None:
+      bar.close()
+    for c in checkpoints:
+      c.close()
+  train_time = elapsed + time.perf_counter() - start
 
-    num_params = sum(int(np.size(x)) for x in jax.tree.leaves(templates[0].params))
-    records = []
-    for i, r in enumerate(runs):
-        evals = evaluations[i]
-        if not evals:
-            raise RuntimeError(f"{r.name}: finished without an evaluation")
-        final = evals[-1]
-        # The last evaluation measured the final params (or, for a run that diverged and
-        # stopped early, the params it stopped with; a vmapped group trains on past that).
-        zeros = int(round(final["sparsity"] * num_params))
-        records.append({
-            "name": r.name,
-            "method": r.method,
-            "target_sparsity": float(r.sparsity),
-            "seed": int(r.seed),
-            "num_train_steps": num_steps,
-            "fingerprint": fingerprint,
-            "trained_with": [x.name for x in runs],
-            "vmapped": stacked,
-            "train_time_s": train_time,
-            "final": {
-                "step": final["step"],
-                "test_accuracy": final["test_accuracy"],
-                "test_error": round(1.0 - final["test_accuracy"], 12),
-                "test_loss": final["test_loss"],
-                "best_test_accuracy": max(e["test_accuracy"] for e in evals),
-                "loss": final["loss"],
-                "sparsity": final["sparsity"],
-                "kernel_sparsity": final["kernel_sparsity"],
-                "zeros": zeros,
-                "size": num_params,
-                "compression_ratio": final["compression_ratio"],
-                "theoretical_speedup": final["theoretical_speedup"],
-                "leaf_sparsity": final["leaf_sparsity"],
-            },
-            "evaluations": evals,
-            **(setups[i].extras or {}),
-        })
-    return records
+  num_params = sum(int(np.size(x)) for x in jax.tree.leaves(templates[0].params))
+  records = []
+  for i, r in enumerate(runs):
+    evals = evaluations[i]
+    if not evals:
+      raise RuntimeError(f"{r.name}: finished without an evaluation")
+    final = evals[-1]
+    # The last evaluation measured the final params (or, for a run that diverged and
+    # stopped early, the params it stopped with; a vmapped group trains on past that).
+    zeros = int(round(final["sparsity"] * num_params))
+    records.append(
+      {
+        "name": r.name,
+        "method": r.method,
+        "target_sparsity": float(r.sparsity),
+        "seed": int(r.seed),
+        "num_train_steps": num_steps,
+        "fingerprint": fingerprint,
+        "trained_with": [x.name for x in runs],
+        "vmapped": stacked,
+        "train_time_s": train_time,
+        "final": {
+          "step": final["step"],
+          "test_accuracy": final["test_accuracy"],
+          "test_error": round(1.0 - final["test_accuracy"], 12),
+          "test_loss": final["test_loss"],
+          "best_test_accuracy": max(e["test_accuracy"] for e in evals),
+          "loss": final["loss"],
+          "sparsity": final["sparsity"],
+          "kernel_sparsity": final["kernel_sparsity"],
+          "zeros": zeros,
+          "size": num_params,
+          "compression_ratio": final["compression_ratio"],
+          "theoretical_speedup": final["theoretical_speedup"],
+          "leaf_sparsity": final["leaf_sparsity"],
+        },
+        "evaluations": evals,
+        **(setups[i].extras or {}),
+      }
+    )
+  return records
 
 
 def imp_cycle_ends(opt_state: Any) -> list[int]:
-    """The steps at which the cycles of a ``jaxprune.imp`` run end ([] without one).
+  """The steps at which the cycles of a ``jaxprune.imp`` run end ([] without one).
 
-    Args:
-        opt_state: the optimizer state of one run.
+  Args:
+      opt_state: the optimizer state of one run.
 
-    Returns:
-        The cycle ends, ascending.
-    """
-    found = jaxprune.masks.find_states(opt_state, lambda x: isinstance(x, jaxprune.IMPState))
-    if len(found) != 1:
-        return []
-    return [int(e) for e in np.asarray(jax.device_get(found[0].cycle_ends))]
+  Returns:
+      The cycle ends, ascending.
+  """
+  found = jaxprune.masks.find_states(opt_state, lambda x: isinstance(x, jaxprune.IMPState))
+  if len(found) != 1:
+    return []
+  return [int(e) for e in np.asarray(jax.device_get(found[0].cycle_ends))]
 
 
 def imp_record(opt_state: Any) -> dict[str, Any]:
-    """The IMP cycle of a run and the sparsity of its masks, for its evaluation record.
+  """The IMP cycle of a run and the sparsity of its masks, for its evaluation record.
 
-    Args:
-        opt_state: the optimizer state of one run (holding a ``jaxprune.imp`` state).
+  Args:
+      opt_state: the optimizer state of one run (holding a ``jaxprune.imp`` state).
 
-    Returns:
-        ``cycle``, ``cycle_step``, ``cycle_end``, ``planned_sparsity`` (of the pruned
-        leaves, as planned by `jaxprune.imp`), ``mask_sparsity`` (measured: pruned entries
-        over the size of the pruned leaves), ``mask_leaf_sparsity`` and ``mask_leaf_zeros``
-        (per pruned leaf).
-    """
-    info = jax.device_get(jaxprune.get_cycle(opt_state))
-    summary = jaxprune.sparsity_summary(jax.device_get(jaxprune.get_masks(opt_state)))
-    return {
-        "cycle": int(info.cycle),
-        "cycle_step": int(info.step),
-        "cycle_end": bool(info.at_end),
-        "planned_sparsity": float(info.sparsity),
-        "mask_sparsity": float(summary.sparsity),
-        "mask_leaf_sparsity": {str(k): float(v.sparsity) for k, v in summary.leaves.items()},
-        "mask_leaf_zeros": {str(k): int(v.zeros) for k, v in summary.leaves.items()},
-    }
+  Returns:
+      ``cycle``, ``cycle_step``, ``cycle_end``, ``planned_sparsity`` (of the pruned
+      leaves, as planned by `jaxprune.imp`), ``mask_sparsity`` (measured: pruned entries
+      over the size of the pruned leaves), ``mask_leaf_sparsity`` and ``mask_leaf_zeros``
+      (per pruned leaf).
+  """
+  info = jax.device_get(jaxprune.get_cycle(opt_state))
+  summary = jaxprune.sparsity_summary(jax.device_get(jaxprune.get_masks(opt_state)))
+  return {
+    "cycle": int(info.cycle),
+    "cycle_step": int(info.step),
+    "cycle_end": bool(info.at_end),
+    "planned_sparsity": float(info.sparsity),
+    "mask_sparsity": float(summary.sparsity),
+    "mask_leaf_sparsity": {str(k): float(v.sparsity) for k, v in summary.leaves.items()},
+    "mask_leaf_zeros": {str(k): int(v.zeros) for k, v in summary.leaves.items()},
+  }
 
 
 def save_cycle_masks(opt_state: Any, directory: Path, cycle: int) -> Path:
-    """Writes the masks of a run to ``directory/cycle_<cycle>.npz`` (one array per leaf).
+  """Writes the masks of a run to ``directory/cycle_<cycle>.npz`` (one array per leaf).
 
-    Args:
-        opt_state: the optimizer state of one run.
-        directory: the run's mask directory.
-        cycle: the cycle the masks belong to.
+  Args:
+      opt_state: the optimizer state of one run.
+      directory: the run's mask directory.
+      cycle: the cycle the masks belong to.
 
-    Returns:
-        The file written.
-    """
-    masks = jax.device_get(jaxprune.get_masks(opt_state))
-    arrays = {path_str(path): np.asarray(m, bool)
-              for path, m in jax.tree_util.tree_flatten_with_path(masks)[0]}
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"cycle_{cycle:02d}.npz"
-    tmp = directory / f".cycle_{cycle:02d}.tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
-    return path
+  Returns:
+      The file written.
+  """
+  masks = jax.device_get(jaxprune.get_masks(opt_state))
+  arrays = {
+    path_str(path): np.asarray(m, bool)
+    for path, m in jax.tree_util.tree_flatten_with_path(masks)[0]
+  }
+  directory.mkdir(parents=True, exist_ok=True)
+  path = directory / f"cycle_{cycle:02d}.npz"
+  tmp = directory / f".cycle_{cycle:02d}.tmp.npz"
+  np.savez_compressed(tmp, **arrays)
+  tmp.replace(path)
+  return path
 
 
 def load_cycle_masks(directory: Path, cycle: int, params: Any) -> Any:
-    """The masks written by `save_cycle_masks`, as a tree like ``params`` (None elsewhere).
+  """The masks written by `save_cycle_masks`, as a tree like ``params`` (None elsewhere).
 
-    Args:
-        directory: the run's mask directory.
-        cycle: the cycle.
-        params: params (or shapes) of the run, for the tree structure.
+  Args:
+      directory: the run's mask directory.
+      cycle: the cycle.
+      params: params (or shapes) of the run, for the tree structure.
 
-    Returns:
-        The mask tree.
+  Returns:
+      The mask tree.
 
-    Raises:
-        FileNotFoundError: if the cycle's masks were not written.
-    """
-    with np.load(directory / f"cycle_{cycle:02d}.npz") as f:
-        arrays = {k: f[k] for k in f.files}
-    paths, treedef = jax.tree_util.tree_flatten_with_path(params)
-    return jax.tree.unflatten(treedef, [arrays.get(path_str(p)) for p, _ in paths])
+  Raises:
+      FileNotFoundError: if the cycle's masks were not written.
+  """
+  with np.load(directory / f"cycle_{cycle:02d}.npz") as f:
+    arrays = {k: f[k] for k in f.files}
+  paths, treedef = jax.tree_util.tree_flatten_with_path(params)
+  return jax.tree.unflatten(treedef, [arrays.get(path_str(p)) for p, _ in paths])
 
 
-def _evaluate(state, program, data, runs, axes, step, since_eval, evaluations, diverged,
-              mac_counts, num_examples, batch_size, num_steps, log, bar,
-              masks_dir: Optional[Path] = None,
-              evaluate_validation: Optional[Callable] = None) -> None:
-    """Appends an evaluation record to every run still training (in place).
+def _evaluate(
+  state,
+  program,
+  data,
+  runs,
+  axes,
+  step,
+  since_eval,
+  evaluations,
+  diverged,
+  mac_counts,
+  num_examples,
+  batch_size,
+  num_steps,
+  log,
+  bar,
+  masks_dir: Optional[Path] = None,
+  evaluate_validation: Optional[Callable] = None,
+) -> None:
+  """Appends an evaluation record to every run still training (in place).
 
-    With ``masks_dir`` (IMP runs) the records carry `imp_record` and the masks of a cycle
-    are saved at its end; with ``data.validation``, the validation loss and accuracy from
-    ``evaluate_validation``.
-    """
-    correct, loss_sum = program.evaluate(state.params, state.model_state, data.test.images,
-                                         data.test.labels, data.test.valid)
-    correct, loss_sum, train_loss, train_acc = (
-        np.atleast_1d(np.asarray(x)) for x in jax.device_get(
-            (correct, loss_sum, state.loss_sum, state.accuracy_sum)))
+  With ``masks_dir`` (IMP runs) the records carry `imp_record` and the masks of a cycle
+  are saved at its end; with ``data.validation``, the validation loss and accuracy from
+  ``evaluate_validation``.
+  """
+  correct, loss_sum = program.evaluate(
+    state.params, state.model_state, data.test.images, data.test.labels, data.test.valid
+  )
+  correct, loss_sum, train_loss, train_acc = (
+    np.atleast_1d(np.asarray(x))
+    for x in jax.device_get((correct, loss_sum, state.loss_sum, state.accuracy_sum))
+  )
+  if data.validation is not None:
+    val_correct, val_loss = (
+      np.atleast_1d(np.asarray(x))
+      for x in jax.device_get(
+        evaluate_validation(
+          state.params,
+          state.model_state,
+          data.validation.images,
+          data.validation.labels,
+          data.validation.valid,
+        )
+      )
+    )
+  for i, r in enumerate(runs):
+    if diverged[i]:
+      continue
+    params = stacking.take(state.params, axes.params, i) if axes is not None else state.params
+    sp = evaluation.measure(params, mac_counts)
+    record = {
+      "step": step,
+      "epoch": step * batch_size / num_examples,
+      "loss": float(train_loss[i]) / since_eval,
+      "train_accuracy": float(train_acc[i]) / since_eval,
+      "test_loss": float(loss_sum[i]) / data.test.size,
+      "test_accuracy": int(correct[i]) / data.test.size,
+      "sparsity": sp["sparsity"],
+      "kernel_sparsity": sp["kernel_sparsity"],
+      "compression_ratio": sp["compression_ratio"],
+      "theoretical_speedup": sp["theoretical_speedup"],
+      "leaf_sparsity": sp["leaves"],
+    }
     if data.validation is not None:
-        val_correct, val_loss = (np.atleast_1d(np.asarray(x)) for x in jax.device_get(
-            evaluate_validation(state.params, state.model_state, data.validation.images,
-                                data.validation.labels, data.validation.valid)))
-    for i, r in enumerate(runs):
-        if diverged[i]:
-            continue
-        params = stacking.take(state.params, axes.params, i) if axes is not None \
-            else state.params
-        sp = evaluation.measure(params, mac_counts)
-        record = {
-            "step": step,
-            "epoch": step * batch_size / num_examples,
-            "loss": float(train_loss[i]) / since_eval,
-            "train_accuracy": float(train_acc[i]) / since_eval,
-            "test_loss": float(loss_sum[i]) / data.test.size,
-            "test_accuracy": int(correct[i]) / data.test.size,
-            "sparsity": sp["sparsity"],
-            "kernel_sparsity": sp["kernel_sparsity"],
-            "compression_ratio": sp["compression_ratio"],
-            "theoretical_speedup": sp["theoretical_speedup"],
-            "leaf_sparsity": sp["leaves"],
-        }
-        if data.validation is not None:
-            record["validation_loss"] = float(val_loss[i]) / data.validation.size
-            record["validation_accuracy"] = int(val_correct[i]) / data.validation.size
-        if masks_dir is not None:
-            opt_state = stacking.take(state.opt_state, axes.opt_state, i) if axes is not None \
-                else state.opt_state
-            record.update(imp_record(opt_state))
-            if record["cycle_end"]:
-                save_cycle_masks(opt_state, masks_dir / "masks" / r.name, record["cycle"])
-        evaluations[i].append(record)
-        if not math.isfinite(record["loss"]):
-            log(f"[{r.name}] loss is {record['loss']}; stopping this run early")
-            diverged[i] = True
-            continue
-        log(f"[{r.name}] step {step:>6d}/{num_steps}  loss {record['loss']:.4f}  "
-            f"train acc {record['train_accuracy']:.4f}  test acc {record['test_accuracy']:.4f}"
-            f"  sparsity {sp['sparsity']:.4f} (kernels {sp['kernel_sparsity']:.4f})  "
-            f"compression {sp['compression_ratio']:.2f}x  speedup "
-            f"{sp['theoretical_speedup']:.2f}x")
-    if bar is not None:
-        best = max(range(len(runs)), key=lambda i: int(correct[i]))
-        bar.set_postfix(test_acc=f"{int(correct[best]) / data.test.size:.4f}")
+      record["validation_loss"] = float(val_loss[i]) / data.validation.size
+      record["validation_accuracy"] = int(val_correct[i]) / data.validation.size
+    if masks_dir is not None:
+      opt_state = (
+        stacking.take(state.opt_state, axes.opt_state, i) if axes is not None else state.opt_state
+      )
+      record.update(imp_record(opt_state))
+      if record["cycle_end"]:
+        save_cycle_masks(opt_state, masks_dir / "masks" / r.name, record["cycle"])
+    evaluations[i].append(record)
+    if not math.isfinite(record["loss"]):
+      log(f"[{r.name}] loss is {record['loss']}; stopping this run early")
+      diverged[i] = True
+      continue
+    log(
+      f"[{r.name}] step {step:>6d}/{num_steps}  loss {record['loss']:.4f}  "
+      f"train acc {record['train_accuracy']:.4f}  test acc {record['test_accuracy']:.4f}"
+      f"  sparsity {sp['sparsity']:.4f} (kernels {sp['kernel_sparsity']:.4f})  "
+      f"compression {sp['compression_ratio']:.2f}x  speedup "
+      f"{sp['theoretical_speedup']:.2f}x"
+    )
+  if bar is not None:
+    best = max(range(len(runs)), key=lambda i: int(correct[i]))
+    bar.set_postfix(test_acc=f"{int(correct[best]) / data.test.size:.4f}")

@@ -23,6 +23,7 @@ from jaxprune.at_init import prune_at_init as prune_at_init
 from jaxprune.at_init import shuffle_masks as shuffle_masks
 from jaxprune.at_init import snip as snip
 from jaxprune.at_init import synflow as synflow
+from jaxprune.engine import PruningState as PruningState
 from jaxprune.granet import granet as granet
 from jaxprune.imp import CycleInfo as CycleInfo
 from jaxprune.imp import IMPState as IMPState
@@ -32,7 +33,6 @@ from jaxprune.magnitude import magnitude_pruning as magnitude_pruning
 from jaxprune.masks import PackedMask as PackedMask
 from jaxprune.masks import apply_masks as apply_masks
 from jaxprune.masks import get_masks as get_masks
-from jaxprune.engine import PruningState as PruningState
 from jaxprune.oneshot import prune as prune
 from jaxprune.pruning import pruning as pruning
 from jaxprune.random_pruning import random_pruning as random_pruning
@@ -47,47 +47,47 @@ from jaxprune.summary import sparsity_table as sparsity_table
 __version__ = "0.1.0"
 
 __all__ = [
-    "CycleInfo",
-    "IMPState",
-    "PackedMask",
-    "PruningState",
-    "SparsitySummary",
-    "allocation",
-    "analysis",
-    "apply_masks",
-    "at_init",
-    "collapse",
-    "dst",
-    "engine",
-    "ephemeral",
-    "flops",
-    "get_cycle",
-    "get_masks",
-    "granet",
-    "grasp",
-    "groups",
-    "imp",
-    "leaves",
-    "magnitude_pruning",
-    "masks",
-    "patterns",
-    "plan",
-    "prune",
-    "prune_at_init",
-    "pruning",
-    "random_pruning",
-    "retraining",
-    "rules",
-    "rigl",
-    "saliency_pruning",
-    "schedules",
-    "scores",
-    "selection",
-    "set_sparse",
-    "shuffle_masks",
-    "snip",
-    "sparsity_summary",
-    "sparsity_table",
-    "static_sparse",
-    "synflow",
+  "CycleInfo",
+  "IMPState",
+  "PackedMask",
+  "PruningState",
+  "SparsitySummary",
+  "allocation",
+  "analysis",
+  "apply_masks",
+  "at_init",
+  "collapse",
+  "dst",
+  "engine",
+  "ephemeral",
+  "flops",
+  "get_cycle",
+  "get_masks",
+  "granet",
+  "grasp",
+  "groups",
+  "imp",
+  "leaves",
+  "magnitude_pruning",
+  "masks",
+  "patterns",
+  "plan",
+  "prune",
+  "prune_at_init",
+  "pruning",
+  "random_pruning",
+  "retraining",
+  "rules",
+  "rigl",
+  "saliency_pruning",
+  "schedules",
+  "scores",
+  "selection",
+  "set_sparse",
+  "shuffle_masks",
+  "snip",
+  "sparsity_summary",
+  "sparsity_table",
+  "static_sparse",
+  "synflow",
 ]

@@ -45,8 +45,9 @@ def _erdos_renyi(sparsity: Any, shapes: Sequence[tuple[int, ...]], dims) -> list
     return []
   xp = np if _is_concrete(sparsity) else jnp
   sizes = xp.asarray([math.prod(s) for s in shapes], dtype=xp.float64 if xp is np else jnp.float32)
-  raw = xp.asarray([sum(dims(s)) / math.prod(dims(s)) if math.prod(s) else 0.0 for s in shapes],
-                   dtype=sizes.dtype)
+  raw = xp.asarray(
+    [sum(dims(s)) / math.prod(dims(s)) if math.prod(s) else 0.0 for s in shapes], dtype=sizes.dtype
+  )
   budget_total = (1 - sparsity) * xp.sum(sizes)
   dense = xp.asarray([math.prod(s) == 0 for s in shapes], dtype=bool)  # zero-size: sparsity 0
   eps = xp.zeros((), sizes.dtype)
@@ -94,8 +95,10 @@ def get_allocation(distribution: str | Allocation) -> Allocation | None:
   if distribution == "global":
     return None
   if distribution not in _ALLOCATIONS:
-    raise ValueError(f"unknown distribution {distribution!r}; expected one of "
-                     f"{sorted(_ALLOCATIONS) + ['global']} or a function (sparsity, shapes) -> list.")
+    raise ValueError(
+      f"unknown distribution {distribution!r}; expected one of "
+      f"{sorted(_ALLOCATIONS) + ['global']} or a function (sparsity, shapes) -> list."
+    )
   return _ALLOCATIONS[distribution]
 
 
@@ -106,8 +109,14 @@ def _describe(value: Any) -> str:
     return repr(value)
 
 
-def allocate(distribution: str | Allocation, sparsity: Any, shapes: Sequence[tuple[int, ...]],
-             names: Sequence[str] | None = None, *, owner: str) -> list[Any]:
+def allocate(
+  distribution: str | Allocation,
+  sparsity: Any,
+  shapes: Sequence[tuple[int, ...]],
+  names: Sequence[str] | None = None,
+  *,
+  owner: str,
+) -> list[Any]:
   """The per-leaf sparsities of ``distribution`` for the leaves of ``shapes``, checked.
 
   Calls the allocation (a name or a function, as in `get_allocation`) and checks what it returns.
@@ -147,23 +156,30 @@ def allocate(distribution: str | Allocation, sparsity: Any, shapes: Sequence[tup
     else:
       values = list(result)
   except TypeError:
-    raise ValueError(f"{owner}: the allocation {label} must return a sequence of {len(shapes)} "
-                     f"sparsities (one per leaf), got {_describe(result)}.") from None
+    raise ValueError(
+      f"{owner}: the allocation {label} must return a sequence of {len(shapes)} "
+      f"sparsities (one per leaf), got {_describe(result)}."
+    ) from None
   if len(values) != len(shapes):
-    raise ValueError(f"{owner}: the allocation {label} returned {len(values)} sparsities for "
-                     f"{len(shapes)} leaves (expected one per leaf: {names}).")
+    raise ValueError(
+      f"{owner}: the allocation {label} returned {len(values)} sparsities for "
+      f"{len(shapes)} leaves (expected one per leaf: {names})."
+    )
   for name, value in zip(names, values):
     if isinstance(value, jax.core.Tracer):
       if jnp.ndim(value) != 0:
-        raise ValueError(f"{owner}: the allocation {label} returned a sparsity of shape "
-                         f"{jnp.shape(value)} for leaf {name!r}; expected a scalar.")
+        raise ValueError(
+          f"{owner}: the allocation {label} returned a sparsity of shape "
+          f"{jnp.shape(value)} for leaf {name!r}; expected a scalar."
+        )
       continue
     what = f"{owner}: the allocation {label} returned sparsity {_describe(value)} for leaf {name!r}"
     if isinstance(value, (bool, np.bool_, str, bytes)) or value is None:
       raise ValueError(f"{what}; expected a number in [0, 1).")
     if isinstance(value, (jax.Array, np.ndarray)) and (
-        np.ndim(value) != 0 or not (jnp.issubdtype(value.dtype, jnp.floating)
-                                    or jnp.issubdtype(value.dtype, jnp.integer))):
+      np.ndim(value) != 0
+      or not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer))
+    ):
       raise ValueError(f"{what}; expected a real scalar in [0, 1).")
     try:
       number = float(value)

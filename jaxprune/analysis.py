@@ -39,16 +39,19 @@ class MaskOverlap(NamedTuple):
 
 def _overlap(kept_a: int, kept_b: int, both: int) -> LeafOverlap:
   union = kept_a + kept_b - both
-  return LeafOverlap(kept_a, kept_b, both, both / union if union else 1.0,
-                     both / kept_a if kept_a else 1.0)
+  return LeafOverlap(
+    kept_a, kept_b, both, both / union if union else 1.0, both / kept_a if kept_a else 1.0
+  )
 
 
 def _named_masks(masks: Any) -> dict[str, np.ndarray]:
   out = masks_lib.host_arrays(masks)
   for name, array in out.items():
     if array.dtype != bool:
-      raise TypeError(f"mask_overlap: leaf {name!r} has dtype {array.dtype}, "
-                      "expected boolean masks (for example from jaxprune.get_masks).")
+      raise TypeError(
+        f"mask_overlap: leaf {name!r} has dtype {array.dtype}, "
+        "expected boolean masks (for example from jaxprune.get_masks)."
+      )
   return out
 
 
@@ -76,16 +79,22 @@ def mask_overlap(a: Any, b: Any) -> MaskOverlap:
   """
   named_a, named_b = _named_masks(a), _named_masks(b)
   if named_a.keys() != named_b.keys():
-    raise ValueError(f"mask_overlap: the masks prune different leaves: {sorted(named_a)} vs "
-                     f"{sorted(named_b)}.")
+    raise ValueError(
+      f"mask_overlap: the masks prune different leaves: {sorted(named_a)} vs {sorted(named_b)}."
+    )
   leaves = {}
   for name, ma in named_a.items():
     mb = named_b[name]
     if ma.shape != mb.shape:
-      raise ValueError(f"mask_overlap: leaf {name!r} has shape {ma.shape} in a and {mb.shape} in b.")
+      raise ValueError(
+        f"mask_overlap: leaf {name!r} has shape {ma.shape} in a and {mb.shape} in b."
+      )
     leaves[name] = _overlap(int(ma.sum()), int(mb.sum()), int((ma & mb).sum()))
-  total = _overlap(sum(v.kept_a for v in leaves.values()), sum(v.kept_b for v in leaves.values()),
-                   sum(v.both for v in leaves.values()))
+  total = _overlap(
+    sum(v.kept_a for v in leaves.values()),
+    sum(v.kept_b for v in leaves.values()),
+    sum(v.both for v in leaves.values()),
+  )
   return MaskOverlap(leaves, total)
 
 

@@ -37,10 +37,16 @@ def _pruned_leaves(params: Any, prune: leaves_lib.Selector, owner: str) -> list[
   return [i for i, f in enumerate(flags) if f]
 
 
-def masks_from_scores(params: Any, scores: Any, sparsity: float, *,
-                      distribution: str | allocation_lib.Allocation = "global",
-                      prune: leaves_lib.Selector = None, keep: Any = None,
-                      owner: str = "masks_from_scores") -> Any:
+def masks_from_scores(
+  params: Any,
+  scores: Any,
+  sparsity: float,
+  *,
+  distribution: str | allocation_lib.Allocation = "global",
+  prune: leaves_lib.Selector = None,
+  keep: Any = None,
+  owner: str = "masks_from_scores",
+) -> Any:
   """Masks keeping the highest ``scores``, with exactly ``sparsity`` of the pruned leaves removed.
 
   `jaxprune.prune` with given scores and a global default. NaN scores (a float32 overflow in
@@ -62,22 +68,33 @@ def masks_from_scores(params: Any, scores: Any, sparsity: float, *,
   Raises:
     ValueError: for a sparsity outside ``[0, 1)`` or NaN, or an unknown distribution.
   """
-  return oneshot.prune(params, sparsity, scores=scores, distribution=distribution, prune=prune,
-                       keep=keep, name=owner)
+  return oneshot.prune(
+    params, sparsity, scores=scores, distribution=distribution, prune=prune, keep=keep, name=owner
+  )
 
 
 def _finish(masks: Any, owner: str, check: bool) -> Any:
   if check:
     report = collapse_lib.layer_collapse(masks)
     if report.collapsed:
-      warnings.warn(f"{owner}: the masks collapse the network: {report.describe()}",
-                    JaxpruneWarning, stacklevel=3)
+      warnings.warn(
+        f"{owner}: the masks collapse the network: {report.describe()}",
+        JaxpruneWarning,
+        stacklevel=3,
+      )
   return masks
 
 
-def snip(params: Any, loss_fn: Callable[[Any, Any], jax.Array], batch: Any, sparsity: float, *,
-         distribution: str | allocation_lib.Allocation = "global", prune: leaves_lib.Selector = None,
-         check_collapse: bool = True) -> Any:
+def snip(
+  params: Any,
+  loss_fn: Callable[[Any, Any], jax.Array],
+  batch: Any,
+  sparsity: float,
+  *,
+  distribution: str | allocation_lib.Allocation = "global",
+  prune: leaves_lib.Selector = None,
+  check_collapse: bool = True,
+) -> Any:
   """SNIP: keep the weights of largest connection sensitivity ``|w * dL/dw|`` on one batch.
 
   Args:
@@ -109,14 +126,22 @@ def snip(params: Any, loss_fn: Callable[[Any, Any], jax.Array], batch: Any, spar
   """
   grads = jax.grad(loss_fn)(params, batch)
   scores = jax.tree.map(lambda w, g: jnp.abs(w * g), params, grads)
-  masks = masks_from_scores(params, scores, sparsity, distribution=distribution, prune=prune,
-                            owner="snip")
+  masks = masks_from_scores(
+    params, scores, sparsity, distribution=distribution, prune=prune, owner="snip"
+  )
   return _finish(masks, "snip", check_collapse)
 
 
-def grasp(params: Any, loss_fn: Callable[[Any, Any], jax.Array], batch: Any, sparsity: float, *,
-          distribution: str | allocation_lib.Allocation = "global", prune: leaves_lib.Selector = None,
-          check_collapse: bool = True) -> Any:
+def grasp(
+  params: Any,
+  loss_fn: Callable[[Any, Any], jax.Array],
+  batch: Any,
+  sparsity: float,
+  *,
+  distribution: str | allocation_lib.Allocation = "global",
+  prune: leaves_lib.Selector = None,
+  check_collapse: bool = True,
+) -> Any:
   """GraSP: remove the weights whose removal least reduces the gradient flow.
 
   The score is ``-w * (H g)``, ``g`` the gradient of the loss on ``batch`` and ``H g`` its
@@ -143,15 +168,23 @@ def grasp(params: Any, loss_fn: Callable[[Any, Any], jax.Array], batch: Any, spa
   _, hg = jax.jvp(lambda p: grad_fn(p, batch), (params,), (grads,))
   # Pruning the highest -w * Hg is keeping the highest w * Hg.
   scores = jax.tree.map(lambda w, h: w * h, params, hg)
-  masks = masks_from_scores(params, scores, sparsity, distribution=distribution, prune=prune,
-                            owner="grasp")
+  masks = masks_from_scores(
+    params, scores, sparsity, distribution=distribution, prune=prune, owner="grasp"
+  )
   return _finish(masks, "grasp", check_collapse)
 
 
-def synflow(params: Any, apply_fn: Callable[[Any, jax.Array], Any], input_shape: tuple[int, ...],
-            sparsity: float, *, rounds: int = 100,
-            distribution: str | allocation_lib.Allocation = "global",
-            prune: leaves_lib.Selector = None, check_collapse: bool = True) -> Any:
+def synflow(
+  params: Any,
+  apply_fn: Callable[[Any, jax.Array], Any],
+  input_shape: tuple[int, ...],
+  sparsity: float,
+  *,
+  rounds: int = 100,
+  distribution: str | allocation_lib.Allocation = "global",
+  prune: leaves_lib.Selector = None,
+  check_collapse: bool = True,
+) -> Any:
   """SynFlow: iterative synaptic-flow pruning, without data.
 
   Each round computes ``R = sum(apply_fn(|params * mask|, ones))``, the synaptic flow of an all-ones
@@ -189,29 +222,46 @@ def synflow(params: Any, apply_fn: Callable[[Any, jax.Array], Any], input_shape:
   dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
   leaves, treedef = jax.tree.flatten(leaves_lib.unwrap_variables(params))
   index = set(_pruned_leaves(params, prune, "synflow"))
-  abs_params = jax.tree.unflatten(treedef, [
+  abs_params = jax.tree.unflatten(
+    treedef,
+    [
       jnp.abs(x).astype(dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x
-      for x in leaves])
+      for x in leaves
+    ],
+  )
   ones = jnp.ones(input_shape, dtype)
 
   @jax.jit
   def scores_of(masks):
     def flow(p):
-      masked = jax.tree.unflatten(treedef, [
+      masked = jax.tree.unflatten(
+        treedef,
+        [
           jnp.where(m, x, 0) if m is not None else x
-          for x, m in zip(treedef.flatten_up_to(p), treedef.flatten_up_to(masks))])
+          for x, m in zip(treedef.flatten_up_to(p), treedef.flatten_up_to(masks))
+        ],
+      )
       return jnp.sum(apply_fn(masked, ones))
+
     grads = jax.grad(flow)(abs_params)
     return jax.tree.map(lambda w, g: jnp.abs(w * g), abs_params, grads)
 
-  masks = jax.tree.unflatten(treedef, [jnp.ones(jnp.shape(x), bool) if i in index else None
-                                       for i, x in enumerate(leaves)])
+  masks = jax.tree.unflatten(
+    treedef, [jnp.ones(jnp.shape(x), bool) if i in index else None for i, x in enumerate(leaves)]
+  )
   for r in range(1, rounds + 1):
     target = 1.0 - (1.0 - sparsity) ** (r / rounds)
     if r == rounds:
       target = sparsity  # exactly the requested count at the end
-    masks = masks_from_scores(params, scores_of(masks), target, distribution=distribution,
-                              prune=prune, keep=masks, owner="synflow")
+    masks = masks_from_scores(
+      params,
+      scores_of(masks),
+      target,
+      distribution=distribution,
+      prune=prune,
+      keep=masks,
+      owner="synflow",
+    )
   return _finish(masks, "synflow", check_collapse)
 
 
@@ -240,14 +290,22 @@ def shuffle_masks(masks: Any, seed: int = 0) -> Any:
   return jax.tree.unflatten(treedef, out)
 
 
-def prune_at_init(params: Any, sparsity: float, *, method: str = "snip",
-                  loss_fn: Callable[[Any, Any], jax.Array] | None = None, batch: Any = None,
-                  apply_fn: Callable[[Any, jax.Array], Any] | None = None,
-                  input_shape: tuple[int, ...] | None = None, rounds: int = 100,
-                  distribution: str | allocation_lib.Allocation = "global",
-                  prune: leaves_lib.Selector = None, packed_masks: bool = False,
-                  check_collapse: bool = True,
-                  inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+def prune_at_init(
+  params: Any,
+  sparsity: float,
+  *,
+  method: str = "snip",
+  loss_fn: Callable[[Any, Any], jax.Array] | None = None,
+  batch: Any = None,
+  apply_fn: Callable[[Any, jax.Array], Any] | None = None,
+  input_shape: tuple[int, ...] | None = None,
+  rounds: int = 100,
+  distribution: str | allocation_lib.Allocation = "global",
+  prune: leaves_lib.Selector = None,
+  packed_masks: bool = False,
+  check_collapse: bool = True,
+  inner: optax.GradientTransformation,
+) -> optax.GradientTransformationExtraArgs:
   """From an initialised model to a pruned optimizer in one call: masks by ``method``, trained with
   `jaxprune.static_sparse`.
 

@@ -12,7 +12,15 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["JaxpruneWarning", "check_bool", "check_fraction", "check_int", "check_sparsity", "is_traced", "number"]
+__all__ = [
+  "JaxpruneWarning",
+  "check_bool",
+  "check_fraction",
+  "check_int",
+  "check_sparsity",
+  "is_traced",
+  "number",
+]
 
 
 class JaxpruneWarning(UserWarning):
@@ -37,8 +45,11 @@ def number(value: Any, what: str) -> float | None:
   if isinstance(value, (int, float, np.integer, np.floating)):
     return float(value)
   dtype = getattr(value, "dtype", None)
-  if dtype is not None and np.ndim(value) == 0 and (np.issubdtype(dtype, np.integer)
-                                                     or np.issubdtype(dtype, np.floating)):
+  if (
+    dtype is not None
+    and np.ndim(value) == 0
+    and (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating))
+  ):
     return float(value)
   raise TypeError(f"{what} must be a number, got {value!r}.")
 

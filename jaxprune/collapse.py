@@ -54,7 +54,9 @@ def _connectivity(mask: np.ndarray) -> np.ndarray:
   """``[in, out]``: whether input unit i reaches output unit o through the leaf (any spatial tap)."""
   if mask.ndim == 2:
     return mask
-  return mask.reshape(-1, mask.shape[-2], mask.shape[-1]).any(axis=0)  # conv kernels: (..., in, out)
+  return mask.reshape(-1, mask.shape[-2], mask.shape[-1]).any(
+    axis=0
+  )  # conv kernels: (..., in, out)
 
 
 def layer_collapse(masks: Any, order: list[str] | None = None) -> CollapseReport:
@@ -87,8 +89,10 @@ def layer_collapse(masks: Any, order: list[str] | None = None) -> CollapseReport
   names = list(kernels) if order is None else list(order)
   missing = [n for n in names if n not in kernels]
   if missing:
-    raise ValueError(f"layer_collapse: order names {missing}, which are not kernel masks; the masks "
-                     f"have {list(kernels)}.")
+    raise ValueError(
+      f"layer_collapse: order names {missing}, which are not kernel masks; the masks "
+      f"have {list(kernels)}."
+    )
   empty = [k for k, v in arrays.items() if v.size and not v.any()]
   dead_out, dead_in = {}, {}
   for k, v in kernels.items():

@@ -29,11 +29,10 @@ import jax.numpy as jnp
 import optax
 
 from jaxprune import allocation as allocation_lib
-from jaxprune import engine
+from jaxprune import engine, rules
 from jaxprune import leaves as leaves_lib
 from jaxprune import patterns as patterns_lib
 from jaxprune import plan as plan_lib
-from jaxprune import rules
 from jaxprune import schedules as schedules_lib
 from jaxprune import scores as scores_lib
 from jaxprune.checks import check_bool, check_fraction, check_int, check_sparsity, is_traced
@@ -46,9 +45,11 @@ DropFraction = Callable[[jax.Array], jax.Array]
 
 def cosine_drop_fraction(alpha: float, end_step: int) -> DropFraction:
   """RigL's annealing: ``f(t) = alpha / 2 * (1 + cos(pi * t / end_step))``, 0 from ``end_step`` on."""
+
   def f(count):
     t = jnp.minimum(jnp.asarray(count, jnp.float32), end_step)
     return alpha / 2 * (1 + jnp.cos(jnp.pi * t / end_step))
+
   return f
 
 
@@ -63,24 +64,24 @@ def check_drop_fraction(owner: str, value: Any) -> None:
 
 
 def dynamic_sparse(
-    sparsity: float,
-    *,
-    grow: str,
-    drop_fraction: DropFraction,
-    frequency: int,
-    begin_step: int,
-    end_step: int,
-    initial_sparsity: float | None = None,
-    sparsity_power: float = 3.0,
-    distribution: str | allocation_lib.Allocation = "erk",
-    seed: int = 0,
-    pattern: patterns_lib.Pattern | None = None,
-    prune: leaves_lib.Selector = None,
-    overrides: Mapping[str, float] | None = None,
-    groups: Sequence[Group] = (),
-    packed_masks: bool = False,
-    inner: optax.GradientTransformation | None = None,
-    name: str = "dynamic_sparse",
+  sparsity: float,
+  *,
+  grow: str,
+  drop_fraction: DropFraction,
+  frequency: int,
+  begin_step: int,
+  end_step: int,
+  initial_sparsity: float | None = None,
+  sparsity_power: float = 3.0,
+  distribution: str | allocation_lib.Allocation = "erk",
+  seed: int = 0,
+  pattern: patterns_lib.Pattern | None = None,
+  prune: leaves_lib.Selector = None,
+  overrides: Mapping[str, float] | None = None,
+  groups: Sequence[Group] = (),
+  packed_masks: bool = False,
+  inner: optax.GradientTransformation | None = None,
+  name: str = "dynamic_sparse",
 ) -> optax.GradientTransformationExtraArgs:
   """A drop-and-grow transformation (see the module docstring); the methods configure it.
 
@@ -112,8 +113,10 @@ def dynamic_sparse(
   Raises:
     ValueError: for bad sparsities, steps, ``distribution="global"``, an N:M pattern, or no ``inner``.
   """
-  needs_inner = ("growth reads raw gradients and resets the optimizer's statistics of grown "
-                 "weights, which a chained pruner cannot reach.")
+  needs_inner = (
+    "growth reads raw gradients and resets the optimizer's statistics of grown "
+    "weights, which a chained pruner cannot reach."
+  )
   if inner is None:
     raise ValueError(f"{name}: needs the inner= form (inner=optimizer): {needs_inner}")
   check_sparsity(sparsity, f"{name}: sparsity")
@@ -125,21 +128,35 @@ def dynamic_sparse(
   if initial_sparsity is not None:
     check_sparsity(initial_sparsity, f"{name}: initial_sparsity")
     if not is_traced(initial_sparsity) and not is_traced(sparsity) and initial_sparsity > sparsity:
-      raise ValueError(f"{name}: initial_sparsity ({initial_sparsity}) is above sparsity ({sparsity}).")
+      raise ValueError(
+        f"{name}: initial_sparsity ({initial_sparsity}) is above sparsity ({sparsity})."
+      )
   if distribution == "global":
-    raise ValueError(f"{name}: drop and growth counts are per leaf; distribution must allocate a "
-                     f"sparsity to each leaf ('erk', 'er', 'uniform' or a function), got 'global'.")
+    raise ValueError(
+      f"{name}: drop and growth counts are per leaf; distribution must allocate a "
+      f"sparsity to each leaf ('erk', 'er', 'uniform' or a function), got 'global'."
+    )
   if isinstance(pattern, patterns_lib.NM):
-    raise ValueError(f"{name}: an N:M pattern fixes which weights are kept in every group of m; "
-                     f"drop and grow needs an unstructured, block or channel pattern.")
+    raise ValueError(
+      f"{name}: an N:M pattern fixes which weights are kept in every group of m; "
+      f"drop and grow needs an unstructured, block or channel pattern."
+    )
   check_bool("packed_masks", packed_masks, name)
-  selection = plan_lib.make_selection(name, sparsity=sparsity, prune=prune, pattern=pattern,
-                                      distribution=distribution, overrides=overrides, groups=groups)
+  selection = plan_lib.make_selection(
+    name,
+    sparsity=sparsity,
+    prune=prune,
+    pattern=pattern,
+    distribution=distribution,
+    overrides=overrides,
+    groups=groups,
+  )
   if initial_sparsity is None:
     schedule = schedules_lib.periodic(begin_step, end_step, frequency)
   else:
-    schedule = schedules_lib.polynomial(begin_step, end_step, frequency, sparsity_power,
-                                        initial_sparsity=initial_sparsity)
+    schedule = schedules_lib.polynomial(
+      begin_step, end_step, frequency, sparsity_power, initial_sparsity=initial_sparsity
+    )
   key = jax.random.key(seed)
 
   def initial_masks(plan, final, initial):
@@ -150,8 +167,15 @@ def dynamic_sparse(
     return rules.random_masks(plan, start, key)
 
   method = engine.Method(
-      name, scores_lib.magnitude, sparsity, selection, schedule,
-      rule=rules.drop_and_grow(grow=grow, drop_fraction=drop_fraction, seed=seed),
-      initial_masks=initial_masks, statistics="zero_inactive", needs_inner=needs_inner,
-      packed_masks=packed_masks)
+    name,
+    scores_lib.magnitude,
+    sparsity,
+    selection,
+    schedule,
+    rule=rules.drop_and_grow(grow=grow, drop_fraction=drop_fraction, seed=seed),
+    initial_masks=initial_masks,
+    statistics="zero_inactive",
+    needs_inner=needs_inner,
+    packed_masks=packed_masks,
+  )
   return engine.transformation(method, inner)

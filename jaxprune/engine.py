@@ -186,15 +186,19 @@ def _flatten_like(treedef: Any, tree: Any, params: Any, owner: str, what: str) -
     have, want = _names_of(tree), _names_of(params)
     missing = [n for n in want if n not in have]
     extra = [n for n in have if n not in want]
-    raise ValueError(f"{owner}: {what} is not shaped like the params: leaves missing {missing}, "
-                     f"leaves not in the params {extra}.") from None
+    raise ValueError(
+      f"{owner}: {what} is not shaped like the params: leaves missing {missing}, "
+      f"leaves not in the params {extra}."
+    ) from None
 
 
 def _check_shapes(plan: plan_lib.Plan, leaves: list[Any], what: str) -> None:
   for name, shape, leaf in zip(plan.names, plan.shapes, leaves):
     if leaf is not None and tuple(jnp.shape(leaves_lib.unwrap_variable(leaf))) != shape:
-      raise ValueError(f"{plan.owner}: {what} leaf {name!r} has shape "
-                       f"{tuple(jnp.shape(leaves_lib.unwrap_variable(leaf)))}, the param {shape}.")
+      raise ValueError(
+        f"{plan.owner}: {what} leaf {name!r} has shape "
+        f"{tuple(jnp.shape(leaves_lib.unwrap_variable(leaf)))}, the param {shape}."
+      )
 
 
 def _given_plan(masks: Any, params: Any, owner: str) -> plan_lib.Plan:
@@ -204,8 +208,9 @@ def _given_plan(masks: Any, params: Any, owner: str) -> plan_lib.Plan:
   try:
     given = treedef.flatten_up_to(masks)
   except (ValueError, TypeError) as e:
-    raise ValueError(f"{owner}: masks must be a tree shaped like the params (None for unpruned "
-                     f"leaves): {e}") from None
+    raise ValueError(
+      f"{owner}: masks must be a tree shaped like the params (None for unpruned leaves): {e}"
+    ) from None
   units, shapes = [], []
   for index, (name, leaf, mask) in enumerate(zip(names, treedef.flatten_up_to(params), given)):
     leaf = leaves_lib.unwrap_variable(leaf)
@@ -214,19 +219,24 @@ def _given_plan(masks: Any, params: Any, owner: str) -> plan_lib.Plan:
       continue
     mask = masks_lib.unpack(leaves_lib.unwrap_variable(mask))
     if jnp.shape(mask) != jnp.shape(leaf) or jnp.result_type(mask) != jnp.bool_:
-      raise ValueError(f"{owner}: the mask of leaf {name!r} must be a bool array of shape "
-                       f"{jnp.shape(leaf)}, got {jnp.result_type(mask)}{list(jnp.shape(mask))}.")
+      raise ValueError(
+        f"{owner}: the mask of leaf {name!r} must be a bool array of shape "
+        f"{jnp.shape(leaf)}, got {jnp.result_type(mask)}{list(jnp.shape(mask))}."
+      )
     if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
-      raise TypeError(f"{owner}: leaf {name!r} has a mask but is not floating-point "
-                      f"({jnp.result_type(leaf)}).")
+      raise TypeError(
+        f"{owner}: leaf {name!r} has a mask but is not floating-point ({jnp.result_type(leaf)})."
+      )
     size = int(jnp.size(leaf))
     units.append(plan_lib.Unit(name, ((index, None),), None, shapes[-1], size, size, None))
-  return plan_lib.Plan(owner, tuple(names), tuple(shapes), tuple(u.members[0][0] for u in units),
-                       tuple(units))
+  return plan_lib.Plan(
+    owner, tuple(names), tuple(shapes), tuple(u.members[0][0] for u in units), tuple(units)
+  )
 
 
-def transformation(method: Method, inner: optax.GradientTransformation | None = None
-                   ) -> optax.GradientTransformationExtraArgs:
+def transformation(
+  method: Method, inner: optax.GradientTransformation | None = None
+) -> optax.GradientTransformationExtraArgs:
   """The optax transformation of a `Method` (the loop is described in the module docstring).
 
   Args:
@@ -243,14 +253,18 @@ def transformation(method: Method, inner: optax.GradientTransformation | None = 
   """
   name, hooks, score = method.name, method.hooks, method.score
   if method.application not in APPLICATIONS:
-    raise ValueError(f"{name}: application must be one of {APPLICATIONS}, got {method.application!r}.")
+    raise ValueError(
+      f"{name}: application must be one of {APPLICATIONS}, got {method.application!r}."
+    )
   if method.statistics not in STATISTICS:
     raise ValueError(f"{name}: statistics must be one of {STATISTICS}, got {method.statistics!r}.")
   if method.needs_inner and inner is None:
     raise ValueError(f"{name}: needs the inner= form (inner=optimizer): {method.needs_inner}")
   if method.statistics != "keep" and inner is None:
-    raise ValueError(f"{name}: editing the optimizer's statistics needs the inner= form: in "
-                     f"optax.chain the pruner cannot reach them. Use inner=optimizer.")
+    raise ValueError(
+      f"{name}: editing the optimizer's statistics needs the inner= form: in "
+      f"optax.chain the pruner cannot reach them. Use inner=optimizer."
+    )
   persistent = method.application == "persistent"
   monotone = persistent if method.monotone is None else method.monotone
   if inner is not None:
@@ -258,8 +272,11 @@ def transformation(method: Method, inner: optax.GradientTransformation | None = 
   store = masks_lib.pack if method.packed_masks else (lambda m: m)
   given = None
   if method.given_masks is not None:  # host copies: constants of the run, not traced inputs
-    given = jax.tree.map(lambda m: masks_lib.unpack(leaves_lib.unwrap_variable(m)), method.given_masks,
-                         is_leaf=lambda x: isinstance(x, masks_lib.PackedMask) or leaves_lib.is_variable(x))
+    given = jax.tree.map(
+      lambda m: masks_lib.unpack(leaves_lib.unwrap_variable(m)),
+      method.given_masks,
+      is_leaf=lambda x: isinstance(x, masks_lib.PackedMask) or leaves_lib.is_variable(x),
+    )
 
   def plan_for(params):
     if given is not None:
@@ -269,8 +286,9 @@ def transformation(method: Method, inner: optax.GradientTransformation | None = 
   def unit_targets(plan):
     if given is not None:
       return [None] * len(plan.units), [None] * len(plan.units)
-    return plan_lib.targets(plan, method.selection, method.sparsity,
-                            method.schedule.initial_sparsity)
+    return plan_lib.targets(
+      plan, method.selection, method.sparsity, method.schedule.initial_sparsity
+    )
 
   def init_fn(params):
     plan = plan_for(params)
@@ -279,13 +297,18 @@ def transformation(method: Method, inner: optax.GradientTransformation | None = 
     masks = [None] * len(leaves)
     fixed = None if given is None else treedef.flatten_up_to(given)
     for i in plan.masked:
-      masks[i] = store(jnp.asarray(fixed[i]) if fixed is not None else
-                       jnp.ones(plan.shapes[i], dtype=bool))
+      masks[i] = store(
+        jnp.asarray(fixed[i]) if fixed is not None else jnp.ones(plan.shapes[i], dtype=bool)
+      )
     score_state = None if score.init is None else score.init(jax.tree.unflatten(treedef, leaves))
     inner_state = optax.EmptyState() if inner is None else inner.init(params)
-    return hooks.state_class(count=jnp.zeros([], jnp.int32), masks=jax.tree.unflatten(treedef, masks),
-                             score_state=score_state, inner_state=inner_state,
-                             **hooks.init(plan, leaves, treedef))
+    return hooks.state_class(
+      count=jnp.zeros([], jnp.int32),
+      masks=jax.tree.unflatten(treedef, masks),
+      score_state=score_state,
+      inner_state=inner_state,
+      **hooks.init(plan, leaves, treedef),
+    )
 
   init_fn.jaxprune_method = method
 
@@ -294,30 +317,42 @@ def transformation(method: Method, inner: optax.GradientTransformation | None = 
     treedef = jax.tree.structure(params)
     grads = _flatten_like(treedef, updates, params, name, "the updates (gradients) tree")
     _check_shapes(plan, grads, "the updates'")
-    stored = _flatten_like(treedef, state.masks, params, name,
-                           "the state (initialised on other params?)")
+    stored = _flatten_like(
+      treedef, state.masks, params, name, "the state (initialised on other params?)"
+    )
     for i in plan.masked:
       if stored[i] is None or jnp.shape(masks_lib.unpack(stored[i])) != plan.shapes[i]:
-        raise ValueError(f"{name}: the state's mask of leaf {plan.names[i]!r} does not fit the param "
-                         f"of shape {plan.shapes[i]}: the state was initialised on other params.")
+        raise ValueError(
+          f"{name}: the state's mask of leaf {plan.names[i]!r} does not fit the param "
+          f"of shape {plan.shapes[i]}: the state was initialised on other params."
+        )
     missing = [a for a in score.extra_args if a not in extra_args]
     if missing:
-      raise ValueError(f"{name}: the score {score.name!r} reads the update arguments {missing}; pass "
-                       f"them as tx.update(grads, state, params, {missing[0]}=...).")
+      raise ValueError(
+        f"{name}: the score {score.name!r} reads the update arguments {missing}; pass "
+        f"them as tx.update(grads, state, params, {missing[0]}=...)."
+      )
     p = treedef.flatten_up_to(params)
     count = state.count
     final, initial = unit_targets(plan)
-    inputs = scores_lib.ScoreInputs(params, updates if score.reads_grads else None, count,
-                                    state.score_state, {a: extra_args[a] for a in score.extra_args})
+    inputs = scores_lib.ScoreInputs(
+      params,
+      updates if score.reads_grads else None,
+      count,
+      state.score_state,
+      {a: extra_args[a] for a in score.extra_args},
+    )
     score_state = state.score_state
     if score.update is not None:
       score_state = score.update(score_state, inputs)
       inputs = inputs._replace(state=score_state)
 
     if method.initial_masks is not None:
+
       def install():
         start = method.initial_masks(plan, final, initial)
         return [store(start[i]) for i in plan.masked]
+
       current = selection.cond(count == 0, install, lambda: [stored[i] for i in plan.masked])
       for i, m in zip(plan.masked, current):
         stored[i] = m
@@ -329,9 +364,22 @@ def transformation(method: Method, inner: optax.GradientTransformation | None = 
     def recompute():
       old = {i: masks_lib.unpack(stored[i]) for i in plan.masked}
       scores = treedef.flatten_up_to(score.fn(inputs))
-      result = method.rule.fn(rules_lib.RuleInputs(
-          plan, method.selection, method.schedule, method.sparsity, final, initial, count, scores, p,
-          grads, old, monotone))
+      result = method.rule.fn(
+        rules_lib.RuleInputs(
+          plan,
+          method.selection,
+          method.schedule,
+          method.sparsity,
+          final,
+          initial,
+          count,
+          scores,
+          p,
+          grads,
+          old,
+          monotone,
+        )
+      )
       fields = hooks.on_update(info, old, result)
       new = [store(result.masks[i]) for i in plan.masked]
       if method.rule.separate_train:
@@ -366,8 +414,11 @@ def transformation(method: Method, inner: optax.GradientTransformation | None = 
         for i, m in masks.items():
           mask_tree[i] = m
         inner_state = optax.tree_utils.tree_map_params(
-            inner, lambda x, m: jnp.where(m, x, jnp.zeros((), x.dtype)), inner_state,
-            jax.tree.unflatten(treedef, mask_tree))
+          inner,
+          lambda x, m: jnp.where(m, x, jnp.zeros((), x.dtype)),
+          inner_state,
+          jax.tree.unflatten(treedef, mask_tree),
+        )
       elif method.statistics == "reset":
         # A mask update re-initialises the optimizer and feeds it no gradient, so the next step is
         # its first. Its params-shaped statistics are reset before its update (a zero gradient
@@ -381,14 +432,17 @@ def transformation(method: Method, inner: optax.GradientTransformation | None = 
       offered = hooks.offer(info, fields)
       if set(offered) != set(hooks.offers):
         raise ValueError(f"{name}: offers {sorted(offered)}, declared {sorted(hooks.offers)}.")
-      new_updates, inner_state = inner.update(jax.tree.unflatten(treedef, g), inner_state, params,
-                                              **extra_args, **offered)
+      new_updates, inner_state = inner.update(
+        jax.tree.unflatten(treedef, g), inner_state, params, **extra_args, **offered
+      )
       out = treedef.flatten_up_to(new_updates)
       if fresh is not None:
-        is_param = optax.tree_utils.tree_map_params(inner, lambda _: True, fresh,
-                                                    transform_non_params=lambda _: False)
-        inner_state = jax.tree.map(lambda f, s, q: s if q else jnp.where(is_update, f, s), fresh,
-                                   inner_state, is_param)
+        is_param = optax.tree_utils.tree_map_params(
+          inner, lambda _: True, fresh, transform_non_params=lambda _: False
+        )
+        inner_state = jax.tree.map(
+          lambda f, s, q: s if q else jnp.where(is_update, f, s), fresh, inner_state, is_param
+        )
     if hooks.updates is not None:
       out = hooks.updates(info, fields, out)
     if persistent:
@@ -396,9 +450,13 @@ def transformation(method: Method, inner: optax.GradientTransformation | None = 
       for i, m in masks.items():
         u = out[i]
         out[i] = jnp.where(m, u, -p[i].astype(u.dtype))
-    new_state = state._replace(count=optax.safe_increment(count),
-                               masks=jax.tree.unflatten(treedef, stored), score_state=score_state,
-                               inner_state=inner_state, **fields)
+    new_state = state._replace(
+      count=optax.safe_increment(count),
+      masks=jax.tree.unflatten(treedef, stored),
+      score_state=score_state,
+      inner_state=inner_state,
+      **fields,
+    )
     return jax.tree.unflatten(treedef, out), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -33,13 +33,33 @@ from jaxprune import summary as summary_lib
 from jaxprune.checks import JaxpruneWarning
 from jaxprune.leaves import path_str
 
-__all__ = ["Equation", "WeightOp", "equations", "weight_ops", "count_macs", "sparse_macs",
-           "theoretical_speedup", "compression_ratio"]
+__all__ = [
+  "Equation",
+  "WeightOp",
+  "equations",
+  "weight_ops",
+  "count_macs",
+  "sparse_macs",
+  "theoretical_speedup",
+  "compression_ratio",
+]
 
 # Primitives with one operand whose output holds the same values as the operand (up to dtype, layout
 # or broadcasting): a weight passed through them is still that weight.
-_PASS_THROUGH = frozenset({"convert_element_type", "reshape", "transpose", "copy", "copy_p", "squeeze",
-                           "expand_dims", "broadcast_in_dim", "reduce_precision", "sharding_constraint"})
+_PASS_THROUGH = frozenset(
+  {
+    "convert_element_type",
+    "reshape",
+    "transpose",
+    "copy",
+    "copy_p",
+    "squeeze",
+    "expand_dims",
+    "broadcast_in_dim",
+    "reduce_precision",
+    "sharding_constraint",
+  }
+)
 # Primitives mapping their operands one-to-one onto their outputs.
 _POSITIONAL_PASS_THROUGH = frozenset({"optimization_barrier", "device_put"})
 
@@ -119,8 +139,9 @@ def _sub_jaxprs(params: dict) -> list:
   return found
 
 
-def _walk(jaxpr: Any, tags: list, repeats: Optional[int], branch: tuple,
-          choices: Iterator[int]) -> Iterator[Equation]:
+def _walk(
+  jaxpr: Any, tags: list, repeats: Optional[int], branch: tuple, choices: Iterator[int]
+) -> Iterator[Equation]:
   """Yields the equations of ``jaxpr`` (inputs holding the leaves ``tags``); returns the outputs' tags."""
   env = {var: tag for var, tag in zip(jaxpr.invars, tags) if tag is not None}
 
@@ -143,16 +164,22 @@ def _walk(jaxpr: Any, tags: list, repeats: Optional[int], branch: tuple,
       consts, carry = eqn.params["num_consts"], eqn.params["num_carry"]
       # Constants (e.g. broadcast params) and scanned-over slices (e.g. stacked params) keep their
       # identity inside the body; the carry does not.
-      body = in_tags[:consts] + [None] * carry + in_tags[consts + carry:]
+      body = in_tags[:consts] + [None] * carry + in_tags[consts + carry :]
       times = None if repeats is None else repeats * int(eqn.params["length"])
       yield from _walk(eqn.params["jaxpr"].jaxpr, body, times, branch, choices)
     elif name == "while":
       cond_consts, body_consts = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
       carry = [None] * (len(in_tags) - cond_consts - body_consts)
-      yield from _walk(eqn.params["cond_jaxpr"].jaxpr, in_tags[:cond_consts] + carry, None, branch,
-                       choices)
-      yield from _walk(eqn.params["body_jaxpr"].jaxpr,
-                       in_tags[cond_consts:cond_consts + body_consts] + carry, None, branch, choices)
+      yield from _walk(
+        eqn.params["cond_jaxpr"].jaxpr, in_tags[:cond_consts] + carry, None, branch, choices
+      )
+      yield from _walk(
+        eqn.params["body_jaxpr"].jaxpr,
+        in_tags[cond_consts : cond_consts + body_consts] + carry,
+        None,
+        branch,
+        choices,
+      )
     else:
       # cond passes the operands after the branch index to its branches; jit, closed_call, remat,
       # custom_jvp_call, custom_vjp_call, ... pass every operand to their body.
@@ -169,7 +196,9 @@ def _walk(jaxpr: Any, tags: list, repeats: Optional[int], branch: tuple,
   return [tag_of(v) for v in jaxpr.outvars]
 
 
-def equations(fn: Callable[..., Any], params: Any, *inputs: Any, **kwargs: Any) -> Iterator[Equation]:
+def equations(
+  fn: Callable[..., Any], params: Any, *inputs: Any, **kwargs: Any
+) -> Iterator[Equation]:
   """Every equation of ``fn(params, *inputs, **kwargs)``, nested ones included, with its operands' leaves.
 
   The function is traced with ``jax.make_jaxpr``. An operand holds a params leaf when it is the leaf
@@ -207,7 +236,9 @@ def equations(fn: Callable[..., Any], params: Any, *inputs: Any, **kwargs: Any) 
   yield from _walk(closed.jaxpr, tags, 1, (), itertools.count())
 
 
-def weight_ops(fn: Callable[..., Any], params: Any, *inputs: Any, **kwargs: Any) -> Iterator[WeightOp]:
+def weight_ops(
+  fn: Callable[..., Any], params: Any, *inputs: Any, **kwargs: Any
+) -> Iterator[WeightOp]:
   """The matrix products and convolutions of ``fn(params, *inputs, **kwargs)`` and their dense MACs.
 
   A ``dot_general`` counts batch x contracting x free dimensions multiply-adds, a
@@ -286,23 +317,35 @@ def count_macs(fn: Callable[..., Any], params: Any, *inputs: Any, **kwargs: Any)
   ops = _costliest_branches(list(weight_ops(fn, params, *inputs, **kwargs)))
   in_loops = sum(op.repeats is None for op in ops)
   if in_loops:
-    warnings.warn(f"count_macs: {in_loops} product(s) inside while loops of unknown trip count were "
-                  "counted as one iteration each.", JaxpruneWarning, stacklevel=2)
+    warnings.warn(
+      f"count_macs: {in_loops} product(s) inside while loops of unknown trip count were "
+      "counted as one iteration each.",
+      JaxpruneWarning,
+      stacklevel=2,
+    )
   by_leaf: dict[str, int] = {}
   by_primitive: dict[str, int] = {}
   for op in ops:
     by_primitive[op.primitive] = by_primitive.get(op.primitive, 0) + _runs(op)
     if op.leaf is not None:
       by_leaf[op.leaf] = by_leaf.get(op.leaf, 0) + _runs(op)
-  order = {path_str(path): i for i, (path, _) in enumerate(jax.tree_util.tree_flatten_with_path(params)[0])}
+  order = {
+    path_str(path): i for i, (path, _) in enumerate(jax.tree_util.tree_flatten_with_path(params)[0])
+  }
   total = sum(by_primitive.values())
-  return {"total": total, "by_leaf": dict(sorted(by_leaf.items(), key=lambda kv: order[kv[0]])),
-          "unattributed": total - sum(by_leaf.values()), "by_primitive": by_primitive}
+  return {
+    "total": total,
+    "by_leaf": dict(sorted(by_leaf.items(), key=lambda kv: order[kv[0]])),
+    "unattributed": total - sum(by_leaf.values()),
+    "by_primitive": by_primitive,
+  }
 
 
 def _leaf_counts(tree: Any) -> dict[str, tuple[int, int]]:
   """``{name: (size, nonzero)}`` of a params or masks tree, or of a ``SparsitySummary``."""
-  summary = tree if isinstance(tree, summary_lib.SparsitySummary) else summary_lib.sparsity_summary(tree)
+  summary = (
+    tree if isinstance(tree, summary_lib.SparsitySummary) else summary_lib.sparsity_summary(tree)
+  )
   return {name: (leaf.size, leaf.size - leaf.zeros) for name, leaf in summary.leaves.items()}
 
 
@@ -356,8 +399,9 @@ def sparse_macs(mac_counts: dict[str, Any], params_or_masks: Any) -> float:
     sparse += macs * (nonzero / size if size else 1.0)
   if mac_counts["by_leaf"] and leaves and not matched:
     raise ValueError(
-        f"sparse_macs: none of the leaves MACs were attributed to ({', '.join(mac_counts['by_leaf'])}) "
-        f"is in the given tree ({', '.join(list(leaves)[:8])}{', ...' if len(leaves) > 8 else ''}).")
+      f"sparse_macs: none of the leaves MACs were attributed to ({', '.join(mac_counts['by_leaf'])}) "
+      f"is in the given tree ({', '.join(list(leaves)[:8])}{', ...' if len(leaves) > 8 else ''})."
+    )
   return sparse
 
 

@@ -16,22 +16,22 @@ __all__ = ["granet"]
 
 
 def granet(
-    sparsity: float,
-    *,
-    end_step: int,
-    begin_step: int = 0,
-    frequency: int = 100,
-    initial_sparsity: float = 0.0,
-    drop_fraction: float = 0.5,
-    power: float = 3.0,
-    distribution: str | allocation_lib.Allocation = "erk",
-    seed: int = 0,
-    pattern: patterns_lib.Pattern | None = None,
-    prune: leaves_lib.Selector = None,
-    overrides: Mapping[str, float] | None = None,
-    groups: Sequence[Group] = (),
-    packed_masks: bool = False,
-    inner: optax.GradientTransformation | None = None,
+  sparsity: float,
+  *,
+  end_step: int,
+  begin_step: int = 0,
+  frequency: int = 100,
+  initial_sparsity: float = 0.0,
+  drop_fraction: float = 0.5,
+  power: float = 3.0,
+  distribution: str | allocation_lib.Allocation = "erk",
+  seed: int = 0,
+  pattern: patterns_lib.Pattern | None = None,
+  prune: leaves_lib.Selector = None,
+  overrides: Mapping[str, float] | None = None,
+  groups: Sequence[Group] = (),
+  packed_masks: bool = False,
+  inner: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Gradual pruning with neuroregeneration: prune towards the target, regrow by gradient.
 
@@ -79,8 +79,21 @@ def granet(
   """
   dst.check_drop_fraction("granet", drop_fraction)
   return dst.dynamic_sparse(
-      sparsity, grow="gradient", drop_fraction=dst.cosine_drop_fraction(drop_fraction, end_step),
-      frequency=frequency, begin_step=begin_step, end_step=end_step,
-      initial_sparsity=initial_sparsity, sparsity_power=power, distribution=distribution, seed=seed,
-      pattern=pattern, prune=prune, overrides=overrides, groups=groups,
-      packed_masks=packed_masks, inner=inner, name="granet")
+    sparsity,
+    grow="gradient",
+    drop_fraction=dst.cosine_drop_fraction(drop_fraction, end_step),
+    frequency=frequency,
+    begin_step=begin_step,
+    end_step=end_step,
+    initial_sparsity=initial_sparsity,
+    sparsity_power=power,
+    distribution=distribution,
+    seed=seed,
+    pattern=pattern,
+    prune=prune,
+    overrides=overrides,
+    groups=groups,
+    packed_masks=packed_masks,
+    inner=inner,
+    name="granet",
+  )

@@ -17,15 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxprune import engine
+from jaxprune import engine, rules, selection
 from jaxprune import leaves as leaves_lib
 from jaxprune import masks as masks_lib
 from jaxprune import patterns as patterns_lib
 from jaxprune import plan as plan_lib
-from jaxprune import rules
 from jaxprune import schedules as schedules_lib
 from jaxprune import scores as scores_lib
-from jaxprune import selection
 from jaxprune.checks import check_bool, check_int, check_sparsity
 
 __all__ = ["CycleInfo", "IMPState", "get_cycle", "imp"]
@@ -87,8 +85,10 @@ class CycleInfo(NamedTuple):
 def _lengths(cycles: int, cycle_steps: int | Sequence[int]) -> list[int]:
   if isinstance(cycle_steps, Sequence) and not isinstance(cycle_steps, str):
     if len(cycle_steps) != cycles + 1:
-      raise ValueError(f"imp: cycle_steps has {len(cycle_steps)} entries; a run of cycles={cycles} "
-                       f"has {cycles + 1} (the dense cycle, then one per prune).")
+      raise ValueError(
+        f"imp: cycle_steps has {len(cycle_steps)} entries; a run of cycles={cycles} "
+        f"has {cycles + 1} (the dense cycle, then one per prune)."
+      )
     return [check_int(f"cycle_steps[{i}]", n, 1, "imp") for i, n in enumerate(cycle_steps)]
   return [check_int("cycle_steps", cycle_steps, 1, "imp")] * (cycles + 1)
 
@@ -129,8 +129,13 @@ def _random_like(seed: int) -> rules.Rule:
   return rules.Rule("random_like_magnitude", fn)
 
 
-def _planned_sparsity(plan: plan_lib.Plan, final: Sequence[Any], rate: Any,
-                      schedule: schedules_lib.Schedule, prune_steps: np.ndarray) -> jax.Array:
+def _planned_sparsity(
+  plan: plan_lib.Plan,
+  final: Sequence[Any],
+  rate: Any,
+  schedule: schedules_lib.Schedule,
+  prune_steps: np.ndarray,
+) -> jax.Array:
   """Sparsity of the pruned leaves in each cycle, from the counts the selection keeps."""
   total = sum(u.size for u in plan.units)
   shared = [u for u, t in zip(plan.units, final) if t is None]
@@ -166,8 +171,11 @@ def _norm_drop(info: engine.StepInfo, old, result) -> dict[str, jax.Array]:
 
 
 def _offer(info: engine.StepInfo, fields) -> dict[str, jax.Array]:
-  return {"imp_count": info.count, "imp_norm_drop": fields["norm_drop"],
-          "imp_pruned_fraction": fields["pruned_fraction"]}
+  return {
+    "imp_count": info.count,
+    "imp_norm_drop": fields["norm_drop"],
+    "imp_pruned_fraction": fields["pruned_fraction"],
+  }
 
 
 def get_cycle(opt_state: Any) -> CycleInfo:
@@ -199,35 +207,42 @@ def get_cycle(opt_state: Any) -> CycleInfo:
   """
   states = masks_lib.find_states(opt_state, lambda x: isinstance(x, IMPState))
   if len(states) != 1:
-    raise ValueError(f"get_cycle: the optimizer state must contain exactly one imp state, found "
-                     f"{len(states)}.")
+    raise ValueError(
+      f"get_cycle: the optimizer state must contain exactly one imp state, found {len(states)}."
+    )
   state = jax.tree.map(leaves_lib.unwrap_variable, states[0], is_leaf=leaves_lib.is_variable)
   ends = state.cycle_ends
   starts = jnp.concatenate([jnp.zeros([1], ends.dtype), ends[:-1]])
   cycle = state.cycle
-  return CycleInfo(cycle=cycle, step=state.count - starts[cycle], length=ends[cycle] - starts[cycle],
-                   at_end=state.count == ends[cycle], sparsity=state.cycle_sparsity[cycle],
-                   norm_drop=state.norm_drop, pruned_fraction=state.pruned_fraction)
+  return CycleInfo(
+    cycle=cycle,
+    step=state.count - starts[cycle],
+    length=ends[cycle] - starts[cycle],
+    at_end=state.count == ends[cycle],
+    sparsity=state.cycle_sparsity[cycle],
+    norm_drop=state.norm_drop,
+    pruned_fraction=state.pruned_fraction,
+  )
 
 
 def imp(
-    sparsity: float | jax.Array | None = None,
-    *,
-    cycles: int,
-    cycle_steps: int | Sequence[int],
-    rate: float | jax.Array | None = None,
-    distribution: str = "global",
-    leaf_rates: Mapping[str, float] | None = None,
-    rewind: int | str | None = None,
-    reset_optimizer: bool = False,
-    reinit: Callable[[jax.Array], Any] | None = None,
-    random_masks: bool = False,
-    seed: int = 0,
-    score_fn: scores_lib.Score | scores_lib.ScoreFn | None = None,
-    pattern: patterns_lib.Pattern | None = None,
-    prune: leaves_lib.Selector = None,
-    packed_masks: bool = False,
-    inner: optax.GradientTransformation | None = None,
+  sparsity: float | jax.Array | None = None,
+  *,
+  cycles: int,
+  cycle_steps: int | Sequence[int],
+  rate: float | jax.Array | None = None,
+  distribution: str = "global",
+  leaf_rates: Mapping[str, float] | None = None,
+  rewind: int | str | None = None,
+  reset_optimizer: bool = False,
+  reinit: Callable[[jax.Array], Any] | None = None,
+  random_masks: bool = False,
+  seed: int = 0,
+  score_fn: scores_lib.Score | scores_lib.ScoreFn | None = None,
+  pattern: patterns_lib.Pattern | None = None,
+  prune: leaves_lib.Selector = None,
+  packed_masks: bool = False,
+  inner: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Iterative magnitude pruning with fine-tuning, weight rewinding or learning-rate rewinding.
 
@@ -321,8 +336,10 @@ def imp(
   ends = np.cumsum(lengths)
   prune_steps = ends[:-1]  # the first update of cycles 1..n
   if (sparsity is None) == (rate is None):
-    raise ValueError(f"imp: give exactly one of sparsity (reached in the last cycle) and rate (per "
-                     f"cycle), got sparsity={sparsity!r}, rate={rate!r}.")
+    raise ValueError(
+      f"imp: give exactly one of sparsity (reached in the last cycle) and rate (per "
+      f"cycle), got sparsity={sparsity!r}, rate={rate!r}."
+    )
   if sparsity is not None:
     check_sparsity(sparsity, "imp: sparsity")
     if isinstance(sparsity, (int, float)):
@@ -342,20 +359,33 @@ def imp(
       raise ValueError(f"imp: rewind must be None, 'init' or an update count, got {rewind!r}.")
     rewind = check_int("rewind", rewind, 0, "imp")
     if rewind >= lengths[0]:
-      raise ValueError(f"imp: rewind step {rewind} is beyond the first cycle, which ends after "
-                       f"{lengths[0]} updates (cycle_steps[0]); the rewind point must be stored "
-                       f"before the first prune.")
-  for flag_name, flag in (("reset_optimizer", reset_optimizer), ("random_masks", random_masks),
-                          ("packed_masks", packed_masks)):
+      raise ValueError(
+        f"imp: rewind step {rewind} is beyond the first cycle, which ends after "
+        f"{lengths[0]} updates (cycle_steps[0]); the rewind point must be stored "
+        f"before the first prune."
+      )
+  for flag_name, flag in (
+    ("reset_optimizer", reset_optimizer),
+    ("random_masks", random_masks),
+    ("packed_masks", packed_masks),
+  ):
     check_bool(flag_name, flag, "imp")
   if reinit is not None:
     if not callable(reinit):
       raise TypeError(f"imp: reinit must be a function key -> params, got {reinit!r}.")
     if rewind is None:
-      raise ValueError("imp: reinit replaces the weights that a prune rewinds to; it needs rewind "
-                       "('init' or a step), got rewind=None.")
-  selection_ = plan_lib.make_selection("imp", sparsity=rate, prune=prune, pattern=pattern,
-                                       distribution=distribution, overrides=leaf_rates)
+      raise ValueError(
+        "imp: reinit replaces the weights that a prune rewinds to; it needs rewind "
+        "('init' or a step), got rewind=None."
+      )
+  selection_ = plan_lib.make_selection(
+    "imp",
+    sparsity=rate,
+    prune=prune,
+    pattern=pattern,
+    distribution=distribution,
+    overrides=leaf_rates,
+  )
   if random_masks and not isinstance(selection_.pattern, patterns_lib.Unstructured):
     raise ValueError(f"imp: random_masks needs the unstructured pattern, got {pattern!r}.")
   scores_lib.random(seed)  # checks the seed of random_masks and reinit
@@ -368,28 +398,42 @@ def imp(
     inexact = lambda x: jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
     rewind_params = None
     if stores_rewind:
-      rewind_params = jax.tree.unflatten(treedef, [
-          jnp.copy(x) if inexact(x) else None for x in leaves])
-    return dict(cycle=jnp.zeros([], jnp.int32), rewind_params=rewind_params,
-                norm_drop=jnp.zeros([], jnp.float32), pruned_fraction=jnp.zeros([], jnp.float32),
-                cycle_ends=jnp.asarray(ends, jnp.int32),
-                cycle_sparsity=_planned_sparsity(plan, final, rate, schedule, prune_steps))
+      rewind_params = jax.tree.unflatten(
+        treedef, [jnp.copy(x) if inexact(x) else None for x in leaves]
+      )
+    return dict(
+      cycle=jnp.zeros([], jnp.int32),
+      rewind_params=rewind_params,
+      norm_drop=jnp.zeros([], jnp.float32),
+      pruned_fraction=jnp.zeros([], jnp.float32),
+      cycle_ends=jnp.asarray(ends, jnp.int32),
+      cycle_sparsity=_planned_sparsity(plan, final, rate, schedule, prune_steps),
+    )
 
   def every_step(info, fields):
     del fields
     state = info.state
     out = {"cycle": state.cycle + info.is_update.astype(jnp.int32)}
     if stores_rewind and rewind > 0:
-      copy = lambda: [None if r is None else x.astype(r.dtype) for x, r in
-                      zip(info.params, info.treedef.flatten_up_to(state.rewind_params))]
-      out["rewind_params"] = jax.tree.unflatten(info.treedef, selection.cond(
-          info.count == rewind, copy, lambda: info.treedef.flatten_up_to(state.rewind_params)))
+      copy = lambda: [
+        None if r is None else x.astype(r.dtype)
+        for x, r in zip(info.params, info.treedef.flatten_up_to(state.rewind_params))
+      ]
+      out["rewind_params"] = jax.tree.unflatten(
+        info.treedef,
+        selection.cond(
+          info.count == rewind, copy, lambda: info.treedef.flatten_up_to(state.rewind_params)
+        ),
+      )
     return out
 
   def rewound(info, out, targets):
-    return [u if t is None or not jnp.issubdtype(t.dtype, jnp.inexact)
-            else (t.astype(u.dtype) - x.astype(u.dtype))
-            for u, x, t in zip(out, info.params, targets)]
+    return [
+      u
+      if t is None or not jnp.issubdtype(t.dtype, jnp.inexact)
+      else (t.astype(u.dtype) - x.astype(u.dtype))
+      for u, x, t in zip(out, info.params, targets)
+    ]
 
   def updates(info, fields, out):
     if rewind is None:
@@ -406,18 +450,36 @@ def imp(
       key = jax.random.fold_in(jax.random.key(seed), fields["cycle"])
       drawn = leaves_lib.unwrap_variables(reinit(key))
       if jax.tree.structure(drawn) != info.treedef:
-        raise ValueError(f"imp: reinit returned a tree of structure {jax.tree.structure(drawn)}, "
-                         f"expected the params' structure {info.treedef}.")
+        raise ValueError(
+          f"imp: reinit returned a tree of structure {jax.tree.structure(drawn)}, "
+          f"expected the params' structure {info.treedef}."
+        )
       return rewound(info, out, info.treedef.flatten_up_to(drawn))
 
-    return selection.cond(info.is_update, fresh, lambda: out)  # drawing is too costly for every step
+    return selection.cond(
+      info.is_update, fresh, lambda: out
+    )  # drawing is too costly for every step
 
   hooks = engine.Hooks(
-      state_class=IMPState, init=init, update_fields=("norm_drop", "pruned_fraction"),
-      on_update=_norm_drop, every_step=every_step,
-      offers=("imp_count", "imp_norm_drop", "imp_pruned_fraction"), offer=_offer, updates=updates)
+    state_class=IMPState,
+    init=init,
+    update_fields=("norm_drop", "pruned_fraction"),
+    on_update=_norm_drop,
+    every_step=every_step,
+    offers=("imp_count", "imp_norm_drop", "imp_pruned_fraction"),
+    offer=_offer,
+    updates=updates,
+  )
   score = scores_lib.magnitude if score_fn is None else scores_lib.as_score(score_fn, "imp")
-  method = engine.Method("imp", score, rate, selection_, schedule, rule=rule,
-                         statistics="reset" if reset_optimizer else "keep",
-                         packed_masks=packed_masks, hooks=hooks)
+  method = engine.Method(
+    "imp",
+    score,
+    rate,
+    selection_,
+    schedule,
+    rule=rule,
+    statistics="reset" if reset_optimizer else "keep",
+    packed_masks=packed_masks,
+    hooks=hooks,
+  )
   return engine.transformation(method, inner)

@@ -35,10 +35,26 @@ from typing import Any, Union
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Selector", "TreeSelector", "KERNEL_NAMES", "path_str", "named_leaves", "natural_key",
-           "is_kernel", "default_prunable", "default_selection", "prunable_paths", "selected_names",
-           "all_kernels", "kernels_except", "inner_kernels", "transformer_blocks",
-           "unwrap_variables", "unwrap_variable", "is_variable"]
+__all__ = [
+  "Selector",
+  "TreeSelector",
+  "KERNEL_NAMES",
+  "path_str",
+  "named_leaves",
+  "natural_key",
+  "is_kernel",
+  "default_prunable",
+  "default_selection",
+  "prunable_paths",
+  "selected_names",
+  "all_kernels",
+  "kernels_except",
+  "inner_kernels",
+  "transformer_blocks",
+  "unwrap_variables",
+  "unwrap_variable",
+  "is_variable",
+]
 
 KERNEL_NAMES = frozenset({"kernel", "weight", "w"})
 """Last path keys that name a weight matrix or tensor in the default selection."""
@@ -57,8 +73,13 @@ class TreeSelector:
     allow_empty: whether selecting no leaf is fine; if not, `select` raises ``ValueError``.
   """
 
-  def __init__(self, fn: Callable[[list[tuple[str, Any]]], Sequence[bool]], description: str, *,
-               allow_empty: bool = False):
+  def __init__(
+    self,
+    fn: Callable[[list[tuple[str, Any]]], Sequence[bool]],
+    description: str,
+    *,
+    allow_empty: bool = False,
+  ):
     self._fn = fn
     self.description = description
     self.allow_empty = allow_empty
@@ -67,11 +88,14 @@ class TreeSelector:
     """Flags for already-named leaves (see `select`)."""
     flags = [bool(f) for f in self._fn(named)]
     if len(flags) != len(named):
-      raise ValueError(f"{owner}: selector {self.description} returned {len(flags)} flags for "
-                       f"{len(named)} leaves.")
+      raise ValueError(
+        f"{owner}: selector {self.description} returned {len(flags)} flags for {len(named)} leaves."
+      )
     if not self.allow_empty and named and not any(flags):
-      raise ValueError(f"{owner}: selector {self.description} selects no leaf; leaf names are "
-                       f"{[name for name, _ in named]}.")
+      raise ValueError(
+        f"{owner}: selector {self.description} selects no leaf; leaf names are "
+        f"{[name for name, _ in named]}."
+      )
     return flags
 
   def select(self, tree: Any, *, owner: str = "select") -> list[bool]:
@@ -186,15 +210,17 @@ def _as_predicate(prune: Selector, owner: str) -> tuple[Callable[[str, Any], boo
   patterns = [prune] if isinstance(prune, str) else list(prune)
   for pattern in patterns:
     if not isinstance(pattern, str):
-      raise TypeError(f"{owner}: prune patterns must be strings (regular expressions), got "
-                      f"{pattern!r}.")
+      raise TypeError(
+        f"{owner}: prune patterns must be strings (regular expressions), got {pattern!r}."
+      )
   compiled = []
   for pattern in patterns:
     try:
       compiled.append(re.compile(pattern))
     except re.error as e:
-      raise ValueError(f"{owner}: prune pattern {pattern!r} is not a valid regular expression: "
-                       f"{e}.") from None
+      raise ValueError(
+        f"{owner}: prune pattern {pattern!r} is not a valid regular expression: {e}."
+      ) from None
   return (lambda name, leaf: any(c.fullmatch(name) for c in compiled)), patterns
 
 
@@ -224,18 +250,22 @@ def prunable_paths(params: Any, prune: Selector, *, owner: str) -> list[bool]:
     for pattern in patterns:
       if not any(re.fullmatch(pattern, name) for name, _ in named):
         raise ValueError(
-            f"{owner}: prune pattern {pattern!r} matches no leaf; leaf names are "
-            f"{[name for name, _ in named]}.")
+          f"{owner}: prune pattern {pattern!r} matches no leaf; leaf names are "
+          f"{[name for name, _ in named]}."
+        )
     flags = [bool(predicate(name, leaf)) for name, leaf in named]
   for (name, leaf), selected in zip(named, flags):
     if selected and not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
       raise TypeError(
-          f"{owner}: leaf {name!r} of dtype {jnp.result_type(leaf)} is selected for pruning, but only "
-          "floating-point leaves can be pruned.")
+        f"{owner}: leaf {name!r} of dtype {jnp.result_type(leaf)} is selected for pruning, but only "
+        "floating-point leaves can be pruned."
+      )
   return flags
 
 
-def selected_names(params: Any, prune: Selector = None, *, owner: str = "selected_names") -> list[str]:
+def selected_names(
+  params: Any, prune: Selector = None, *, owner: str = "selected_names"
+) -> list[str]:
   """The names of the leaves of ``params`` that ``prune`` selects, in ``jax.tree.leaves`` order.
 
   Example:
@@ -270,8 +300,10 @@ _NUMBER = re.compile(r"(\d+)")
 def natural_key(name: str) -> tuple:
   """Sort key of a leaf name that compares its keys in turn, digit runs as numbers
   (``Dense_2`` before ``Dense_10``, ``layer/2`` before ``layer/10``)."""
-  return tuple(tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in _NUMBER.split(key) if p)
-               for key in name.split("/"))
+  return tuple(
+    tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in _NUMBER.split(key) if p)
+    for key in name.split("/")
+  )
 
 
 def _check_count(value: Any, what: str) -> int:
@@ -320,9 +352,11 @@ def kernels_except(first: bool | int = True, last: bool | int = True) -> TreeSel
   n_last = _check_count(last, "last")
 
   def fn(named):
-    kernels = sorted((i for i, (n, leaf) in enumerate(named) if is_kernel(n, leaf)),
-                     key=lambda i: _layer_order(named[i][0]))
-    kept = set(kernels[n_first:max(n_first, len(kernels) - n_last)])
+    kernels = sorted(
+      (i for i, (n, leaf) in enumerate(named) if is_kernel(n, leaf)),
+      key=lambda i: _layer_order(named[i][0]),
+    )
+    kept = set(kernels[n_first : max(n_first, len(kernels) - n_last)])
     return [i in kept for i in range(len(named))]
 
   return TreeSelector(fn, f"kernels_except(first={first!r}, last={last!r})")
@@ -337,8 +371,13 @@ def _layer_order(name: str) -> tuple:
     group = 1
   else:
     keys = name.split("/")[:-1]
-    group = (0 if any(_STEM_KEY.fullmatch(k) for k in keys) else
-             3 if any(_HEAD_KEY.fullmatch(k) for k in keys) else 2)
+    group = (
+      0
+      if any(_STEM_KEY.fullmatch(k) for k in keys)
+      else 3
+      if any(_HEAD_KEY.fullmatch(k) for k in keys)
+      else 2
+    )
   return (group, natural_key(name))
 
 
@@ -362,7 +401,12 @@ def _in_block(name: str) -> bool:
       continue
     if _BLOCK_KEY.fullmatch(key):
       return True
-    if key.isdigit() and i > 0 and _CONTAINER.fullmatch(keys[i - 1]) and "norm" not in keys[i - 1].lower():
+    if (
+      key.isdigit()
+      and i > 0
+      and _CONTAINER.fullmatch(keys[i - 1])
+      and "norm" not in keys[i - 1].lower()
+    ):
       return True
   return False
 
@@ -381,5 +425,6 @@ def transformer_blocks() -> TreeSelector:
   Returns:
     A `TreeSelector`; using it on a tree with no such kernel raises ``ValueError``.
   """
-  return TreeSelector(lambda named: [is_kernel(n, leaf) and _in_block(n) for n, leaf in named],
-                      "transformer_blocks()")
+  return TreeSelector(
+    lambda named: [is_kernel(n, leaf) and _in_block(n) for n, leaf in named], "transformer_blocks()"
+  )

@@ -8,28 +8,28 @@ import jax
 import optax
 
 from jaxprune import allocation as allocation_lib
-from jaxprune.groups import Group
 from jaxprune import leaves as leaves_lib
 from jaxprune import patterns as patterns_lib
 from jaxprune import schedules as schedules_lib
 from jaxprune import scores
+from jaxprune.groups import Group
 from jaxprune.pruning import pruning
 
 __all__ = ["magnitude_pruning"]
 
 
 def magnitude_pruning(
-    sparsity: float | jax.Array | None = None,
-    *,
-    distribution: str | allocation_lib.Allocation = "uniform",
-    pattern: patterns_lib.Pattern | None = None,
-    schedule: schedules_lib.Schedule | None = None,
-    prune: leaves_lib.Selector = None,
-    overrides: Mapping[str, float] | None = None,
-    groups: Sequence[Group] = (),
-    packed_masks: bool = False,
-    application: str = "persistent",
-    inner: optax.GradientTransformation | None = None,
+  sparsity: float | jax.Array | None = None,
+  *,
+  distribution: str | allocation_lib.Allocation = "uniform",
+  pattern: patterns_lib.Pattern | None = None,
+  schedule: schedules_lib.Schedule | None = None,
+  prune: leaves_lib.Selector = None,
+  overrides: Mapping[str, float] | None = None,
+  groups: Sequence[Group] = (),
+  packed_masks: bool = False,
+  application: str = "persistent",
+  inner: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Prunes the weights of smallest magnitude ``|w|``, one-shot or gradually.
 
@@ -73,7 +73,17 @@ def magnitude_pruning(
     <https://arxiv.org/abs/1506.02626>`_, 2015; Zhu & Gupta, `To prune, or not to prune
     <https://arxiv.org/abs/1710.01878>`_, 2017
   """
-  return pruning(scores.magnitude, sparsity, distribution=distribution, pattern=pattern,
-                 schedule=schedule, prune=prune, overrides=overrides, groups=groups,
-                 packed_masks=packed_masks, application=application, inner=inner,
-                 name="magnitude_pruning")
+  return pruning(
+    scores.magnitude,
+    sparsity,
+    distribution=distribution,
+    pattern=pattern,
+    schedule=schedule,
+    prune=prune,
+    overrides=overrides,
+    groups=groups,
+    packed_masks=packed_masks,
+    application=application,
+    inner=inner,
+    name="magnitude_pruning",
+  )

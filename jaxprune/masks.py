@@ -58,7 +58,9 @@ def unpack(mask: Any) -> Any:
 
 def _is_pruning_state(x: Any) -> bool:
   # Every jaxprune state keeps its masks in a field named `masks` next to a `count`.
-  return isinstance(x, tuple) and hasattr(x, "_fields") and "masks" in x._fields and "count" in x._fields
+  return (
+    isinstance(x, tuple) and hasattr(x, "_fields") and "masks" in x._fields and "count" in x._fields
+  )
 
 
 def find_states(opt_state: Any, is_state: Any) -> list[Any]:
@@ -70,8 +72,9 @@ def find_states(opt_state: Any, is_state: Any) -> list[Any]:
 
 def _mask_leaves(masks: Any):
   """Leaves of a masks tree, a packed mask or an nnx ``Variable`` counting as one leaf."""
-  is_leaf = lambda x: (x is None or isinstance(x, (PackedMask, optax.MaskedNode))
-                       or leaves_lib.is_variable(x))
+  is_leaf = lambda x: (
+    x is None or isinstance(x, (PackedMask, optax.MaskedNode)) or leaves_lib.is_variable(x)
+  )
   return jax.tree.flatten(masks, is_leaf=is_leaf)
 
 
@@ -105,12 +108,16 @@ def get_masks(opt_state: Any) -> Any:
   """
   states = find_states(opt_state, _is_pruning_state)
   if not states:
-    raise ValueError("get_masks: the optimizer state contains no jaxprune pruner (no state with a "
-                     "'masks' field).")
+    raise ValueError(
+      "get_masks: the optimizer state contains no jaxprune pruner (no state with a 'masks' field)."
+    )
   combined, treedef = None, None
   for state in states:
     leaves, here = _mask_leaves(state.masks)
-    leaves = [None if isinstance(m, optax.MaskedNode) else unpack(leaves_lib.unwrap_variable(m)) for m in leaves]
+    leaves = [
+      None if isinstance(m, optax.MaskedNode) else unpack(leaves_lib.unwrap_variable(m))
+      for m in leaves
+    ]
     if combined is None:
       combined, treedef = leaves, here
       continue
@@ -125,8 +132,10 @@ def host_arrays(tree: Any) -> dict[str, np.ndarray]:
   ``Variable`` values unwrapped; ``None`` leaves are skipped. For reporting, not for jitted code."""
   is_leaf = lambda x: isinstance(x, PackedMask) or leaves_lib.is_variable(x)
   flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
-  return {leaves_lib.path_str(path): np.asarray(jax.device_get(unpack(leaves_lib.unwrap_variable(x))))
-          for path, x in flat}
+  return {
+    leaves_lib.path_str(path): np.asarray(jax.device_get(unpack(leaves_lib.unwrap_variable(x))))
+    for path, x in flat
+  }
 
 
 def apply_masks(params: Any, masks: Any) -> Any:
@@ -149,6 +158,8 @@ def apply_masks(params: Any, masks: Any) -> Any:
   """
   treedef = jax.tree.structure(params)
   leaves = treedef.flatten_up_to(params)
-  out = [p if m is None else jnp.where(unpack(leaves_lib.unwrap_variable(m)), p, jnp.zeros((), p.dtype))
-         for p, m in zip(leaves, treedef.flatten_up_to(masks))]
+  out = [
+    p if m is None else jnp.where(unpack(leaves_lib.unwrap_variable(m)), p, jnp.zeros((), p.dtype))
+    for p, m in zip(leaves, treedef.flatten_up_to(masks))
+  ]
   return jax.tree.unflatten(treedef, out)

@@ -21,20 +21,20 @@ __all__ = ["prune"]
 
 
 def prune(
-    params: Any,
-    sparsity: float | jax.Array | None = None,
-    *,
-    score: scores_lib.Score | scores_lib.ScoreFn = scores_lib.magnitude,
-    scores: Any = None,
-    grads: Any = None,
-    distribution: Any = "uniform",
-    pattern: patterns_lib.Pattern | None = None,
-    prune: leaves_lib.Selector = None,
-    overrides: Mapping[str, float] | None = None,
-    groups: Sequence[Group] = (),
-    keep: Any = None,
-    name: str = "prune",
-    **extra_args: Any,
+  params: Any,
+  sparsity: float | jax.Array | None = None,
+  *,
+  score: scores_lib.Score | scores_lib.ScoreFn = scores_lib.magnitude,
+  scores: Any = None,
+  grads: Any = None,
+  distribution: Any = "uniform",
+  pattern: patterns_lib.Pattern | None = None,
+  prune: leaves_lib.Selector = None,
+  overrides: Mapping[str, float] | None = None,
+  groups: Sequence[Group] = (),
+  keep: Any = None,
+  name: str = "prune",
+  **extra_args: Any,
 ) -> Any:
   """Masks keeping the highest scores of ``params``, with exactly the requested sparsity.
 
@@ -68,8 +68,15 @@ def prune(
     (Array([[False,  True],
            [ True, False]], dtype=bool), None)
   """
-  sel = plan_lib.make_selection(name, sparsity=sparsity, prune=prune, pattern=pattern,
-                                distribution=distribution, overrides=overrides, groups=groups)
+  sel = plan_lib.make_selection(
+    name,
+    sparsity=sparsity,
+    prune=prune,
+    pattern=pattern,
+    distribution=distribution,
+    overrides=overrides,
+    groups=groups,
+  )
   plan = plan_lib.make_plan(params, sel, name)
   final, initial = plan_lib.targets(plan, sel, sparsity)
   leaves, treedef = jax.tree.flatten(leaves_lib.unwrap_variables(params))
@@ -83,11 +90,28 @@ def prune(
     raise ValueError(f"{name}: give score or scores, not both.")
   score_leaves = treedef.flatten_up_to(scores)
   kept = None if keep is None else treedef.flatten_up_to(keep)
-  old = {i: jnp.ones(plan.shapes[i], bool) if kept is None or kept[i] is None
-         else masks_lib.unpack(leaves_lib.unwrap_variable(kept[i])) for i in plan.masked}
-  result = rules.prune.fn(rules.RuleInputs(
-      plan, sel, schedules_lib.one_shot(0), sparsity, final, initial, jnp.zeros([], jnp.int32),
-      score_leaves, leaves, grad_leaves, old, True))
+  old = {
+    i: jnp.ones(plan.shapes[i], bool)
+    if kept is None or kept[i] is None
+    else masks_lib.unpack(leaves_lib.unwrap_variable(kept[i]))
+    for i in plan.masked
+  }
+  result = rules.prune.fn(
+    rules.RuleInputs(
+      plan,
+      sel,
+      schedules_lib.one_shot(0),
+      sparsity,
+      final,
+      initial,
+      jnp.zeros([], jnp.int32),
+      score_leaves,
+      leaves,
+      grad_leaves,
+      old,
+      True,
+    )
+  )
   out = [None] * len(leaves)
   for i, m in result.masks.items():
     out[i] = m

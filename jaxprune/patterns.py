@@ -14,13 +14,24 @@ from typing import NamedTuple, Union
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Pattern", "Unstructured", "NM", "Block", "Channel", "unstructured", "n_m", "block",
-           "channel"]
+__all__ = [
+  "Pattern",
+  "Unstructured",
+  "NM",
+  "Block",
+  "Channel",
+  "unstructured",
+  "n_m",
+  "block",
+  "channel",
+]
 
 
 def _axis(axis: int, ndim: int, name: str, what: str) -> int:
   if not -ndim <= axis < ndim:
-    raise ValueError(f"leaf {name!r}: {what} axis {axis} is out of range for a leaf with {ndim} dims.")
+    raise ValueError(
+      f"leaf {name!r}: {what} axis {axis} is out of range for a leaf with {ndim} dims."
+    )
   return axis % ndim
 
 
@@ -48,19 +59,23 @@ class Block(NamedTuple):
 
   def validate(self, name: str, shape: tuple[int, ...]) -> None:
     if len(self.shape) > len(shape):
-      raise ValueError(f"leaf {name!r}: block shape {self.shape} has more dims than the leaf "
-                       f"shape {shape}.")
-    trailing = shape[len(shape) - len(self.shape):]
+      raise ValueError(
+        f"leaf {name!r}: block shape {self.shape} has more dims than the leaf shape {shape}."
+      )
+    trailing = shape[len(shape) - len(self.shape) :]
     if any(b > d for b, d in zip(self.shape, trailing)):
-      raise ValueError(f"leaf {name!r}: block shape {self.shape} is larger than the leaf shape {shape}.")
+      raise ValueError(
+        f"leaf {name!r}: block shape {self.shape} is larger than the leaf shape {shape}."
+      )
     if any(d % b for b, d in zip(self.shape, trailing)):
-      raise ValueError(f"leaf {name!r}: block shape {self.shape} does not divide the leaf shape "
-                       f"{shape}.")
+      raise ValueError(
+        f"leaf {name!r}: block shape {self.shape} does not divide the leaf shape {shape}."
+      )
 
   def _split_shape(self, shape):
-    lead = shape[:len(shape) - len(self.shape)]
+    lead = shape[: len(shape) - len(self.shape)]
     split = []
-    for b, d in zip(self.shape, shape[len(lead):]):
+    for b, d in zip(self.shape, shape[len(lead) :]):
       split += [d // b, b]
     return lead, tuple(split)
 
@@ -75,7 +90,9 @@ class Block(NamedTuple):
 
   def expand(self, group_mask: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     lead, split = self._split_shape(shape)
-    expanded = jnp.expand_dims(group_mask, tuple(len(lead) + 2 * i + 1 for i in range(len(self.shape))))
+    expanded = jnp.expand_dims(
+      group_mask, tuple(len(lead) + 2 * i + 1 for i in range(len(self.shape)))
+    )
     return jnp.broadcast_to(expanded, lead + split).reshape(shape)
 
 
@@ -111,8 +128,10 @@ class NM(NamedTuple):
   def validate(self, name: str, shape: tuple[int, ...]) -> None:
     axis = _axis(self.axis, len(shape), name, "N:M")
     if shape[axis] % self.m:
-      raise ValueError(f"leaf {name!r}: M={self.m} does not divide axis {self.axis} of size "
-                       f"{shape[axis]} (shape {shape}).")
+      raise ValueError(
+        f"leaf {name!r}: M={self.m} does not divide axis {self.axis} of size "
+        f"{shape[axis]} (shape {shape})."
+      )
 
   def mask(self, scores: jax.Array) -> jax.Array:
     """The N:M mask; ties within a group are broken by position (first entries kept)."""

@@ -51,10 +51,16 @@ class Selection(NamedTuple):
     return isinstance(self.pattern, patterns_lib.NM)
 
 
-def make_selection(owner: str, *, sparsity: Any, prune: leaves_lib.Selector = None,
-                   pattern: patterns_lib.Pattern | None = None, distribution: Any = "uniform",
-                   overrides: Mapping[str, Any] | None = None,
-                   groups: Sequence[Group] = ()) -> Selection:
+def make_selection(
+  owner: str,
+  *,
+  sparsity: Any,
+  prune: leaves_lib.Selector = None,
+  pattern: patterns_lib.Pattern | None = None,
+  distribution: Any = "uniform",
+  overrides: Mapping[str, Any] | None = None,
+  groups: Sequence[Group] = (),
+) -> Selection:
   """Validates the selection options of ``owner`` (a factory's name) and bundles them.
 
   Args:
@@ -84,10 +90,14 @@ def make_selection(owner: str, *, sparsity: Any, prune: leaves_lib.Selector = No
     try:
       re.compile(key)
     except re.error as e:
-      raise ValueError(f"{owner}: override pattern {key!r} is not a valid regular expression: {e}.") from None
+      raise ValueError(
+        f"{owner}: override pattern {key!r} is not a valid regular expression: {e}."
+      ) from None
     if value is None:
-      raise ValueError(f"{owner}: override {key!r} has no sparsity (None). Give a number in [0, 1); "
-                       f"to leave leaves unpruned, exclude them with prune=.")
+      raise ValueError(
+        f"{owner}: override {key!r} has no sparsity (None). Give a number in [0, 1); "
+        f"to leave leaves unpruned, exclude them with prune=."
+      )
     check_sparsity(value, f"{owner}: override sparsity for leaf {key!r}")
   groups = tuple(groups)
   for g in groups:
@@ -95,14 +105,20 @@ def make_selection(owner: str, *, sparsity: Any, prune: leaves_lib.Selector = No
       raise TypeError(f"{owner}: groups must be jaxprune.groups.Group values, got {g!r}.")
   if isinstance(pattern, patterns_lib.NM):
     if sparsity is not None or overrides:
-      raise ValueError(f"{owner}: an N:M pattern fixes the sparsity at 1 - n/m = "
-                       f"{1 - pattern.n / pattern.m}; pass sparsity=None and no overrides, got "
-                       f"sparsity={sparsity!r}, overrides={overrides!r}.")
+      raise ValueError(
+        f"{owner}: an N:M pattern fixes the sparsity at 1 - n/m = "
+        f"{1 - pattern.n / pattern.m}; pass sparsity=None and no overrides, got "
+        f"sparsity={sparsity!r}, overrides={overrides!r}."
+      )
     if distribution != "uniform":
-      raise ValueError(f"{owner}: an N:M pattern selects within groups; distribution must be "
-                       f"'uniform', got {distribution!r}.")
+      raise ValueError(
+        f"{owner}: an N:M pattern selects within groups; distribution must be "
+        f"'uniform', got {distribution!r}."
+      )
     if groups:
-      raise ValueError(f"{owner}: groups are pruned by whole units, which an N:M pattern does not do.")
+      raise ValueError(
+        f"{owner}: groups are pruned by whole units, which an N:M pattern does not do."
+      )
   else:
     if sparsity is None:
       raise ValueError(f"{owner}: sparsity is required (only N:M patterns fix it themselves).")
@@ -142,7 +158,7 @@ class Unit(NamedTuple):
   def group_scores(self, leaves: Sequence[jax.Array]) -> jax.Array:
     """One float32 score per group, from leaf-shaped score arrays (indexed like the params)."""
     if self.pattern is not None:
-      (index, _), = self.members
+      ((index, _),) = self.members
       score = leaves[index].astype(jnp.float32)
       return score if self.is_nm else self.pattern.group_scores(score)
     total = None
@@ -161,7 +177,7 @@ class Unit(NamedTuple):
   def kept(self, masks: Mapping[int, jax.Array]) -> jax.Array:
     """Which groups are kept under leaf masks ``masks`` (a group is kept if any entry is)."""
     if self.pattern is not None:
-      (index, _), = self.members
+      ((index, _),) = self.members
       if isinstance(self.pattern, (patterns_lib.Unstructured, patterns_lib.NM)):
         return masks[index]
       return self.pattern.group_scores(masks[index].astype(jnp.float32)) > 0
@@ -173,10 +189,12 @@ class Unit(NamedTuple):
       out = per if out is None else out | per
     return out
 
-  def expand(self, group_mask: jax.Array, shapes: Sequence[tuple[int, ...]]) -> list[tuple[int, jax.Array]]:
+  def expand(
+    self, group_mask: jax.Array, shapes: Sequence[tuple[int, ...]]
+  ) -> list[tuple[int, jax.Array]]:
     """``(leaf index, leaf-shaped mask)`` for each member, from a mask over groups."""
     if self.pattern is not None:
-      (index, _), = self.members
+      ((index, _),) = self.members
       if isinstance(self.pattern, patterns_lib.NM):
         return [(index, group_mask)]
       return [(index, self.pattern.expand(group_mask, shapes[index]))]
@@ -224,25 +242,35 @@ def _group_units(params_named, flags, groups: Sequence[Group], owner: str) -> li
     members, size = [], None
     for name, axis in g.members:
       if name not in index_of:
-        raise ValueError(f"{owner}: group {g.name!r} names leaf {name!r}, which the params do not have; "
-                         f"leaf names are {list(index_of)}.")
+        raise ValueError(
+          f"{owner}: group {g.name!r} names leaf {name!r}, which the params do not have; "
+          f"leaf names are {list(index_of)}."
+        )
       i = index_of[name]
       leaf = params_named[i][1]
       shape = tuple(jnp.shape(leaf))
       if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-        raise TypeError(f"{owner}: group {g.name!r}: leaf {name!r} of dtype {jnp.result_type(leaf)} "
-                        f"cannot be pruned (only floating-point leaves can).")
+        raise TypeError(
+          f"{owner}: group {g.name!r}: leaf {name!r} of dtype {jnp.result_type(leaf)} "
+          f"cannot be pruned (only floating-point leaves can)."
+        )
       if not -len(shape) <= axis < len(shape):
-        raise ValueError(f"{owner}: group {g.name!r}: axis {axis} is out of range for leaf {name!r} "
-                         f"of shape {shape}.")
+        raise ValueError(
+          f"{owner}: group {g.name!r}: axis {axis} is out of range for leaf {name!r} "
+          f"of shape {shape}."
+        )
       axis = axis % len(shape)
       if size is not None and shape[axis] != size:
-        raise ValueError(f"{owner}: group {g.name!r}: leaf {name!r} has {shape[axis]} entries along "
-                         f"axis {axis}, the group's first member {size}.")
+        raise ValueError(
+          f"{owner}: group {g.name!r}: leaf {name!r} has {shape[axis]} entries along "
+          f"axis {axis}, the group's first member {size}."
+        )
       size = shape[axis] if size is None else size
       if (i, axis) in seen:
-        raise ValueError(f"{owner}: leaf {name!r} axis {axis} is in two groups, {seen[(i, axis)]!r} "
-                         f"and {g.name!r}.")
+        raise ValueError(
+          f"{owner}: leaf {name!r} axis {axis} is in two groups, {seen[(i, axis)]!r} "
+          f"and {g.name!r}."
+        )
       seen[(i, axis)] = g.name
       members.append((i, axis))
       flags[i] = False  # a group member is pruned by its groups, not by the leaf pattern
@@ -261,7 +289,9 @@ def make_plan(params: Any, sel: Selection, owner: str) -> Plan:
     TypeError: for a non-floating-point leaf selected for pruning.
   """
   if params is None:
-    raise ValueError(f"{owner}: params must be given to update (tx.update(updates, state, params)).")
+    raise ValueError(
+      f"{owner}: params must be given to update (tx.update(updates, state, params))."
+    )
   named = leaves_lib.named_leaves(leaves_lib.unwrap_variables(params))
   flags = leaves_lib.prunable_paths(params, sel.prune, owner=owner)
   group_units = _group_units(named, flags, sel.groups, owner)
@@ -274,26 +304,40 @@ def make_plan(params: Any, sel: Selection, owner: str) -> Plan:
       sel.pattern.validate(name, shape)
     except ValueError as e:
       raise ValueError(f"{owner}: {e}") from None
-    groups = (math.prod(shape) if isinstance(sel.pattern, patterns_lib.NM)
-              else sel.pattern.num_groups(shape))
+    groups = (
+      math.prod(shape)
+      if isinstance(sel.pattern, patterns_lib.NM)
+      else sel.pattern.num_groups(shape)
+    )
     units.append(Unit(name, ((i, None),), sel.pattern, shape, groups, math.prod(shape), None))
   units += group_units
   matched_by: dict[str, str] = {}
   for key in sel.overrides:
     hits = [u.name for u in units if re.fullmatch(key, u.name)]
     if not hits:
-      raise ValueError(f"{owner}: override pattern {key!r} matches no pruned leaf; pruned leaves "
-                       f"are {[u.name for u in units]}.")
+      raise ValueError(
+        f"{owner}: override pattern {key!r} matches no pruned leaf; pruned leaves "
+        f"are {[u.name for u in units]}."
+      )
     for name in hits:
       if name in matched_by:
-        raise ValueError(f"{owner}: leaf {name!r} is matched by two override patterns, "
-                         f"{matched_by[name]!r} and {key!r}.")
+        raise ValueError(
+          f"{owner}: leaf {name!r} is matched by two override patterns, "
+          f"{matched_by[name]!r} and {key!r}."
+        )
       matched_by[name] = key
-  units = [u._replace(override=sel.overrides[matched_by[u.name]]) if u.name in matched_by else u
-           for u in units]
+  units = [
+    u._replace(override=sel.overrides[matched_by[u.name]]) if u.name in matched_by else u
+    for u in units
+  ]
   masked = sorted({i for u in units for i, _ in u.members})
-  return Plan(owner, tuple(n for n, _ in named), tuple(tuple(jnp.shape(x)) for _, x in named),
-              tuple(masked), tuple(units))
+  return Plan(
+    owner,
+    tuple(n for n, _ in named),
+    tuple(tuple(jnp.shape(x)) for _, x in named),
+    tuple(masked),
+    tuple(units),
+  )
 
 
 def num_pruned(sparsity: Any, size: int) -> Any:
@@ -305,12 +349,14 @@ def num_pruned(sparsity: Any, size: int) -> Any:
 
 def _allocate(plan: Plan, distribution: Any, sparsity: Any, units: Sequence[Unit]) -> list[Any]:
   """The distribution's per-unit shares of ``sparsity``, checked (``None`` each for global)."""
-  return allocation_lib.allocate(distribution, sparsity, [u.shape for u in units],
-                                 [u.name for u in units], owner=plan.owner)
+  return allocation_lib.allocate(
+    distribution, sparsity, [u.shape for u in units], [u.name for u in units], owner=plan.owner
+  )
 
 
-def targets(plan: Plan, sel: Selection, sparsity: Any,
-            initial_sparsity: Any = None) -> tuple[list[Any], list[Any]]:
+def targets(
+  plan: Plan, sel: Selection, sparsity: Any, initial_sparsity: Any = None
+) -> tuple[list[Any], list[Any]]:
   """Per-unit final and initial sparsities.
 
   The final target of a unit is its override, else its share under the distribution, else ``None``
@@ -340,7 +386,9 @@ def targets(plan: Plan, sel: Selection, sparsity: Any,
     f = number(sparsity if s_f is None else s_f, "sparsity")
     i = number(s_i, "initial sparsity")
     if f is not None and i is not None and i > f + 1e-9:
-      raise ValueError(f"{plan.owner}: the schedule starts leaf {u.name!r} at sparsity {i:.6g}, "
-                       f"above its target {f:.6g}: weights pruned early would be revived. Lower "
-                       f"the schedule's initial_sparsity to at most the target.")
+      raise ValueError(
+        f"{plan.owner}: the schedule starts leaf {u.name!r} at sparsity {i:.6g}, "
+        f"above its target {f:.6g}: weights pruned early would be revived. Lower "
+        f"the schedule's initial_sparsity to at most the target."
+      )
   return final, initial

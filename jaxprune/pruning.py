@@ -23,19 +23,19 @@ __all__ = ["PruningState", "pruning"]
 
 
 def pruning(
-    score_fn: scores_lib.Score | scores_lib.ScoreFn,
-    sparsity: float | jax.Array | None = None,
-    *,
-    distribution: str | allocation_lib.Allocation = "uniform",
-    pattern: patterns_lib.Pattern | None = None,
-    schedule: schedules_lib.Schedule | None = None,
-    prune: leaves_lib.Selector = None,
-    overrides: Mapping[str, float] | None = None,
-    groups: Sequence[Group] = (),
-    packed_masks: bool = False,
-    application: str = "persistent",
-    inner: optax.GradientTransformation | None = None,
-    name: str = "pruning",
+  score_fn: scores_lib.Score | scores_lib.ScoreFn,
+  sparsity: float | jax.Array | None = None,
+  *,
+  distribution: str | allocation_lib.Allocation = "uniform",
+  pattern: patterns_lib.Pattern | None = None,
+  schedule: schedules_lib.Schedule | None = None,
+  prune: leaves_lib.Selector = None,
+  overrides: Mapping[str, float] | None = None,
+  groups: Sequence[Group] = (),
+  packed_masks: bool = False,
+  application: str = "persistent",
+  inner: optax.GradientTransformation | None = None,
+  name: str = "pruning",
 ) -> optax.GradientTransformationExtraArgs:
   """A pruning transformation: keeps masks in its state and zeroes the pruned weights at every step.
 
@@ -89,12 +89,20 @@ def pruning(
            [False, False]], dtype=bool)
   """
   score = scores_lib.as_score(score_fn, name)
-  selection = plan_lib.make_selection(name, sparsity=sparsity, prune=prune, pattern=pattern,
-                                      distribution=distribution, overrides=overrides, groups=groups)
+  selection = plan_lib.make_selection(
+    name,
+    sparsity=sparsity,
+    prune=prune,
+    pattern=pattern,
+    distribution=distribution,
+    overrides=overrides,
+    groups=groups,
+  )
   schedule = schedules_lib.one_shot(0) if schedule is None else schedule
   if not isinstance(schedule, schedules_lib.Schedule):
     raise TypeError(f"{name}: schedule must be a jaxprune.schedules.Schedule, got {schedule!r}.")
   check_bool("packed_masks", packed_masks, name)
-  method = engine.Method(name, score, sparsity, selection, schedule, application=application,
-                         packed_masks=packed_masks)
+  method = engine.Method(
+    name, score, sparsity, selection, schedule, application=application, packed_masks=packed_masks
+  )
   return engine.transformation(method, inner)

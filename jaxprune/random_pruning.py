@@ -8,29 +8,29 @@ import jax
 import optax
 
 from jaxprune import allocation as allocation_lib
-from jaxprune.groups import Group
 from jaxprune import leaves as leaves_lib
 from jaxprune import patterns as patterns_lib
 from jaxprune import schedules as schedules_lib
 from jaxprune import scores
+from jaxprune.groups import Group
 from jaxprune.pruning import pruning
 
 __all__ = ["random_pruning"]
 
 
 def random_pruning(
-    sparsity: float | jax.Array | None = None,
-    *,
-    seed: int | jax.Array = 0,
-    distribution: str | allocation_lib.Allocation = "uniform",
-    pattern: patterns_lib.Pattern | None = None,
-    schedule: schedules_lib.Schedule | None = None,
-    prune: leaves_lib.Selector = None,
-    overrides: Mapping[str, float] | None = None,
-    groups: Sequence[Group] = (),
-    packed_masks: bool = False,
-    application: str = "persistent",
-    inner: optax.GradientTransformation | None = None,
+  sparsity: float | jax.Array | None = None,
+  *,
+  seed: int | jax.Array = 0,
+  distribution: str | allocation_lib.Allocation = "uniform",
+  pattern: patterns_lib.Pattern | None = None,
+  schedule: schedules_lib.Schedule | None = None,
+  prune: leaves_lib.Selector = None,
+  overrides: Mapping[str, float] | None = None,
+  groups: Sequence[Group] = (),
+  packed_masks: bool = False,
+  application: str = "persistent",
+  inner: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Prunes weights chosen uniformly at random, reproducibly from ``seed``.
 
@@ -62,7 +62,17 @@ def random_pruning(
     Liu et al., `The unreasonable effectiveness of random pruning
     <https://arxiv.org/abs/2202.02643>`_, 2022
   """
-  return pruning(scores.random(seed), sparsity, distribution=distribution, pattern=pattern,
-                 schedule=schedule, prune=prune, overrides=overrides, groups=groups,
-                 packed_masks=packed_masks, application=application, inner=inner,
-                 name="random_pruning")
+  return pruning(
+    scores.random(seed),
+    sparsity,
+    distribution=distribution,
+    pattern=pattern,
+    schedule=schedule,
+    prune=prune,
+    overrides=overrides,
+    groups=groups,
+    packed_masks=packed_masks,
+    application=application,
+    inner=inner,
+    name="random_pruning",
+  )

@@ -45,13 +45,19 @@ class _Cycles(NamedTuple):
   warmup_steps: int
 
 
-def _cycles(owner: str, original: optax.Schedule, original_steps: int,
-            retrain_steps: int | Sequence[int], warmup_steps: int) -> _Cycles:
+def _cycles(
+  owner: str,
+  original: optax.Schedule,
+  original_steps: int,
+  retrain_steps: int | Sequence[int],
+  warmup_steps: int,
+) -> _Cycles:
   original_steps = check_int("original_steps", original_steps, 1, owner)
   warmup_steps = check_int("warmup_steps", warmup_steps, 0, owner)
   if warmup_steps >= original_steps:
-    raise ValueError(f"{owner}: warmup_steps ({warmup_steps}) must be below original_steps "
-                     f"({original_steps}).")
+    raise ValueError(
+      f"{owner}: warmup_steps ({warmup_steps}) must be below original_steps ({original_steps})."
+    )
   lengths = [retrain_steps] if not isinstance(retrain_steps, Sequence) else list(retrain_steps)
   if not lengths:
     raise ValueError(f"{owner}: retrain_steps is empty.")
@@ -60,12 +66,23 @@ def _cycles(owner: str, original: optax.Schedule, original_steps: int,
   table = np.asarray(jax.device_get(jax.vmap(original)(jnp.arange(original_steps))), np.float64)
   if not np.all(np.isfinite(table)):
     raise ValueError(f"{owner}: the original schedule is not finite on [0, {original_steps}).")
-  return _Cycles(jnp.asarray(table, jnp.float32), original_steps, starts, lengths,
-                 float(table.max()), float(table[warmup_steps:].min()), warmup_steps)
+  return _Cycles(
+    jnp.asarray(table, jnp.float32),
+    original_steps,
+    starts,
+    lengths,
+    float(table.max()),
+    float(table[warmup_steps:].min()),
+    warmup_steps,
+  )
 
 
-def _schedule(cycles: _Cycles, retrain: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
-              *, repeat_last: bool) -> optax.Schedule:
+def _schedule(
+  cycles: _Cycles,
+  retrain: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
+  *,
+  repeat_last: bool,
+) -> optax.Schedule:
   """Combines the original phase with ``retrain(cycle, j, R)``, the rate at step ``j`` of a cycle.
 
   With one cycle length the cycles repeat forever; with a sequence, steps after the last cycle keep
@@ -86,8 +103,9 @@ def _schedule(cycles: _Cycles, retrain: Callable[[jax.Array, jax.Array, jax.Arra
       length = lengths[cycle]
       j = jnp.minimum(step - starts[cycle], length - 1)
     original = cycles.table[jnp.clip(step, 0, cycles.original_steps - 1)]
-    return jnp.where(step < cycles.original_steps, original,
-                     retrain(cycle, j, length, *args).astype(jnp.float32))
+    return jnp.where(
+      step < cycles.original_steps, original, retrain(cycle, j, length, *args).astype(jnp.float32)
+    )
 
   return schedule
 
@@ -125,54 +143,121 @@ _ARGS_DOC = """
 """
 
 
-def ft(original: optax.Schedule, original_steps: int, retrain_steps: int | Sequence[int], *,
-       warmup_steps: int = 0) -> optax.Schedule:
+def ft(
+  original: optax.Schedule,
+  original_steps: int,
+  retrain_steps: int | Sequence[int],
+  *,
+  warmup_steps: int = 0,
+) -> optax.Schedule:
   """Fine-tuning: constant ``lr_min`` in every retraining cycle, no warm-up."""
-  return _make("ft", original, original_steps, retrain_steps, warmup_steps,
-               lambda c: lambda cycle, j, length: jnp.full((), c.lr_min))
+  return _make(
+    "ft",
+    original,
+    original_steps,
+    retrain_steps,
+    warmup_steps,
+    lambda c: lambda cycle, j, length: jnp.full((), c.lr_min),
+  )
 
 
-def lrw(original: optax.Schedule, original_steps: int, retrain_steps: int | Sequence[int], *,
-        warmup_steps: int = 0) -> optax.Schedule:
+def lrw(
+  original: optax.Schedule,
+  original_steps: int,
+  retrain_steps: int | Sequence[int],
+  *,
+  warmup_steps: int = 0,
+) -> optax.Schedule:
   """Learning-rate rewinding: the last ``R`` steps of the original schedule, ``lr0(T - R + j)``."""
+
   def build(c):
     if int(c.lengths.max()) > c.original_steps:
-      raise ValueError(f"lrw: a retraining cycle ({int(c.lengths.max())} steps) is longer than the "
-                       f"original phase ({c.original_steps}).")
+      raise ValueError(
+        f"lrw: a retraining cycle ({int(c.lengths.max())} steps) is longer than the "
+        f"original phase ({c.original_steps})."
+      )
     return lambda cycle, j, length: c.table[c.original_steps - length + j]
+
   return _make("lrw", original, original_steps, retrain_steps, warmup_steps, build)
 
 
-def slr(original: optax.Schedule, original_steps: int, retrain_steps: int | Sequence[int], *,
-        warmup_steps: int = 0) -> optax.Schedule:
+def slr(
+  original: optax.Schedule,
+  original_steps: int,
+  retrain_steps: int | Sequence[int],
+  *,
+  warmup_steps: int = 0,
+) -> optax.Schedule:
   """Scaled learning-rate restarting: after the warm-up, the whole original schedule compressed into
   ``M`` steps, ``lr0'(floor(j' * T / M))``, where ``lr0'`` has its warm-up replaced by ``lr_max``."""
+
   def build(c):
     table = jnp.where(jnp.arange(c.original_steps) < c.warmup_steps, c.lr_max, c.table)
-    return _warmup_then(c, lambda cycle, j, main: table[
-        jnp.minimum((j * c.original_steps) // main, c.original_steps - 1)])
+    return _warmup_then(
+      c,
+      lambda cycle, j, main: table[
+        jnp.minimum((j * c.original_steps) // main, c.original_steps - 1)
+      ],
+    )
+
   return _make("slr", original, original_steps, retrain_steps, warmup_steps, build)
 
 
-def clr(original: optax.Schedule, original_steps: int, retrain_steps: int | Sequence[int], *,
-        warmup_steps: int = 0) -> optax.Schedule:
+def clr(
+  original: optax.Schedule,
+  original_steps: int,
+  retrain_steps: int | Sequence[int],
+  *,
+  warmup_steps: int = 0,
+) -> optax.Schedule:
   """Cyclic learning-rate restarting: after the warm-up, cosine from ``lr_max`` to ``lr_min``,
   ``lr_min + (lr_max - lr_min) * (1 + cos(pi j' / M)) / 2``."""
-  return _make("clr", original, original_steps, retrain_steps, warmup_steps, lambda c: _warmup_then(
-      c, lambda cycle, j, main: c.lr_min + (c.lr_max - c.lr_min) * (1 + jnp.cos(jnp.pi * j / main)) / 2))
+  return _make(
+    "clr",
+    original,
+    original_steps,
+    retrain_steps,
+    warmup_steps,
+    lambda c: _warmup_then(
+      c,
+      lambda cycle, j, main: (
+        c.lr_min + (c.lr_max - c.lr_min) * (1 + jnp.cos(jnp.pi * j / main)) / 2
+      ),
+    ),
+  )
 
 
-def llr(original: optax.Schedule, original_steps: int, retrain_steps: int | Sequence[int], *,
-        warmup_steps: int = 0) -> optax.Schedule:
+def llr(
+  original: optax.Schedule,
+  original_steps: int,
+  retrain_steps: int | Sequence[int],
+  *,
+  warmup_steps: int = 0,
+) -> optax.Schedule:
   """Linear learning-rate restarting: after the warm-up, linear from ``lr_max`` to 0."""
-  return _make("llr", original, original_steps, retrain_steps, warmup_steps, lambda c: _warmup_then(
-      c, lambda cycle, j, main: c.lr_max * (1 - j / main)))
+  return _make(
+    "llr",
+    original,
+    original_steps,
+    retrain_steps,
+    warmup_steps,
+    lambda c: _warmup_then(c, lambda cycle, j, main: c.lr_max * (1 - j / main)),
+  )
 
 
-def silo(original: optax.Schedule, original_steps: int, retrain_steps: int | Sequence[int], *,
-         prune_fraction: float, beta: float = 5.0, alpha: float = 0.04, offset: float = 0.03,
-         decay_boundaries: Sequence[float] = (0.5, 0.75), decay_factor: float = 0.1,
-         warmup_steps: int = 0) -> optax.Schedule:
+def silo(
+  original: optax.Schedule,
+  original_steps: int,
+  retrain_steps: int | Sequence[int],
+  *,
+  prune_fraction: float,
+  beta: float = 5.0,
+  alpha: float = 0.04,
+  offset: float = 0.03,
+  decay_boundaries: Sequence[float] = (0.5, 0.75),
+  decay_factor: float = 0.1,
+  warmup_steps: int = 0,
+) -> optax.Schedule:
   """SILO: the peak rate of cycle ``c`` rises in an S-shape with the fraction pruned so far.
 
   ``P_c = 1 - (1 - prune_fraction) ** (c + 1)`` after the prune that opens retraining cycle ``c``
@@ -193,8 +278,11 @@ def silo(original: optax.Schedule, original_steps: int, retrain_steps: int | Seq
       peak = alpha / (1 + (pruned / (1 - pruned)) ** (-beta)) + offset
       warmup = length // 10
       main = length - warmup
-      decays = sum((j - warmup >= jnp.floor(b * main)).astype(jnp.float32) for b in decay_boundaries)
-      return jnp.where(j < warmup, peak * j / jnp.maximum(warmup, 1), peak * decay_factor ** decays)
+      decays = sum(
+        (j - warmup >= jnp.floor(b * main)).astype(jnp.float32) for b in decay_boundaries
+      )
+      return jnp.where(j < warmup, peak * j / jnp.maximum(warmup, 1), peak * decay_factor**decays)
+
     return retrain
 
   return _make("silo", original, original_steps, retrain_steps, warmup_steps, build)
@@ -215,8 +303,9 @@ class AdaptiveLinear:
   def value(self, step: jax.Array, norm_drop: jax.Array, pruned_fraction: jax.Array) -> jax.Array:
     """The learning rate at ``step`` when the latest prune removed ``pruned_fraction`` of the kept
     weights and dropped their norm by ``norm_drop`` (relative)."""
-    return self._schedule(step, jnp.asarray(norm_drop, jnp.float32),
-                          jnp.asarray(pruned_fraction, jnp.float32))
+    return self._schedule(
+      step, jnp.asarray(norm_drop, jnp.float32), jnp.asarray(pruned_fraction, jnp.float32)
+    )
 
   def init(self) -> jax.Array:
     return jnp.zeros([], jnp.int32)
@@ -225,17 +314,31 @@ class AdaptiveLinear:
     del extra_args
     return optax.safe_increment(state)
 
-  def __call__(self, state: jax.Array, *, imp_count: jax.Array | None = None,
-               imp_norm_drop: jax.Array | None = None,
-               imp_pruned_fraction: jax.Array | None = None, **extra_args) -> jax.Array:
+  def __call__(
+    self,
+    state: jax.Array,
+    *,
+    imp_count: jax.Array | None = None,
+    imp_norm_drop: jax.Array | None = None,
+    imp_pruned_fraction: jax.Array | None = None,
+    **extra_args,
+  ) -> jax.Array:
     del extra_args
     step = state if imp_count is None else imp_count  # imp's count survives optimizer resets
-    return self.value(step, 0.0 if imp_norm_drop is None else imp_norm_drop,
-                      1.0 if imp_pruned_fraction is None else imp_pruned_fraction)
+    return self.value(
+      step,
+      0.0 if imp_norm_drop is None else imp_norm_drop,
+      1.0 if imp_pruned_fraction is None else imp_pruned_fraction,
+    )
 
 
-def allr(original: optax.Schedule, original_steps: int, retrain_steps: int | Sequence[int], *,
-         warmup_steps: int = 0) -> AdaptiveLinear:
+def allr(
+  original: optax.Schedule,
+  original_steps: int,
+  retrain_steps: int | Sequence[int],
+  *,
+  warmup_steps: int = 0,
+) -> AdaptiveLinear:
   """Adaptive linear learning-rate restarting: LLR whose peak adapts to how much the prune hurt.
 
   In each retraining cycle the rate warms up linearly over ``W`` steps to

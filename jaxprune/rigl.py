@@ -16,21 +16,21 @@ __all__ = ["rigl"]
 
 
 def rigl(
-    sparsity: float,
-    *,
-    end_step: int,
-    drop_fraction: float = 0.3,
-    drop_schedule: str = "cosine",
-    frequency: int = 100,
-    begin_step: int | None = None,
-    distribution: str | allocation_lib.Allocation = "erk",
-    seed: int = 0,
-    pattern: patterns_lib.Pattern | None = None,
-    prune: leaves_lib.Selector = None,
-    overrides: Mapping[str, float] | None = None,
-    groups: Sequence[Group] = (),
-    packed_masks: bool = False,
-    inner: optax.GradientTransformation | None = None,
+  sparsity: float,
+  *,
+  end_step: int,
+  drop_fraction: float = 0.3,
+  drop_schedule: str = "cosine",
+  frequency: int = 100,
+  begin_step: int | None = None,
+  distribution: str | allocation_lib.Allocation = "erk",
+  seed: int = 0,
+  pattern: patterns_lib.Pattern | None = None,
+  prune: leaves_lib.Selector = None,
+  overrides: Mapping[str, float] | None = None,
+  groups: Sequence[Group] = (),
+  packed_masks: bool = False,
+  inner: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Rigged lottery: sparse-to-sparse training that moves the mask towards large gradients.
 
@@ -84,8 +84,19 @@ def rigl(
   else:
     raise ValueError(f"rigl: drop_schedule must be 'cosine' or 'constant', got {drop_schedule!r}.")
   return dst.dynamic_sparse(
-      sparsity, grow="gradient", drop_fraction=fraction, frequency=frequency,
-      begin_step=frequency if begin_step is None else begin_step, end_step=end_step,
-      distribution=distribution, seed=seed, pattern=pattern, prune=prune, overrides=overrides, groups=groups,
-      packed_masks=packed_masks, inner=inner,
-      name="rigl")
+    sparsity,
+    grow="gradient",
+    drop_fraction=fraction,
+    frequency=frequency,
+    begin_step=frequency if begin_step is None else begin_step,
+    end_step=end_step,
+    distribution=distribution,
+    seed=seed,
+    pattern=pattern,
+    prune=prune,
+    overrides=overrides,
+    groups=groups,
+    packed_masks=packed_masks,
+    inner=inner,
+    name="rigl",
+  )

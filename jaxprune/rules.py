@@ -25,8 +25,15 @@ from jaxprune import schedules as schedules_lib
 from jaxprune import selection
 from jaxprune.plan import Plan, Selection, num_pruned
 
-__all__ = ["MaskUpdate", "Rule", "RuleInputs", "drop_and_grow", "prune", "random_masks",
-           "scheduled"]
+__all__ = [
+  "MaskUpdate",
+  "Rule",
+  "RuleInputs",
+  "drop_and_grow",
+  "prune",
+  "random_masks",
+  "scheduled",
+]
 
 
 class RuleInputs(NamedTuple):
@@ -117,8 +124,9 @@ def _prune(x: RuleInputs) -> MaskUpdate:
       segments.append(0)
     else:
       segments.append(len(keeps))
-      keeps.append(unit.num_groups - num_pruned(scheduled(x, x.final[j], x.initial[j]),
-                                                unit.num_groups))
+      keeps.append(
+        unit.num_groups - num_pruned(scheduled(x, x.final[j], x.initial[j]), unit.num_groups)
+      )
   if ranked:
     for j, m in zip(ranked, selection.top_k_masks(scores, keeps, segments=segments)):
       unit_masks[j] = m
@@ -136,16 +144,23 @@ def random_masks(plan: Plan, sparsities: Sequence[Any], key: jax.Array) -> dict[
   """
   if not plan.units:
     return {}
-  draws = [jax.random.uniform(jax.random.fold_in(key, j), u.group_shape(plan.shapes))
-           for j, u in enumerate(plan.units)]
-  keeps = jnp.stack([jnp.asarray(u.num_groups - num_pruned(s, u.num_groups), jnp.int32)
-                     for u, s in zip(plan.units, sparsities)])
+  draws = [
+    jax.random.uniform(jax.random.fold_in(key, j), u.group_shape(plan.shapes))
+    for j, u in enumerate(plan.units)
+  ]
+  keeps = jnp.stack(
+    [
+      jnp.asarray(u.num_groups - num_pruned(s, u.num_groups), jnp.int32)
+      for u, s in zip(plan.units, sparsities)
+    ]
+  )
   chosen = selection.top_k_masks(draws, keeps, segments=list(range(len(plan.units))))
   return plan.combine(chosen)
 
 
-def drop_and_grow(*, grow: str, drop_fraction: Callable[[jax.Array], jax.Array],
-                  seed: int = 0) -> Rule:
+def drop_and_grow(
+  *, grow: str, drop_fraction: Callable[[jax.Array], jax.Array], seed: int = 0
+) -> Rule:
   """The rule of dynamic sparse training (see the module docstring).
 
   Args:
@@ -167,12 +182,18 @@ def drop_and_grow(*, grow: str, drop_fraction: Callable[[jax.Array], jax.Array],
     units = x.plan.units
     segments = list(range(len(units)))
     sizes = jnp.asarray([u.num_groups for u in units], jnp.int32)
-    active = jnp.stack([jnp.asarray(u.num_groups - num_pruned(scheduled(x, t, i), u.num_groups),
-                                    jnp.int32) for u, t, i in zip(units, x.final, x.initial)])
+    active = jnp.stack(
+      [
+        jnp.asarray(u.num_groups - num_pruned(scheduled(x, t, i), u.num_groups), jnp.int32)
+        for u, t, i in zip(units, x.final, x.initial)
+      ]
+    )
     # k is at most the number of groups inactive after the update (G - A_t): a dense or nearly
     # dense unit (GraNet's start) never has more of its weights reset than the schedule prunes.
-    k = jnp.minimum(jnp.round(drop_fraction(x.count) * active.astype(jnp.float32)).astype(jnp.int32),
-                    sizes - active)
+    k = jnp.minimum(
+      jnp.round(drop_fraction(x.count) * active.astype(jnp.float32)).astype(jnp.int32),
+      sizes - active,
+    )
     kept = [u.kept(x.old) for u in units]
     drop = [jnp.where(m, u.group_scores(x.scores), -jnp.inf) for u, m in zip(units, kept)]
     survivors = selection.top_k_masks(drop, active - k, segments=segments)
@@ -181,10 +202,13 @@ def drop_and_grow(*, grow: str, drop_fraction: Callable[[jax.Array], jax.Array],
       raw = [u.group_scores(magnitudes) for u in units]
     else:
       draw = jax.random.fold_in(jax.random.fold_in(key, x.count), len(units))
-      raw = [jax.random.uniform(jax.random.fold_in(draw, j), jnp.shape(s))
-             for j, s in enumerate(survivors)]
-    grown = selection.top_k_masks([jnp.where(s, -jnp.inf, r) for s, r in zip(survivors, raw)], k,
-                                  segments=segments)
+      raw = [
+        jax.random.uniform(jax.random.fold_in(draw, j), jnp.shape(s))
+        for j, s in enumerate(survivors)
+      ]
+    grown = selection.top_k_masks(
+      [jnp.where(s, -jnp.inf, r) for s, r in zip(survivors, raw)], k, segments=segments
+    )
     new = [s | g for s, g in zip(survivors, grown)]
     return MaskUpdate(x.plan.combine(new), x.plan.combine(survivors))
 

@@ -8,28 +8,28 @@ import jax
 import optax
 
 from jaxprune import allocation as allocation_lib
-from jaxprune.groups import Group
 from jaxprune import leaves as leaves_lib
 from jaxprune import patterns as patterns_lib
 from jaxprune import schedules as schedules_lib
 from jaxprune import scores
+from jaxprune.groups import Group
 from jaxprune.pruning import pruning
 
 __all__ = ["saliency_pruning"]
 
 
 def saliency_pruning(
-    sparsity: float | jax.Array | None = None,
-    *,
-    distribution: str | allocation_lib.Allocation = "uniform",
-    pattern: patterns_lib.Pattern | None = None,
-    schedule: schedules_lib.Schedule | None = None,
-    prune: leaves_lib.Selector = None,
-    overrides: Mapping[str, float] | None = None,
-    groups: Sequence[Group] = (),
-    packed_masks: bool = False,
-    application: str = "persistent",
-    inner: optax.GradientTransformation | None = None,
+  sparsity: float | jax.Array | None = None,
+  *,
+  distribution: str | allocation_lib.Allocation = "uniform",
+  pattern: patterns_lib.Pattern | None = None,
+  schedule: schedules_lib.Schedule | None = None,
+  prune: leaves_lib.Selector = None,
+  overrides: Mapping[str, float] | None = None,
+  groups: Sequence[Group] = (),
+  packed_masks: bool = False,
+  application: str = "persistent",
+  inner: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Prunes the weights with the smallest saliency ``|w * g|``.
 
@@ -63,7 +63,17 @@ def saliency_pruning(
     Molchanov et al., `Importance estimation for neural network pruning
     <https://arxiv.org/abs/1906.10771>`_, 2019
   """
-  return pruning(scores.saliency, sparsity, distribution=distribution, pattern=pattern,
-                 schedule=schedule, prune=prune, overrides=overrides, groups=groups,
-                 packed_masks=packed_masks, application=application, inner=inner,
-                 name="saliency_pruning")
+  return pruning(
+    scores.saliency,
+    sparsity,
+    distribution=distribution,
+    pattern=pattern,
+    schedule=schedule,
+    prune=prune,
+    overrides=overrides,
+    groups=groups,
+    packed_masks=packed_masks,
+    application=application,
+    inner=inner,
+    name="saliency_pruning",
+  )

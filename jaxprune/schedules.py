@@ -54,8 +54,9 @@ def one_shot(step: int = 0) -> Schedule:
     >>> tx = jaxprune.magnitude_pruning(0.9, schedule=jaxprune.schedules.one_shot(1000))
   """
   step = check_int("step", step, 0, "one_shot")
-  return Schedule(is_update_step=lambda count: count == step,
-                  sparsity=lambda count, target, initial=None: target)
+  return Schedule(
+    is_update_step=lambda count: count == step, sparsity=lambda count, target, initial=None: target
+  )
 
 
 def _every(begin_step: int, end_step: int, frequency: int) -> Callable[[jax.Array], jax.Array]:
@@ -94,17 +95,19 @@ def periodic(begin_step: int, end_step: int, frequency: int) -> Schedule:
   frequency = check_int("frequency", frequency, 1, "periodic")
   if begin_step >= end_step:
     raise ValueError(f"periodic: begin_step ({begin_step}) must be before end_step ({end_step}).")
-  return Schedule(is_update_step=_every(begin_step, end_step, frequency),
-                  sparsity=lambda count, target, initial=None: target)
+  return Schedule(
+    is_update_step=_every(begin_step, end_step, frequency),
+    sparsity=lambda count, target, initial=None: target,
+  )
 
 
 def polynomial(
-    begin_step: int,
-    end_step: int,
-    frequency: int,
-    power: float = 3.0,
-    *,
-    initial_sparsity: float = 0.0,
+  begin_step: int,
+  end_step: int,
+  frequency: int,
+  power: float = 3.0,
+  *,
+  initial_sparsity: float = 0.0,
 ) -> Schedule:
   """Gradual pruning: sparsity rises polynomially from ``initial_sparsity`` to the target.
 
@@ -157,6 +160,8 @@ def polynomial(
     remaining = (1.0 - progress) ** power
     return target + (initial - target) * remaining
 
-  return Schedule(is_update_step=_every(begin_step, end_step, frequency), sparsity=sparsity,
-                  initial_sparsity=initial_sparsity if is_traced(initial_sparsity) else
-                  float(initial_sparsity))
+  return Schedule(
+    is_update_step=_every(begin_step, end_step, frequency),
+    sparsity=sparsity,
+    initial_sparsity=initial_sparsity if is_traced(initial_sparsity) else float(initial_sparsity),
+  )

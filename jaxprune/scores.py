@@ -25,8 +25,17 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Score", "ScoreInputs", "ScoreFn", "as_score", "from_function", "magnitude",
-           "movement", "random", "saliency"]
+__all__ = [
+  "Score",
+  "ScoreInputs",
+  "ScoreFn",
+  "as_score",
+  "from_function",
+  "magnitude",
+  "movement",
+  "random",
+  "saliency",
+]
 
 ScoreFn = Callable[[Any, Any, jax.Array], Any]
 """The plain-function form: ``(params, grads, count) -> scores``."""
@@ -70,8 +79,9 @@ class Score(NamedTuple):
   init: Callable[[Any], Any] | None = None
   update: Callable[[Any, ScoreInputs], Any] | None = None
 
-  def __call__(self, params: Any, grads: Any = None, count: Any = 0, *, state: Any = None,
-               **extra: Any) -> Any:
+  def __call__(
+    self, params: Any, grads: Any = None, count: Any = 0, *, state: Any = None, **extra: Any
+  ) -> Any:
     """The scores of ``params`` (for direct use, outside a pruner)."""
     if self.init is not None and state is None:
       state = self.init(params)
@@ -92,8 +102,11 @@ def from_function(fn: ScoreFn, *, name: str | None = None, reads_grads: bool = T
   Returns:
     The declaration.
   """
-  return Score(name or getattr(fn, "__name__", "score"),
-               lambda x: fn(x.params, x.grads, x.count), reads_grads=reads_grads)
+  return Score(
+    name or getattr(fn, "__name__", "score"),
+    lambda x: fn(x.params, x.grads, x.count),
+    reads_grads=reads_grads,
+  )
 
 
 def as_score(score: Score | ScoreFn, owner: str) -> Score:
@@ -102,8 +115,10 @@ def as_score(score: Score | ScoreFn, owner: str) -> Score:
     return score
   if callable(score):
     return from_function(score)
-  raise TypeError(f"{owner}: score must be a jaxprune.scores.Score or a function (params, grads, "
-                  f"count) -> scores, got {score!r}.")
+  raise TypeError(
+    f"{owner}: score must be a jaxprune.scores.Score or a function (params, grads, "
+    f"count) -> scores, got {score!r}."
+  )
 
 
 def _f32(x: jax.Array) -> jax.Array:
@@ -114,9 +129,10 @@ magnitude = Score("magnitude", lambda x: jax.tree.map(lambda w: jnp.abs(_f32(w))
 """``|w|``: magnitude pruning (Han et al. 2015, Zhu & Gupta 2017)."""
 
 saliency = Score(
-    "saliency",
-    lambda x: jax.tree.map(lambda w, g: jnp.abs(_f32(w) * _f32(g)), x.params, x.grads),
-    reads_grads=True)
+  "saliency",
+  lambda x: jax.tree.map(lambda w, g: jnp.abs(_f32(w) * _f32(g)), x.params, x.grads),
+  reads_grads=True,
+)
 """``|w * g|``: first-order Taylor estimate of the loss change when ``w`` is removed.
 
 References:
@@ -147,15 +163,19 @@ def random(seed: int | jax.Array = 0) -> Score:
     >>> s['w'].shape
     (2, 3)
   """
-  if isinstance(seed, bool) or not (isinstance(seed, int) or (
-      hasattr(seed, "dtype") and jnp.issubdtype(seed.dtype, jnp.integer) and jnp.ndim(seed) == 0)):
+  if isinstance(seed, bool) or not (
+    isinstance(seed, int)
+    or (hasattr(seed, "dtype") and jnp.issubdtype(seed.dtype, jnp.integer) and jnp.ndim(seed) == 0)
+  ):
     raise TypeError(f"random: seed must be an int, got {seed!r}.")
 
   def fn(x: ScoreInputs) -> Any:
     key = jax.random.fold_in(jax.random.key(seed), x.count)
     leaves, treedef = jax.tree.flatten(x.params)
-    drawn = [jax.random.uniform(jax.random.fold_in(key, i), jnp.shape(leaf))
-             for i, leaf in enumerate(leaves)]
+    drawn = [
+      jax.random.uniform(jax.random.fold_in(key, i), jnp.shape(leaf))
+      for i, leaf in enumerate(leaves)
+    ]
     return jax.tree.unflatten(treedef, drawn)
 
   return Score("random", fn)

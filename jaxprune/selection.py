@@ -78,8 +78,12 @@ def ordered_key(scores: jax.Array) -> jax.Array:
   return jnp.where(magnitude > jnp.uint32(0x7F800000), jnp.uint32(1), key)
 
 
-def _segment_histograms(digits: Sequence[jax.Array], weights: Sequence[jax.Array | None],
-                        segments: Sequence[int], num_segments: int) -> jax.Array:
+def _segment_histograms(
+  digits: Sequence[jax.Array],
+  weights: Sequence[jax.Array | None],
+  segments: Sequence[int],
+  num_segments: int,
+) -> jax.Array:
   """Counts of each 16-bit digit value per segment, shape ``(num_segments, 65536)``.
 
   Every array adds its (boolean-weighted) counts into its segment's row of one buffer; no array
@@ -103,8 +107,13 @@ def _select_digit(hist: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array, 
   return digit[:, 0], above, count
 
 
-def _kth_largest(keys: Sequence[jax.Array], active: Sequence[jax.Array] | None, k: jax.Array,
-                 segments: Sequence[int], num_segments: int):
+def _kth_largest(
+  keys: Sequence[jax.Array],
+  active: Sequence[jax.Array] | None,
+  k: jax.Array,
+  segments: Sequence[int],
+  num_segments: int,
+):
   """Per segment: the k-th largest ``uint32`` key among the active entries, ``#(key > it)`` and
   ``#(key == it)``; ``k`` has one entry per segment."""
   active = [None] * len(keys) if active is None else list(active)
@@ -131,10 +140,10 @@ def _positions(shape: tuple[int, ...], offset: int) -> jax.Array:
 
 
 def top_k_masks(
-    scores: Sequence[jax.Array],
-    k: Any,
-    *,
-    segments: Sequence[int] | None = None,
+  scores: Sequence[jax.Array],
+  k: Any,
+  *,
+  segments: Sequence[int] | None = None,
 ) -> list[jax.Array]:
   """Boolean masks keeping exactly the ``k`` highest scores of each segment.
 
@@ -175,9 +184,14 @@ def top_k_masks(
     offsets.append(totals[seg])
     totals[seg] += size
   if max(totals) >= 2**31:
-    raise ValueError(f"top_k_masks supports fewer than 2**31 entries per segment, got {max(totals)}.")
-  k = jnp.stack([jnp.asarray(v, jnp.int32) for v in k]) if isinstance(k, (list, tuple)) else (
-      jnp.asarray(k, jnp.int32))
+    raise ValueError(
+      f"top_k_masks supports fewer than 2**31 entries per segment, got {max(totals)}."
+    )
+  k = (
+    jnp.stack([jnp.asarray(v, jnp.int32) for v in k])
+    if isinstance(k, (list, tuple))
+    else (jnp.asarray(k, jnp.int32))
+  )
   k = jnp.broadcast_to(k.reshape(-1), (num_segments,))
   k = jnp.clip(k, 0, jnp.asarray(totals, jnp.int32))
   keys = [ordered_key(s) for s in scores]
@@ -191,13 +205,12 @@ def top_k_masks(
     cut, _, _ = _kth_largest(flipped, ties, needed, segments, num_segments)
     return ~cut  # per segment, the largest position kept
 
-  last_kept = cond(jnp.any(needed < num_ties), tie_cut,
-                   lambda: jnp.asarray(totals, jnp.uint32))
+  last_kept = cond(jnp.any(needed < num_ties), tie_cut, lambda: jnp.asarray(totals, jnp.uint32))
   keep_any_tie = needed > 0
   return [
-      (key > threshold[seg])
-      | (tie & keep_any_tie[seg] & (_positions(key.shape, off) <= last_kept[seg]))
-      for key, tie, off, seg in zip(keys, ties, offsets, segments)
+    (key > threshold[seg])
+    | (tie & keep_any_tie[seg] & (_positions(key.shape, off) <= last_kept[seg]))
+    for key, tie, off, seg in zip(keys, ties, offsets, segments)
   ]
 
 

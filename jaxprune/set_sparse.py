@@ -19,20 +19,20 @@ _NEVER = 2**31 - 2
 
 
 def set_sparse(
-    sparsity: float,
-    *,
-    drop_fraction: float = 0.3,
-    frequency: int = 100,
-    begin_step: int | None = None,
-    end_step: int | None = None,
-    distribution: str | allocation_lib.Allocation = "erk",
-    seed: int = 0,
-    pattern: patterns_lib.Pattern | None = None,
-    prune: leaves_lib.Selector = None,
-    overrides: Mapping[str, float] | None = None,
-    groups: Sequence[Group] = (),
-    packed_masks: bool = False,
-    inner: optax.GradientTransformation | None = None,
+  sparsity: float,
+  *,
+  drop_fraction: float = 0.3,
+  frequency: int = 100,
+  begin_step: int | None = None,
+  end_step: int | None = None,
+  distribution: str | allocation_lib.Allocation = "erk",
+  seed: int = 0,
+  pattern: patterns_lib.Pattern | None = None,
+  prune: leaves_lib.Selector = None,
+  overrides: Mapping[str, float] | None = None,
+  groups: Sequence[Group] = (),
+  packed_masks: bool = False,
+  inner: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Sparse evolutionary training: the mask evolves by magnitude drops and random regrowth.
 
@@ -76,8 +76,19 @@ def set_sparse(
   """
   dst.check_drop_fraction("set_sparse", drop_fraction)
   return dst.dynamic_sparse(
-      sparsity, grow="random", drop_fraction=dst.constant_drop_fraction(drop_fraction),
-      frequency=frequency, begin_step=frequency if begin_step is None else begin_step,
-      end_step=_NEVER if end_step is None else end_step, distribution=distribution, seed=seed,
-      pattern=pattern, prune=prune, overrides=overrides, groups=groups,
-      packed_masks=packed_masks, inner=inner, name="set_sparse")
+    sparsity,
+    grow="random",
+    drop_fraction=dst.constant_drop_fraction(drop_fraction),
+    frequency=frequency,
+    begin_step=frequency if begin_step is None else begin_step,
+    end_step=_NEVER if end_step is None else end_step,
+    distribution=distribution,
+    seed=seed,
+    pattern=pattern,
+    prune=prune,
+    overrides=overrides,
+    groups=groups,
+    packed_masks=packed_masks,
+    inner=inner,
+    name="set_sparse",
+  )

@@ -22,17 +22,17 @@ __all__ = ["static_sparse"]
 
 
 def static_sparse(
-    sparsity: float | jax.Array | None = None,
-    *,
-    masks: Any = None,
-    distribution: str | allocation_lib.Allocation = "erk",
-    seed: int = 0,
-    pattern: patterns_lib.Pattern | None = None,
-    prune: leaves_lib.Selector = None,
-    overrides: Mapping[str, float] | None = None,
-    groups: Sequence[Group] = (),
-    packed_masks: bool = False,
-    inner: optax.GradientTransformation | None = None,
+  sparsity: float | jax.Array | None = None,
+  *,
+  masks: Any = None,
+  distribution: str | allocation_lib.Allocation = "erk",
+  seed: int = 0,
+  pattern: patterns_lib.Pattern | None = None,
+  prune: leaves_lib.Selector = None,
+  overrides: Mapping[str, float] | None = None,
+  groups: Sequence[Group] = (),
+  packed_masks: bool = False,
+  inner: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Trains with one fixed mask: random (ERK by default) or given.
 
@@ -86,15 +86,36 @@ def static_sparse(
   check_bool("packed_masks", packed_masks, name)
   if masks is not None:
     if prune is not None or pattern is not None or overrides or groups:
-      raise ValueError("static_sparse: prune, pattern, overrides and groups select leaves for a "
-                       "random mask; with masks= the pruned leaves are those with a mask.")
+      raise ValueError(
+        "static_sparse: prune, pattern, overrides and groups select leaves for a "
+        "random mask; with masks= the pruned leaves are those with a mask."
+      )
     selection = plan_lib.Selection(None, patterns_lib.unstructured(), "uniform", {}, ())
-    method = engine.Method(name, scores_lib.magnitude, None, selection, schedules_lib.one_shot(0),
-                           given_masks=masks, packed_masks=packed_masks)
+    method = engine.Method(
+      name,
+      scores_lib.magnitude,
+      None,
+      selection,
+      schedules_lib.one_shot(0),
+      given_masks=masks,
+      packed_masks=packed_masks,
+    )
   else:
-    selection = plan_lib.make_selection(name, sparsity=sparsity, prune=prune, pattern=pattern,
-                                        distribution=distribution, overrides=overrides,
-                                        groups=groups)
-    method = engine.Method(name, scores_lib.random(seed), sparsity, selection,
-                           schedules_lib.one_shot(0), packed_masks=packed_masks)
+    selection = plan_lib.make_selection(
+      name,
+      sparsity=sparsity,
+      prune=prune,
+      pattern=pattern,
+      distribution=distribution,
+      overrides=overrides,
+      groups=groups,
+    )
+    method = engine.Method(
+      name,
+      scores_lib.random(seed),
+      sparsity,
+      selection,
+      schedules_lib.one_shot(0),
+      packed_masks=packed_masks,
+    )
   return engine.transformation(method, inner)

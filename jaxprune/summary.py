@@ -57,8 +57,11 @@ def sparsity_summary(tree: Any) -> SparsitySummary:
   """
   leaves = {}
   for name, array in masks_lib.host_arrays(tree).items():
-    zeros = int(np.count_nonzero(~array)) if array.dtype == bool else int(array.size -
-                                                                         np.count_nonzero(array))
+    zeros = (
+      int(np.count_nonzero(~array))
+      if array.dtype == bool
+      else int(array.size - np.count_nonzero(array))
+    )
     leaves[name] = LeafSparsity(int(array.size), zeros, zeros / array.size if array.size else 0.0)
   size = sum(leaf.size for leaf in leaves.values())
   zeros = sum(leaf.zeros for leaf in leaves.values())
@@ -95,8 +98,9 @@ def sparsity_table(trees: Sequence[Any], *, labels: Sequence[str] | None = None)
   names = list(summaries[0].leaves) if summaries else []
   for label, summary in zip(labels, summaries):
     if list(summary.leaves) != names:
-      raise ValueError(f"sparsity_table: row {label!r} has leaves {list(summary.leaves)}, the first "
-                       f"row {names}.")
+      raise ValueError(
+        f"sparsity_table: row {label!r} has leaves {list(summary.leaves)}, the first row {names}."
+      )
   lines = ["| cycle | " + " | ".join(names + ["total"]) + " |", "|" + "---|" * (len(names) + 2)]
   for label, summary in zip(labels, summaries):
     cells = [f"{100 * summary.leaves[n].sparsity:.2f}%" for n in names]

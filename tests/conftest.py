@@ -4,8 +4,9 @@ import os
 
 # Must happen before JAX initialises its backends.
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_force_host_platform_device_count=8").strip()
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  ).strip()
 
 import jax  # noqa: E402
 
@@ -16,7 +17,6 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 import pytest  # noqa: E402
-
 from shared_data import require_mnist  # noqa: E402
 
 

@@ -62,46 +62,113 @@ IMP_STATIC = ("cycles", "rewind", "seed")
 DST_STEPS = {"frequency": 2, "begin_step": 1, "end_step": 5}
 DST_STATIC = ("frequency", "begin_step", "end_step", "seed")
 PRUNERS = [
-    Pruner("magnitude", jaxprune.magnitude_pruning, S, "layerwise"),
-    Pruner("magnitude_global", jaxprune.magnitude_pruning, {**S, "distribution": "global"}, "global"),
-    Pruner("magnitude_erk", jaxprune.magnitude_pruning, {**S, "distribution": "erk"}, "erk"),
-    Pruner("magnitude_packed", jaxprune.magnitude_pruning, {**S, "packed_masks": True}, "layerwise"),
-    Pruner("magnitude_2:4", jaxprune.magnitude_pruning, {"pattern": jaxprune.patterns.n_m(2, 4)}, "nm"),
-    Pruner("magnitude_block", jaxprune.magnitude_pruning,
-           {**S, "pattern": jaxprune.patterns.block((2, 4))}, "layerwise", group=(2, 4)),
-    Pruner("magnitude_channel", jaxprune.magnitude_pruning,
-           {**S, "pattern": jaxprune.patterns.channel()}, "layerwise", channel=True),
-    Pruner("random", jaxprune.random_pruning, {**S, "seed": 3}, "layerwise"),
-    Pruner("saliency", jaxprune.saliency_pruning, S, "layerwise"),
-    Pruner("saliency_global", jaxprune.saliency_pruning, {**S, "distribution": "global"}, "global"),
-    Pruner("static_sparse_random", jaxprune.static_sparse, {**S, "distribution": "uniform"},
-           "layerwise", timing="static", static_args=("seed",)),
-    Pruner("set_sparse", jaxprune.set_sparse, {**S, "seed": 2}, "erk", timing="dst",
-           static_args=DST_STATIC),
-    Pruner("rigl", jaxprune.rigl, {**S, "drop_fraction": 0.5}, "erk", timing="dst",
-           static_args=DST_STATIC),
-    Pruner("rigl_uniform_packed", jaxprune.rigl,
-           {**S, "distribution": "uniform", "drop_schedule": "constant", "packed_masks": True},
-           "layerwise", timing="dst", static_args=DST_STATIC),
-    Pruner("rigl_block", jaxprune.rigl,
-           {**S, "distribution": "uniform", "pattern": jaxprune.patterns.block((2, 4))}, "layerwise",
-           group=(2, 4), timing="dst", static_args=DST_STATIC),
-    Pruner("set_sparse_overrides", jaxprune.set_sparse,
-           {**S, "distribution": "uniform", "overrides": {"dense1/kernel": 0.5}, "seed": 1},
-           "layerwise", timing="dst", leaf_targets=(("dense1/kernel", 0.5),), static_args=DST_STATIC),
-    Pruner("granet", jaxprune.granet, S, "erk", timing="dst_gradual",
-           static_args=DST_STATIC),
-    Pruner("imp", jaxprune.imp, {"rate": 0.4}, "global", timing="cycles", target=0.4, static_args=IMP_STATIC),
-    Pruner("imp_rewind_layerwise", jaxprune.imp,
-           {"rate": 0.5, "distribution": "uniform", "leaf_rates": {"dense1/kernel": 0.25},
-            "rewind": "init"}, "layerwise", timing="cycles", target=0.5,
-           leaf_targets=(("dense1/kernel", 0.25),), static_args=IMP_STATIC),
-    Pruner("imp_lr_rewinding_packed", jaxprune.imp,
-           {"sparsity": 0.75, "reset_optimizer": True, "packed_masks": True}, "global", timing="cycles",
-           target=1 - 0.25 ** (1 / 3), static_args=IMP_STATIC),
-    Pruner("imp_random_masks", jaxprune.imp,
-           {"rate": 0.4, "random_masks": True, "seed": 5}, "global", timing="cycles", target=0.4,
-           static_args=IMP_STATIC),
+  Pruner("magnitude", jaxprune.magnitude_pruning, S, "layerwise"),
+  Pruner("magnitude_global", jaxprune.magnitude_pruning, {**S, "distribution": "global"}, "global"),
+  Pruner("magnitude_erk", jaxprune.magnitude_pruning, {**S, "distribution": "erk"}, "erk"),
+  Pruner("magnitude_packed", jaxprune.magnitude_pruning, {**S, "packed_masks": True}, "layerwise"),
+  Pruner(
+    "magnitude_2:4", jaxprune.magnitude_pruning, {"pattern": jaxprune.patterns.n_m(2, 4)}, "nm"
+  ),
+  Pruner(
+    "magnitude_block",
+    jaxprune.magnitude_pruning,
+    {**S, "pattern": jaxprune.patterns.block((2, 4))},
+    "layerwise",
+    group=(2, 4),
+  ),
+  Pruner(
+    "magnitude_channel",
+    jaxprune.magnitude_pruning,
+    {**S, "pattern": jaxprune.patterns.channel()},
+    "layerwise",
+    channel=True,
+  ),
+  Pruner("random", jaxprune.random_pruning, {**S, "seed": 3}, "layerwise"),
+  Pruner("saliency", jaxprune.saliency_pruning, S, "layerwise"),
+  Pruner("saliency_global", jaxprune.saliency_pruning, {**S, "distribution": "global"}, "global"),
+  Pruner(
+    "static_sparse_random",
+    jaxprune.static_sparse,
+    {**S, "distribution": "uniform"},
+    "layerwise",
+    timing="static",
+    static_args=("seed",),
+  ),
+  Pruner(
+    "set_sparse", jaxprune.set_sparse, {**S, "seed": 2}, "erk", timing="dst", static_args=DST_STATIC
+  ),
+  Pruner(
+    "rigl", jaxprune.rigl, {**S, "drop_fraction": 0.5}, "erk", timing="dst", static_args=DST_STATIC
+  ),
+  Pruner(
+    "rigl_uniform_packed",
+    jaxprune.rigl,
+    {**S, "distribution": "uniform", "drop_schedule": "constant", "packed_masks": True},
+    "layerwise",
+    timing="dst",
+    static_args=DST_STATIC,
+  ),
+  Pruner(
+    "rigl_block",
+    jaxprune.rigl,
+    {**S, "distribution": "uniform", "pattern": jaxprune.patterns.block((2, 4))},
+    "layerwise",
+    group=(2, 4),
+    timing="dst",
+    static_args=DST_STATIC,
+  ),
+  Pruner(
+    "set_sparse_overrides",
+    jaxprune.set_sparse,
+    {**S, "distribution": "uniform", "overrides": {"dense1/kernel": 0.5}, "seed": 1},
+    "layerwise",
+    timing="dst",
+    leaf_targets=(("dense1/kernel", 0.5),),
+    static_args=DST_STATIC,
+  ),
+  Pruner("granet", jaxprune.granet, S, "erk", timing="dst_gradual", static_args=DST_STATIC),
+  Pruner(
+    "imp",
+    jaxprune.imp,
+    {"rate": 0.4},
+    "global",
+    timing="cycles",
+    target=0.4,
+    static_args=IMP_STATIC,
+  ),
+  Pruner(
+    "imp_rewind_layerwise",
+    jaxprune.imp,
+    {
+      "rate": 0.5,
+      "distribution": "uniform",
+      "leaf_rates": {"dense1/kernel": 0.25},
+      "rewind": "init",
+    },
+    "layerwise",
+    timing="cycles",
+    target=0.5,
+    leaf_targets=(("dense1/kernel", 0.25),),
+    static_args=IMP_STATIC,
+  ),
+  Pruner(
+    "imp_lr_rewinding_packed",
+    jaxprune.imp,
+    {"sparsity": 0.75, "reset_optimizer": True, "packed_masks": True},
+    "global",
+    timing="cycles",
+    target=1 - 0.25 ** (1 / 3),
+    static_args=IMP_STATIC,
+  ),
+  Pruner(
+    "imp_random_masks",
+    jaxprune.imp,
+    {"rate": 0.4, "random_masks": True, "seed": 5},
+    "global",
+    timing="cycles",
+    target=0.4,
+    static_args=IMP_STATIC,
+  ),
 ]
 
 
@@ -120,7 +187,9 @@ def _round(sparsity, n: int) -> int:
   return int(np.round(np.float32(sparsity) * np.float32(n)))
 
 
-def expected_zeros(pruner: Pruner, shapes: dict[str, tuple[int, ...]], scheduled) -> dict[str, int] | int:
+def expected_zeros(
+  pruner: Pruner, shapes: dict[str, tuple[int, ...]], scheduled
+) -> dict[str, int] | int:
   """Exact zero counts per leaf (or in total, for global), where ``scheduled(target)`` is the
   sparsity the schedule gives a leaf whose final target is ``target``."""
   if pruner.kind == "nm":
@@ -129,7 +198,9 @@ def expected_zeros(pruner: Pruner, shapes: dict[str, tuple[int, ...]], scheduled
     return _round(scheduled(pruner.target), sum(math.prod(s) for s in shapes.values()))
   if pruner.kind == "erk":
     per_leaf = jaxprune.allocation.erk(SPARSITY, list(shapes.values()))
-    return {k: _round(scheduled(s), math.prod(shape)) for (k, shape), s in zip(shapes.items(), per_leaf)}
+    return {
+      k: _round(scheduled(s), math.prod(shape)) for (k, shape), s in zip(shapes.items(), per_leaf)
+    }
   out = {}
   for k, shape in shapes.items():
     groups, size = num_groups(pruner, shape)

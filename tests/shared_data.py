@@ -11,6 +11,8 @@ def require_mnist() -> Path:
   """The prepared data directory; fails (never skips) when MNIST is missing, so a run without the
   data cannot pass with its data tests unexecuted."""
   if not (DATA_DIR / "mnist").is_dir():
-    pytest.fail(f"MNIST is not prepared in {DATA_DIR}: the tests read it from "
-                "../shared/tensorflow_datasets beside the checkout (see the README there).")
+    pytest.fail(
+      f"MNIST is not prepared in {DATA_DIR}: the tests read it from "
+      "../shared/tensorflow_datasets beside the checkout (see the README there)."
+    )
   return DATA_DIR

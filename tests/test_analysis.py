@@ -10,8 +10,16 @@ import jaxprune
 
 
 def test_overlap_counts_per_leaf_and_total():
-  a = {"x": jnp.array([[True, True], [False, False]]), "y": jnp.array([[True, False, True]]), "b": None}
-  b = {"x": jnp.array([[True, False], [True, False]]), "y": jnp.array([[True, False, True]]), "b": None}
+  a = {
+    "x": jnp.array([[True, True], [False, False]]),
+    "y": jnp.array([[True, False, True]]),
+    "b": None,
+  }
+  b = {
+    "x": jnp.array([[True, False], [True, False]]),
+    "y": jnp.array([[True, False, True]]),
+    "b": None,
+  }
   o = jaxprune.analysis.mask_overlap(a, b)
   assert o.leaves["x"] == (2, 2, 1, 1 / 3, 0.5)
   assert o.leaves["y"] == (2, 2, 2, 1.0, 1.0)

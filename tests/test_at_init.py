@@ -17,8 +17,10 @@ IN, HIDDEN, OUT = 6, 5, 3
 
 def make_params(seed=0):
   k = jax.random.split(jax.random.key(seed), 2)
-  return {"l1": {"kernel": jax.random.normal(k[0], (IN, HIDDEN)), "bias": jnp.zeros(HIDDEN)},
-          "l2": {"kernel": jax.random.normal(k[1], (HIDDEN, OUT)), "bias": jnp.zeros(OUT)}}
+  return {
+    "l1": {"kernel": jax.random.normal(k[0], (IN, HIDDEN)), "bias": jnp.zeros(HIDDEN)},
+    "l2": {"kernel": jax.random.normal(k[1], (HIDDEN, OUT)), "bias": jnp.zeros(OUT)},
+  }
 
 
 def linear_apply(params, x):  # a linear 2-layer net: gradients are easy to write by hand
@@ -88,8 +90,10 @@ def test_synflow_one_round_by_hand_and_data_free():
     np.testing.assert_array_equal(kernels(masks)[k], expected[k])
   # No data enters: the input batch size changes nothing, nor does the sign of the weights.
   flipped = jax.tree.map(lambda x: -x, params)
-  for other in (jaxprune.synflow(params, relu_apply, (7, IN), 1 - 15 / 45, rounds=1),
-                jaxprune.synflow(flipped, relu_apply, (1, IN), 1 - 15 / 45, rounds=1)):
+  for other in (
+    jaxprune.synflow(params, relu_apply, (7, IN), 1 - 15 / 45, rounds=1),
+    jaxprune.synflow(flipped, relu_apply, (1, IN), 1 - 15 / 45, rounds=1),
+  ):
     for k in ("l1", "l2"):
       np.testing.assert_array_equal(kernels(other)[k], expected[k])
 
@@ -98,8 +102,10 @@ def test_synflow_one_round_by_hand_and_data_free():
 @pytest.mark.parametrize("distribution", ["global", "uniform", "erk"])
 def test_exact_sparsity(method, distribution):
   k = jax.random.split(jax.random.key(3), 2)
-  params = {"a": {"kernel": jax.random.normal(k[0], (30, 40))},
-            "b": {"kernel": jax.random.normal(k[1], (40, 10))}}
+  params = {
+    "a": {"kernel": jax.random.normal(k[0], (30, 40))},
+    "b": {"kernel": jax.random.normal(k[1], (40, 10))},
+  }
   apply = lambda p, x: jax.nn.relu(x @ p["a"]["kernel"]) @ p["b"]["kernel"]
   loss = lambda p, x: jnp.mean(apply(p, x) ** 2)
   x = jax.random.normal(jax.random.key(4), (8, 30))
@@ -122,8 +128,10 @@ def test_synflow_avoids_the_collapse_that_snip_shows():
   # smaller in the wide layer, so at 99.8% global sparsity (4 weights kept) SNIP keeps only the small layer; SynFlow's
   # conserved flow keeps a path (Tanaka et al. 2020).
   k = jax.random.split(jax.random.key(5), 2)
-  params = {"l1": {"kernel": jax.random.normal(k[0], (400, HIDDEN)) / 20, "bias": jnp.zeros(HIDDEN)},
-            "l2": {"kernel": jax.random.normal(k[1], (HIDDEN, OUT)), "bias": jnp.zeros(OUT)}}
+  params = {
+    "l1": {"kernel": jax.random.normal(k[0], (400, HIDDEN)) / 20, "bias": jnp.zeros(HIDDEN)},
+    "l2": {"kernel": jax.random.normal(k[1], (HIDDEN, OUT)), "bias": jnp.zeros(OUT)},
+  }
   x = jax.random.normal(jax.random.key(6), (16, 400))
   loss = lambda p, x: jnp.sum(relu_apply(p, x) ** 2)
   with pytest.warns(UserWarning, match="snip: the masks collapse the network"):
@@ -138,7 +146,9 @@ def test_synflow_avoids_the_collapse_that_snip_shows():
 def test_collapse_report_on_constructed_masks():
   healthy = {"l1": np.ones((IN, HIDDEN), bool), "l2": np.ones((HIDDEN, OUT), bool)}
   report = jaxprune.collapse.layer_collapse(healthy)
-  assert not report.collapsed and report.chain == ["l1", "l2"] and report.describe() == "no collapse"
+  assert (
+    not report.collapsed and report.chain == ["l1", "l2"] and report.describe() == "no collapse"
+  )
   # Cut: l1 keeps only hidden unit 0's inputs, l2 keeps only hidden unit 4's outputs.
   l1 = np.zeros((IN, HIDDEN), bool)
   l1[:, 0] = True
@@ -200,8 +210,9 @@ def test_apply_masks_zeroes_pruned_entries_before_any_update():
     out = jaxprune.apply_masks(params, m)
     for k in ("l1", "l2"):
       keep = kernels(masks)[k]
-      np.testing.assert_array_equal(np.asarray(out[k]["kernel"]),
-                                    np.where(keep, np.asarray(params[k]["kernel"]), 0))
+      np.testing.assert_array_equal(
+        np.asarray(out[k]["kernel"]), np.where(keep, np.asarray(params[k]["kernel"]), 0)
+      )
       np.testing.assert_array_equal(out[k]["bias"], params[k]["bias"])
 
 
@@ -232,12 +243,20 @@ def test_prune_at_init_is_one_call_from_params_to_a_pruned_optimizer(method):
   loss = lambda p, x: jnp.sum(relu_apply(p, x) ** 2)
   if method == "synflow":
     expected = jaxprune.synflow(params, relu_apply, (1, IN), 0.6, rounds=5)
-    tx = jaxprune.prune_at_init(params, 0.6, method=method, apply_fn=relu_apply, input_shape=(1, IN),
-                                rounds=5, inner=optax.adam(0.01))
+    tx = jaxprune.prune_at_init(
+      params,
+      0.6,
+      method=method,
+      apply_fn=relu_apply,
+      input_shape=(1, IN),
+      rounds=5,
+      inner=optax.adam(0.01),
+    )
   else:
     expected = getattr(jaxprune, method)(params, loss, X, 0.6)
-    tx = jaxprune.prune_at_init(params, 0.6, method=method, loss_fn=loss, batch=X,
-                                inner=optax.adam(0.01))
+    tx = jaxprune.prune_at_init(
+      params, 0.6, method=method, loss_fn=loss, batch=X, inner=optax.adam(0.01)
+    )
   state = tx.init(params)
   jax.tree.map(np.testing.assert_array_equal, jaxprune.get_masks(state), expected)
   updates, state = tx.update(jax.grad(loss)(params, X), state, params)

@@ -12,15 +12,15 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import ipykernel  # noqa: F401  (the kernel the notebooks run in)
 import nbclient
 import nbformat
+import pytest
+from shared_data import DATA_DIR, require_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 COLABS = REPO / "colabs"
-from shared_data import DATA_DIR, require_mnist
+
 KERNEL_NAME = "jaxprune-colab-test"
 
 
@@ -29,9 +29,9 @@ def _install_kernelspec(root: Path) -> None:
   spec_dir = root / "kernels" / KERNEL_NAME
   spec_dir.mkdir(parents=True)
   spec = {
-      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-      "display_name": f"Python {sys.version_info.major}.{sys.version_info.minor} (tests)",
-      "language": "python",
+    "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+    "display_name": f"Python {sys.version_info.major}.{sys.version_info.minor} (tests)",
+    "language": "python",
   }
   (spec_dir / "kernel.json").write_text(json.dumps(spec))
 
@@ -42,16 +42,25 @@ def kernel_env(tmp_path, monkeypatch):
   require_mnist()
   jupyter_dir = tmp_path / "jupyter"
   _install_kernelspec(jupyter_dir)
-  monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(
-      [str(jupyter_dir)] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]))
+  monkeypatch.setenv(
+    "JUPYTER_PATH",
+    os.pathsep.join(
+      [str(jupyter_dir)] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
+    ),
+  )
   monkeypatch.setenv("JAXPRUNE_COLAB_SMOKE", "1")
   monkeypatch.setenv("TFDS_DATA_DIR", str(DATA_DIR))
   # Import jaxprune from this checkout even where it is not installed.
-  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-      [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+  monkeypatch.setenv(
+    "PYTHONPATH",
+    os.pathsep.join(
+      [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    ),
+  )
   # conftest.py simulates 8 CPU devices for this process; the notebooks run as in Colab, on one.
-  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
-                 os.environ.get("XLA_FLAGS", "")).strip()
+  flags = re.sub(
+    r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")
+  ).strip()
   if flags:
     monkeypatch.setenv("XLA_FLAGS", flags)
   else:
@@ -65,13 +74,22 @@ def _execute(name: str, workdir: Path):
   """Runs colabs/<name> and returns (notebook, stdout text of all cells, seconds)."""
   nb = nbformat.read(COLABS / name, as_version=4)
   client = nbclient.NotebookClient(
-      nb, kernel_name=KERNEL_NAME, timeout=600, startup_timeout=120,
-      resources={"metadata": {"path": str(workdir)}})
+    nb,
+    kernel_name=KERNEL_NAME,
+    timeout=600,
+    startup_timeout=120,
+    resources={"metadata": {"path": str(workdir)}},
+  )
   start = time.perf_counter()
   client.execute()  # raises CellExecutionError (with the cell's traceback) if a cell fails
   seconds = time.perf_counter() - start
-  errors = [out for cell in nb.cells if cell.cell_type == "code"
-            for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+  errors = [
+    out
+    for cell in nb.cells
+    if cell.cell_type == "code"
+    for out in cell.get("outputs", [])
+    if out.get("output_type") == "error"
+  ]
   assert not errors, errors
   text = []
   for cell in nb.cells:
@@ -85,8 +103,9 @@ def _execute(name: str, workdir: Path):
 
 
 def _has_image(nb) -> bool:
-  return any("image/png" in out.get("data", {})
-             for cell in nb.cells for out in cell.get("outputs", []))
+  return any(
+    "image/png" in out.get("data", {}) for cell in nb.cells for out in cell.get("outputs", [])
+  )
 
 
 def test_kernelspec_runs_this_interpreter(tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ def prune_once(tx, params, grads=None):
 
 # Schedules.
 
+
 def test_polynomial_schedule_values_follow_zhu_gupta():
   s = jaxprune.schedules.polynomial(begin_step=10, end_step=50, frequency=10)
   for t in range(0, 70):
@@ -31,11 +32,12 @@ def test_polynomial_schedule_values_follow_zhu_gupta():
 
 
 def test_polynomial_schedule_reaches_target_when_frequency_does_not_divide():
-  s = jaxprune.schedules.polynomial(begin_step=0, end_step=10, frequency=4, power=2,
-                                    initial_sparsity=0.2)
+  s = jaxprune.schedules.polynomial(
+    begin_step=0, end_step=10, frequency=4, power=2, initial_sparsity=0.2
+  )
   assert [t for t in range(20) if bool(s.is_update_step(jnp.int32(t)))] == [0, 4, 8, 10]
   np.testing.assert_allclose(float(s.sparsity(jnp.int32(0), 0.9)), 0.2, rtol=1e-6)
-  np.testing.assert_allclose(float(s.sparsity(jnp.int32(4), 0.9)), 0.9 - 0.7 * 0.6 ** 2, rtol=1e-6)
+  np.testing.assert_allclose(float(s.sparsity(jnp.int32(4), 0.9)), 0.9 - 0.7 * 0.6**2, rtol=1e-6)
   np.testing.assert_allclose(float(s.sparsity(jnp.int32(10), 0.9)), 0.9, rtol=1e-6)
 
 
@@ -47,7 +49,9 @@ def test_one_shot_schedule():
 
 def test_one_shot_prunes_at_its_step_only():
   params = {"w": jax.random.normal(jax.random.key(0), (10, 10))}
-  tx = optax.chain(optax.sgd(0.1), jaxprune.magnitude_pruning(0.5, schedule=jaxprune.schedules.one_shot(2)))
+  tx = optax.chain(
+    optax.sgd(0.1), jaxprune.magnitude_pruning(0.5, schedule=jaxprune.schedules.one_shot(2))
+  )
   state = tx.init(params)
   zeros = []
   for t in range(4):
@@ -90,6 +94,7 @@ def test_gradual_pruning_is_monotone():
 
 # Allocations.
 
+
 def test_erk_matches_formula_and_budget():
   shapes = [(3, 3, 1, 20), (3, 3, 20, 50), (800, 500), (500, 10)]
   sizes = np.array([math.prod(s) for s in shapes], float)
@@ -99,7 +104,9 @@ def test_erk_matches_formula_and_budget():
   raw = np.array([sum(s) / math.prod(s) for s in shapes])
   free = densities < 1
   ratio = densities[free] / raw[free]
-  np.testing.assert_allclose(ratio, ratio[0], rtol=1e-9)  # density = eps * raw for every non-dense leaf
+  np.testing.assert_allclose(
+    ratio, ratio[0], rtol=1e-9
+  )  # density = eps * raw for every non-dense leaf
   assert densities[0] == 1.0  # the tiny first conv would exceed density 1 and is made dense
 
 
@@ -118,8 +125,10 @@ def test_erk_traced_matches_python():
 
 
 def test_erk_pruner_exact_counts_per_leaf():
-  params = {"a": jax.random.normal(jax.random.key(0), (50, 40)),
-            "b": jax.random.normal(jax.random.key(1), (40, 4))}
+  params = {
+    "a": jax.random.normal(jax.random.key(0), (50, 40)),
+    "b": jax.random.normal(jax.random.key(1), (40, 4)),
+  }
   _, state = prune_once(jaxprune.magnitude_pruning(0.8, distribution="erk"), params)
   masks = jaxprune.get_masks(state)
   expected = jaxprune.allocation.erk(0.8, [(50, 40), (40, 4)])
@@ -128,8 +137,10 @@ def test_erk_pruner_exact_counts_per_leaf():
 
 
 def test_override_prunes_a_leaf_to_its_own_sparsity():
-  params = {"hidden": {"kernel": jax.random.normal(jax.random.key(0), (30, 30))},
-            "out": {"kernel": jax.random.normal(jax.random.key(1), (30, 10))}}
+  params = {
+    "hidden": {"kernel": jax.random.normal(jax.random.key(0), (30, 30))},
+    "out": {"kernel": jax.random.normal(jax.random.key(1), (30, 10))},
+  }
   tx = jaxprune.magnitude_pruning(0.8, overrides={"out/.*": 0.4})
   _, state = prune_once(tx, params)
   masks = jaxprune.get_masks(state)
@@ -138,8 +149,11 @@ def test_override_prunes_a_leaf_to_its_own_sparsity():
 
 
 def test_global_with_override_keeps_override_out_of_the_threshold():
-  params = {"a": jnp.arange(1.0, 101.0).reshape(10, 10), "b": 1000 + jnp.arange(100.0).reshape(10, 10),
-            "c": jnp.ones((4, 5))}
+  params = {
+    "a": jnp.arange(1.0, 101.0).reshape(10, 10),
+    "b": 1000 + jnp.arange(100.0).reshape(10, 10),
+    "c": jnp.ones((4, 5)),
+  }
   tx = jaxprune.magnitude_pruning(0.5, distribution="global", overrides={"c": 0.25})
   _, state = prune_once(tx, params)
   masks = jaxprune.get_masks(state)
@@ -159,12 +173,14 @@ def test_prune_selector_by_pattern_and_predicate():
   params = {"a": {"kernel": jnp.ones((4, 4))}, "b": {"kernel": jnp.ones((4, 4))}, "v": jnp.ones(8)}
   masks = jaxprune.get_masks(prune_once(jaxprune.magnitude_pruning(0.5, prune="a/.*"), params)[1])
   assert masks["b"]["kernel"] is None and int((~masks["a"]["kernel"]).sum()) == 8
-  masks = jaxprune.get_masks(prune_once(
-      jaxprune.magnitude_pruning(0.5, prune=lambda path, leaf: leaf.ndim == 1), params)[1])
+  masks = jaxprune.get_masks(
+    prune_once(jaxprune.magnitude_pruning(0.5, prune=lambda path, leaf: leaf.ndim == 1), params)[1]
+  )
   assert masks["a"]["kernel"] is None and int((~masks["v"]).sum()) == 4
 
 
 # Scores.
+
 
 def test_saliency_uses_raw_gradients_with_inner():
   params = {"w": jnp.array([[1.0, 2.0], [3.0, 4.0]])}
@@ -175,8 +191,9 @@ def test_saliency_uses_raw_gradients_with_inner():
 
 def test_random_scores_are_seeded():
   params = {"w": jnp.ones((16, 16))}
-  m = lambda seed: np.asarray(jaxprune.get_masks(prune_once(jaxprune.random_pruning(0.5, seed=seed),
-                                                            params)[1])["w"])
+  m = lambda seed: np.asarray(
+    jaxprune.get_masks(prune_once(jaxprune.random_pruning(0.5, seed=seed), params)[1])["w"]
+  )
   np.testing.assert_array_equal(m(0), m(0))
   assert not np.array_equal(m(0), m(1))
 
@@ -192,6 +209,7 @@ def test_custom_score_function():
 
 # Masks: packing and get_masks in composite states.
 
+
 def test_packed_masks_use_one_bit_per_weight_and_match_unpacked():
   params = {"w": jax.random.normal(jax.random.key(0), (64, 100))}
   _, packed = prune_once(jaxprune.magnitude_pruning(0.7, packed_masks=True), params)
@@ -203,11 +221,15 @@ def test_packed_masks_use_one_bit_per_weight_and_match_unpacked():
 
 
 def test_get_masks_inside_partition():
-  params = {"enc": {"kernel": jax.random.normal(jax.random.key(0), (8, 8))},
-            "dec": {"kernel": jax.random.normal(jax.random.key(1), (8, 8))}}
+  params = {
+    "enc": {"kernel": jax.random.normal(jax.random.key(0), (8, 8))},
+    "dec": {"kernel": jax.random.normal(jax.random.key(1), (8, 8))},
+  }
   labels = {"enc": {"kernel": "pruned"}, "dec": {"kernel": "dense"}}
-  tx = optax.chain(optax.adam(1e-2), optax.partition(
-      {"pruned": jaxprune.magnitude_pruning(0.5), "dense": optax.identity()}, labels))
+  tx = optax.chain(
+    optax.adam(1e-2),
+    optax.partition({"pruned": jaxprune.magnitude_pruning(0.5), "dense": optax.identity()}, labels),
+  )
   params, state = prune_once(tx, params)
   masks = jaxprune.get_masks(state)
   assert masks["dec"]["kernel"] is None
@@ -217,8 +239,9 @@ def test_get_masks_inside_partition():
 
 def test_get_masks_combines_two_pruners():
   params = {"w": jnp.arange(1.0, 17.0).reshape(4, 4)}
-  tx = optax.chain(optax.sgd(0.1), jaxprune.magnitude_pruning(0.25),
-                   jaxprune.random_pruning(0.25, seed=0))
+  tx = optax.chain(
+    optax.sgd(0.1), jaxprune.magnitude_pruning(0.25), jaxprune.random_pruning(0.25, seed=0)
+  )
   params, state = prune_once(tx, params)
   masks = jaxprune.get_masks(state)["w"]
   np.testing.assert_array_equal(np.asarray(params["w"]) == 0, ~np.asarray(masks))
@@ -227,13 +250,16 @@ def test_get_masks_combines_two_pruners():
 
 def test_get_masks_inside_inject_hyperparams_and_multisteps():
   params = {"w": jax.random.normal(jax.random.key(0), (8, 8))}
-  tx = optax.MultiSteps(optax.inject_hyperparams(jaxprune.magnitude_pruning)(
-      sparsity=0.5, inner=optax.sgd(0.1)), every_k_schedule=1)
+  tx = optax.MultiSteps(
+    optax.inject_hyperparams(jaxprune.magnitude_pruning)(sparsity=0.5, inner=optax.sgd(0.1)),
+    every_k_schedule=1,
+  )
   _, state = prune_once(tx, params)
   assert int((~jaxprune.get_masks(state)["w"]).sum()) == 32
 
 
 # Summary.
+
 
 def test_sparsity_summary_counts():
   tree = {"a": jnp.array([[0.0, 1.0], [0.0, 0.0]]), "b": jnp.array([True, False, True]), "c": None}
@@ -253,7 +279,10 @@ def test_sparsity_summary_of_packed_masks_state():
 def test_importing_the_core_library_loads_no_data_plot_or_notebook_package():
   import subprocess
   import sys
-  code = ("import sys, jaxprune; heavy = [m for m in ('tensorflow_datasets', 'tensorflow', 'matplotlib', "
-          "'nbclient', 'flax', 'ml_collections') if m in sys.modules]; print(heavy)")
+
+  code = (
+    "import sys, jaxprune; heavy = [m for m in ('tensorflow_datasets', 'tensorflow', 'matplotlib', "
+    "'nbclient', 'flax', 'ml_collections') if m in sys.modules]; print(heavy)"
+  )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "[]"

@@ -12,10 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from pruners import CYCLES, DST_STEPS, PRUNERS, expected_zeros
 
 import jaxprune
-from pruners import CYCLES, DST_STEPS, PRUNERS, expected_zeros
 
 SCHEDULE = jaxprune.schedules.polynomial(begin_step=1, end_step=5, frequency=2)
 UPDATE_STEPS = (1, 3, 5)
@@ -32,15 +33,17 @@ forms = pytest.mark.parametrize("pruner,form", _FORMS, ids=[f"{p.name}-{f}" for 
 def make_params(dtype=jnp.float32, seed=0):
   k = jax.random.split(jax.random.key(seed), 4)
   return {
-      "dense0": {"kernel": jax.random.normal(k[0], (16, 32), dtype), "bias": jnp.zeros(32, dtype)},
-      "dense1": {"kernel": jax.random.normal(k[1], (32, 8), dtype), "bias": jnp.zeros(8, dtype)},
+    "dense0": {"kernel": jax.random.normal(k[0], (16, 32), dtype), "bias": jnp.zeros(32, dtype)},
+    "dense1": {"kernel": jax.random.normal(k[1], (32, 8), dtype), "bias": jnp.zeros(8, dtype)},
   }
 
 
 def make_grads(params, step):
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(100 + step), len(leaves))
-  return jax.tree.unflatten(treedef, [jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, leaves)])
+  return jax.tree.unflatten(
+    treedef, [jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, leaves)]
+  )
 
 
 def optimizer():
@@ -49,8 +52,13 @@ def optimizer():
 
 def timing(pruner):
   """The keyword arguments that make a pruner update its masks at UPDATE_STEPS."""
-  return {"schedule": {"schedule": SCHEDULE}, "cycles": dict(CYCLES), "static": {},
-          "dst": dict(DST_STEPS), "dst_gradual": dict(DST_STEPS)}[pruner.timing]
+  return {
+    "schedule": {"schedule": SCHEDULE},
+    "cycles": dict(CYCLES),
+    "static": {},
+    "dst": dict(DST_STEPS),
+    "dst_gradual": dict(DST_STEPS),
+  }[pruner.timing]
 
 
 def default_form(pruner):
@@ -146,8 +154,11 @@ def test_jit_equals_nojit(pruner, form):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), pa, pb)
 
 
-@pytest.mark.parametrize("pruner", [p for p in PRUNERS if p.chain and not p.uses_grads],
-                         ids=[p.name for p in PRUNERS if p.chain and not p.uses_grads])
+@pytest.mark.parametrize(
+  "pruner",
+  [p for p in PRUNERS if p.chain and not p.uses_grads],
+  ids=[p.name for p in PRUNERS if p.chain and not p.uses_grads],
+)
 def test_chain_form_equals_inner_form(pruner):
   # With scores that do not read gradients, wrapping the optimizer changes nothing for kept weights.
   a = run(build(pruner, "chain"), make_params())
@@ -240,8 +251,9 @@ def test_flax_linen_train_state(pruner):
   model = MLP()
   x = jax.random.normal(jax.random.key(1), (4, 16))
   variables = model.init(jax.random.key(0), x)
-  state = train_state.TrainState.create(apply_fn=model.apply, params=variables["params"],
-                                        tx=build(pruner, default_form(pruner)))
+  state = train_state.TrainState.create(
+    apply_fn=model.apply, params=variables["params"], tx=build(pruner, default_form(pruner))
+  )
 
   @jax.jit
   def step(state, x):
@@ -293,8 +305,10 @@ def test_flax_nnx_optimizer(pruner):
 def test_sharded_equals_single_device(pruner, form):
   assert jax.device_count() == 8
   mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
-  specs = {"dense0": {"kernel": P("data", "model"), "bias": P("model")},
-           "dense1": {"kernel": P("data", "model"), "bias": P()}}
+  specs = {
+    "dense0": {"kernel": P("data", "model"), "bias": P("model")},
+    "dense1": {"kernel": P("data", "model"), "bias": P()},
+  }
   shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
   single = run(build(pruner, form), make_params())
   sharded_params = jax.device_put(make_params(), shardings)
@@ -317,12 +331,19 @@ def test_sharded_equals_single_device(pruner, form):
     stored = pruner_state.masks
     for layer in ("dense0", "dense1"):
       assert stored[layer]["kernel"].sharding.is_equivalent_to(shardings[layer]["kernel"], 2), (
-          layer, stored[layer]["kernel"].sharding)
+        layer,
+        stored[layer]["kernel"].sharding,
+      )
 
 
 def test_registry_covers_every_exported_pruner():
   exported = {name for name in jaxprune.__all__ if name.endswith("_pruning")} | {
-      "imp", "static_sparse", "set_sparse", "rigl", "granet"}
+    "imp",
+    "static_sparse",
+    "set_sparse",
+    "rigl",
+    "granet",
+  }
   covered = {p.factory.__name__ for p in PRUNERS}
   assert exported <= covered, f"add {exported - covered} to tests/pruners.py"
   for name in exported:  # the conventions of the contract

@@ -18,8 +18,10 @@ LAYERS = ("hidden", "output")
 
 def make_params(seed=0):
   k = jax.random.split(jax.random.key(seed), 2)
-  return {"hidden": {"kernel": jax.random.normal(k[0], (24, 40)), "bias": jnp.zeros(40)},
-          "output": {"kernel": jax.random.normal(k[1], (40, 10)), "bias": jnp.zeros(10)}}
+  return {
+    "hidden": {"kernel": jax.random.normal(k[0], (24, 40)), "bias": jnp.zeros(40)},
+    "output": {"kernel": jax.random.normal(k[1], (40, 10)), "bias": jnp.zeros(10)},
+  }
 
 
 def grads_at(params, step):
@@ -64,16 +66,18 @@ def param_stats(state, inner):
 
 
 OPTIMIZERS = {
-    "sgd_momentum": lambda: optax.sgd(0.05, momentum=0.9),
-    "adam": lambda: optax.adam(0.01),
-    "adamw": lambda: optax.adamw(0.01, weight_decay=0.1),
-    "lion": lambda: optax.lion(1e-3),
-    "inject_hyperparams": lambda: optax.inject_hyperparams(optax.adam)(learning_rate=0.01),
+  "sgd_momentum": lambda: optax.sgd(0.05, momentum=0.9),
+  "adam": lambda: optax.adam(0.01),
+  "adamw": lambda: optax.adamw(0.01, weight_decay=0.1),
+  "lion": lambda: optax.lion(1e-3),
+  "inject_hyperparams": lambda: optax.inject_hyperparams(optax.adam)(learning_rate=0.01),
 }
 METHODS = {
-    "set": lambda inner: jaxprune.set_sparse(0.8, drop_fraction=0.3, frequency=3, seed=1, inner=inner),
-    "rigl": lambda inner: jaxprune.rigl(0.8, end_step=15, frequency=3, inner=inner),
-    "granet": lambda inner: jaxprune.granet(0.8, begin_step=3, end_step=12, frequency=3, inner=inner),
+  "set": lambda inner: jaxprune.set_sparse(
+    0.8, drop_fraction=0.3, frequency=3, seed=1, inner=inner
+  ),
+  "rigl": lambda inner: jaxprune.rigl(0.8, end_step=15, frequency=3, inner=inner),
+  "granet": lambda inner: jaxprune.granet(0.8, begin_step=3, end_step=12, frequency=3, inner=inner),
 }
 
 
@@ -120,8 +124,15 @@ def test_active_count_is_constant_and_drop_equals_grow(method, use_jit):
 
 
 def test_rigl_drops_smallest_magnitudes_and_grows_largest_gradients():
-  tx = jaxprune.rigl(0.8, end_step=100, frequency=3, drop_fraction=0.3, drop_schedule="constant",
-                     distribution="uniform", inner=optax.sgd(0.01))
+  tx = jaxprune.rigl(
+    0.8,
+    end_step=100,
+    frequency=3,
+    drop_fraction=0.3,
+    drop_schedule="constant",
+    distribution="uniform",
+    inner=optax.sgd(0.01),
+  )
   history = run(tx, 4)
   before = kernel_masks(history[2][3])
   params, grads, _, state = history[3]  # the update with count 3
@@ -156,6 +167,7 @@ def test_set_is_seeded():
   def masks_of(seed):
     tx = jaxprune.set_sparse(0.8, frequency=2, seed=seed, inner=optax.sgd(0.01))
     return [kernel_masks(s) for _, _, _, s in run(tx, 7)]
+
   a, b, c = masks_of(4), masks_of(4), masks_of(5)
   for x, y in zip(a, b):
     for layer in LAYERS:
@@ -165,8 +177,9 @@ def test_set_is_seeded():
 
 @jit_modes
 def test_granet_follows_the_cubic_schedule_and_regrows(use_jit):
-  tx = jaxprune.granet(0.9, begin_step=2, end_step=8, frequency=2, distribution="uniform",
-                       inner=optax.sgd(0.01))
+  tx = jaxprune.granet(
+    0.9, begin_step=2, end_step=8, frequency=2, distribution="uniform", inner=optax.sgd(0.01)
+  )
   history = run(tx, 10, use_jit)
   regrown = 0
   previous = kernel_masks(history[0][3])
@@ -175,7 +188,10 @@ def test_granet_follows_the_cubic_schedule_and_regrows(use_jit):
     s = 0.0 if last is None else 0.9 * (1 - (1 - (last - 2) / 6) ** 3)
     masks = kernel_masks(state)
     for layer, n in zip(LAYERS, (960, 400)):
-      assert int((~masks[layer]).sum()) == int(np.round(np.float32(s) * np.float32(n))), (step, layer)
+      assert int((~masks[layer]).sum()) == int(np.round(np.float32(s) * np.float32(n))), (
+        step,
+        layer,
+      )
       regrown += int((masks[layer] & ~previous[layer]).sum())
     previous = masks
   assert regrown > 0  # pruning alone never re-activates a weight
@@ -191,23 +207,38 @@ def test_non_update_steps_do_not_touch_the_optimizer_state():
   assert np.all(stats["hidden"][0][mask] != 0)
 
 
-@pytest.mark.parametrize("make, match", [
+@pytest.mark.parametrize(
+  "make, match",
+  [
     (lambda: jaxprune.rigl(0.9, end_step=10), "needs the inner= form"),
-    (lambda: jaxprune.rigl(0.9, end_step=1000, distribution="global", inner=optax.sgd(0.1)),
-     "distribution must allocate"),
-    (lambda: jaxprune.rigl(0.9, end_step=1000, drop_fraction=1.5, inner=optax.sgd(0.1)),
-     r"drop_fraction must be a number in \[0, 1\], got 1.5"),
-    (lambda: jaxprune.rigl(0.9, end_step=1000, drop_schedule="linear", inner=optax.sgd(0.1)),
-     "drop_schedule must be"),
+    (
+      lambda: jaxprune.rigl(0.9, end_step=1000, distribution="global", inner=optax.sgd(0.1)),
+      "distribution must allocate",
+    ),
+    (
+      lambda: jaxprune.rigl(0.9, end_step=1000, drop_fraction=1.5, inner=optax.sgd(0.1)),
+      r"drop_fraction must be a number in \[0, 1\], got 1.5",
+    ),
+    (
+      lambda: jaxprune.rigl(0.9, end_step=1000, drop_schedule="linear", inner=optax.sgd(0.1)),
+      "drop_schedule must be",
+    ),
     (lambda: jaxprune.rigl(1.5, end_step=10, inner=optax.sgd(0.1)), "sparsity must be in"),
-    (lambda: jaxprune.rigl(0.9, end_step=10, frequency=0, inner=optax.sgd(0.1)),
-     "frequency must be >= 1, got 0"),
-    (lambda: jaxprune.rigl(0.9, end_step=10, begin_step=10, inner=optax.sgd(0.1)),
-     r"begin_step \(10\) must be before end_step \(10\)"),
+    (
+      lambda: jaxprune.rigl(0.9, end_step=10, frequency=0, inner=optax.sgd(0.1)),
+      "frequency must be >= 1, got 0",
+    ),
+    (
+      lambda: jaxprune.rigl(0.9, end_step=10, begin_step=10, inner=optax.sgd(0.1)),
+      r"begin_step \(10\) must be before end_step \(10\)",
+    ),
     (lambda: jaxprune.set_sparse(float("nan"), inner=optax.sgd(0.1)), "sparsity must be in"),
-    (lambda: jaxprune.granet(0.5, end_step=1000, initial_sparsity=0.8, inner=optax.sgd(0.1)),
-     r"initial_sparsity \(0.8\) is above sparsity \(0.5\)"),
-])
+    (
+      lambda: jaxprune.granet(0.5, end_step=1000, initial_sparsity=0.8, inner=optax.sgd(0.1)),
+      r"initial_sparsity \(0.8\) is above sparsity \(0.5\)",
+    ),
+  ],
+)
 def test_errors(make, match):
   with pytest.raises(ValueError, match=match):
     make()

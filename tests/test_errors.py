@@ -10,13 +10,20 @@ import pytest
 
 import jaxprune
 
-PARAMS = {"enc": {"kernel": jnp.ones((6, 8)), "bias": jnp.ones(8), "step": jnp.zeros((2, 2), jnp.int32),
-                  "flag": jnp.zeros((2, 2), bool)},
-          "out": {"kernel": jnp.ones((8, 3))}}
+PARAMS = {
+  "enc": {
+    "kernel": jnp.ones((6, 8)),
+    "bias": jnp.ones(8),
+    "step": jnp.zeros((2, 2), jnp.int32),
+    "flag": jnp.zeros((2, 2), bool),
+  },
+  "out": {"kernel": jnp.ones((8, 3))},
+}
 
 
-@pytest.mark.parametrize("factory", [jaxprune.magnitude_pruning, jaxprune.random_pruning,
-                                     jaxprune.saliency_pruning])
+@pytest.mark.parametrize(
+  "factory", [jaxprune.magnitude_pruning, jaxprune.random_pruning, jaxprune.saliency_pruning]
+)
 @pytest.mark.parametrize("sparsity", [1.0, 1.5, -0.1, math.nan, math.inf, jnp.float32(1.2)])
 def test_sparsity_outside_unit_interval(factory, sparsity):
   with pytest.raises(ValueError, match="sparsity must be in \\[0, 1\\)"):
@@ -73,14 +80,17 @@ def test_channel_axis_out_of_range_names_leaf():
     tx.init(PARAMS)
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     (dict(begin_step=10, end_step=5, frequency=1), r"begin_step \(10\) is after end_step \(5\)"),
     (dict(begin_step=0, end_step=5, frequency=0), "frequency must be >= 1, got 0"),
     (dict(begin_step=-1, end_step=5, frequency=1), "begin_step must be >= 0, got -1"),
     (dict(begin_step=0, end_step=5, frequency=1, power=0), "power must be a positive number"),
     (dict(begin_step=0, end_step=5, frequency=1, initial_sparsity=1.0), "initial_sparsity"),
     (dict(begin_step=0.5, end_step=5, frequency=1), "begin_step must be an int"),
-])
+  ],
+)
 def test_bad_polynomial_schedule(kwargs, message):
   with pytest.raises((ValueError, TypeError), match=message):
     jaxprune.schedules.polynomial(**kwargs)
@@ -105,8 +115,11 @@ def test_override_with_bad_sparsity_names_leaf():
 
 def test_leaf_matched_by_two_overrides():
   tx = jaxprune.magnitude_pruning(0.5, overrides={"out/.*": 0.1, ".*/kernel": 0.2})
-  with pytest.raises(ValueError, match="leaf 'enc/kernel' is matched by two override patterns|"
-                                       "leaf 'out/kernel' is matched by two override patterns"):
+  with pytest.raises(
+    ValueError,
+    match="leaf 'enc/kernel' is matched by two override patterns|"
+    "leaf 'out/kernel' is matched by two override patterns",
+  ):
     tx.init(PARAMS)
 
 

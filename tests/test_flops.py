@@ -18,26 +18,40 @@ MLP = {"w1": jnp.ones((6, 8)), "b1": jnp.zeros(8), "w2": jnp.ones((8, 3))}
 
 
 def conv(p, x, stride=1, padding="VALID", groups=1):
-  return lax.conv_general_dilated(x, p["k"], (stride, stride), padding, feature_group_count=groups,
-                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return lax.conv_general_dilated(
+    x,
+    p["k"],
+    (stride, stride),
+    padding,
+    feature_group_count=groups,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
 
 
 def test_dense_layers_by_hand():
   macs = flops.count_macs(mlp, MLP, jnp.ones((5, 6)))
   # Per example 6 x 8 + 8 x 3 multiply-adds; the bias add and the ReLU are not counted.
-  assert macs == {"total": 5 * (48 + 24), "by_leaf": {"w1": 5 * 48, "w2": 5 * 24},
-                  "unattributed": 0, "by_primitive": {"dot_general": 5 * (48 + 24)}}
+  assert macs == {
+    "total": 5 * (48 + 24),
+    "by_leaf": {"w1": 5 * 48, "w2": 5 * 24},
+    "unattributed": 0,
+    "by_primitive": {"dot_general": 5 * (48 + 24)},
+  }
 
 
-@pytest.mark.parametrize("stride,padding,groups,out", [
+@pytest.mark.parametrize(
+  "stride,padding,groups,out",
+  [
     (1, "VALID", 1, 4),  # 6 - 3 + 1 = 4 outputs per side
     (2, "SAME", 1, 3),  # ceil(6 / 2)
     (1, "VALID", 2, 4),  # each output feature sees 2 / 2 = 1 input feature
-])
+  ],
+)
 def test_conv_by_hand(stride, padding, groups, out):
   params = {"k": jnp.ones((3, 3, 2 // groups, 4))}
-  macs = flops.count_macs(conv, params, jnp.ones((2, 6, 6, 2)), stride=stride, padding=padding,
-                          groups=groups)
+  macs = flops.count_macs(
+    conv, params, jnp.ones((2, 6, 6, 2)), stride=stride, padding=padding, groups=groups
+  )
   expected = 2 * out * out * 4 * (3 * 3 * 2 // groups)  # outputs x kernel entries per output
   assert macs["by_leaf"] == {"k": expected}
   assert macs["by_primitive"] == {"conv_general_dilated": expected}
@@ -85,9 +99,12 @@ def test_weight_ops_name_the_leaf_of_every_product():
   params = {"u": jnp.ones((2, 2)), "v": jnp.ones((3, 2)), "w": jnp.ones((4, 5))}
   ops = list(flops.weight_ops(apply, params, jnp.ones((3, 5))))
   assert [(op.primitive, op.leaf, op.macs, op.repeats) for op in ops] == [
-      ("dot_general", "w", 3 * 5 * 4, 1), ("dot_general", None, 3 * 4 * 3, 1),
-      ("dot_general", "v", 3 * 3 * 2, 1), ("dot_general", "u", 3 * 2 * 2, 1),
-      ("dot_general", "v", 3 * 3 * 2, 1)]
+    ("dot_general", "w", 3 * 5 * 4, 1),
+    ("dot_general", None, 3 * 4 * 3, 1),
+    ("dot_general", "v", 3 * 3 * 2, 1),
+    ("dot_general", "u", 3 * 2 * 2, 1),
+    ("dot_general", "v", 3 * 3 * 2, 1),
+  ]
   # Every branch of the cond is listed (branch 0 is the false one); count_macs takes the costliest.
   assert [op.branch for op in ops] == [(), (), ((0, 0),), ((0, 0),), ((0, 1),)]
   assert all(op.eqn.primitive.name == "dot_general" for op in ops)

@@ -19,8 +19,10 @@ def make_params(seed=0):
 
 def params_from_key(key):
   k = jax.random.split(key, 3)
-  return {"hidden": {"kernel": jax.random.normal(k[0], (20, 30)), "bias": jnp.ones(30)},
-          "output": {"kernel": jax.random.normal(k[1], (30, 10)), "bias": jnp.ones(10)}}
+  return {
+    "hidden": {"kernel": jax.random.normal(k[0], (20, 30)), "bias": jnp.ones(30)},
+    "output": {"kernel": jax.random.normal(k[1], (30, 10)), "bias": jnp.ones(10)},
+  }
 
 
 def grads_at(params, step):
@@ -48,12 +50,18 @@ def zeros(masks):
 @jit_modes
 def test_layerwise_rates_and_leaf_rates_are_exact_every_cycle(use_jit):
   # Frankle & Carbin's LeNet setting: 20% per round, 10% for the output layer.
-  tx = jaxprune.imp(rate=0.2, cycles=4, cycle_steps=2, distribution="uniform",
-                    leaf_rates={"output/kernel": 0.1}, inner=optax.sgd(0.01))
+  tx = jaxprune.imp(
+    rate=0.2,
+    cycles=4,
+    cycle_steps=2,
+    distribution="uniform",
+    leaf_rates={"output/kernel": 0.1},
+    inner=optax.sgd(0.01),
+  )
   history = run(tx, make_params(), 10, use_jit)
   for step, (params, state) in enumerate(history):
     done = min(step // 2, 4)  # prunes happen at the updates 2, 4, 6, 8
-    expected = {"hidden": round((1 - 0.8 ** done) * 600), "output": round((1 - 0.9 ** done) * 300)}
+    expected = {"hidden": round((1 - 0.8**done) * 600), "output": round((1 - 0.9**done) * 300)}
     assert zeros(jaxprune.get_masks(state)) == expected, step
     info = jaxprune.get_cycle(state)
     assert int(info.cycle) == done
@@ -83,8 +91,9 @@ def test_global_selection_prunes_smallest_magnitudes_and_stays_monotone():
   threshold = np.sort(everything)[450]
   m1 = jaxprune.get_masks(history[1][1])
   for k in params:
-    np.testing.assert_array_equal(np.asarray(m1[k]["kernel"]),
-                                  np.abs(np.asarray(params[k]["kernel"])) >= threshold)
+    np.testing.assert_array_equal(
+      np.asarray(m1[k]["kernel"]), np.abs(np.asarray(params[k]["kernel"])) >= threshold
+    )
   m2 = jaxprune.get_masks(history[2][1])
   for k in params:  # later masks are subsets
     assert not np.any(np.asarray(m2[k]["kernel"]) & ~np.asarray(m1[k]["kernel"]))
@@ -128,8 +137,9 @@ def test_late_rewinding_stores_the_weights_of_step_k(use_jit):
       assert_rewound(after[layer]["kernel"], np.where(m, np.asarray(at_k[layer]["kernel"]), 0))
       assert_rewound(after[layer]["bias"], at_k[layer]["bias"])
     [imp_state] = [s for s in [state] if isinstance(s, jaxprune.IMPState)]
-    np.testing.assert_array_equal(imp_state.rewind_params["hidden"]["kernel"],
-                                  at_k["hidden"]["kernel"])
+    np.testing.assert_array_equal(
+      imp_state.rewind_params["hidden"]["kernel"], at_k["hidden"]["kernel"]
+    )
 
 
 def test_fine_tuning_keeps_trained_weights_and_applies_the_step():
@@ -143,20 +153,28 @@ def test_fine_tuning_keeps_trained_weights_and_applies_the_step():
   masks = jaxprune.get_masks(state)
   for layer in params:
     m = np.asarray(masks[layer]["kernel"])
-    expected = np.where(m, np.asarray(before[layer]["kernel"]) - 0.1 * np.asarray(g[layer]["kernel"]), 0)
+    expected = np.where(
+      m, np.asarray(before[layer]["kernel"]) - 0.1 * np.asarray(g[layer]["kernel"]), 0
+    )
     np.testing.assert_allclose(np.asarray(after[layer]["kernel"]), expected, rtol=1e-6, atol=1e-7)
 
 
 def _adam_state(state):
-  return [s for s in jax.tree.leaves(state.inner_state, is_leaf=lambda x: isinstance(
-      x, optax.ScaleByAdamState)) if isinstance(s, optax.ScaleByAdamState)][0]
+  return [
+    s
+    for s in jax.tree.leaves(
+      state.inner_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState)
+    )
+    if isinstance(s, optax.ScaleByAdamState)
+  ][0]
 
 
 @pytest.mark.parametrize("reset", [False, True])
 def test_reset_optimizer_restarts_statistics_and_schedule(reset):
   schedule = optax.linear_schedule(0.1, 0.0, 6)
-  tx = jaxprune.imp(rate=0.5, cycles=1, cycle_steps=3, reset_optimizer=reset,
-                    inner=optax.adam(schedule))
+  tx = jaxprune.imp(
+    rate=0.5, cycles=1, cycle_steps=3, reset_optimizer=reset, inner=optax.adam(schedule)
+  )
   history = run(tx, make_params(), 5)
   adam = _adam_state(history[3][1])  # right after the prune
   if reset:
@@ -172,8 +190,14 @@ def test_reset_optimizer_restarts_statistics_and_schedule(reset):
 
 
 def test_reset_keeps_the_state_structure_under_jit():
-  tx = jaxprune.imp(rate=0.5, cycles=2, cycle_steps=2, rewind="init", reset_optimizer=True,
-                    inner=optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2)))
+  tx = jaxprune.imp(
+    rate=0.5,
+    cycles=2,
+    cycle_steps=2,
+    rewind="init",
+    reset_optimizer=True,
+    inner=optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2)),
+  )
   a = run(tx, make_params(), 6, use_jit=False)
   b = run(tx, make_params(), 6, use_jit=True)
   for (pa, sa), (pb, sb) in zip(a, b):
@@ -184,18 +208,29 @@ def test_reset_keeps_the_state_structure_under_jit():
 def test_reinit_draws_fresh_weights_with_the_same_masks():
   params = make_params()
   reinit = params_from_key
-  ticket = run(jaxprune.imp(rate=0.4, cycles=1, cycle_steps=2, rewind="init",
-                            inner=optax.sgd(0.0)), params, 3)
-  control = run(jaxprune.imp(rate=0.4, cycles=1, cycle_steps=2, rewind="init", reinit=reinit,
-                             seed=7, inner=optax.sgd(0.0)), params, 3)
+  ticket = run(
+    jaxprune.imp(rate=0.4, cycles=1, cycle_steps=2, rewind="init", inner=optax.sgd(0.0)), params, 3
+  )
+  control = run(
+    jaxprune.imp(
+      rate=0.4, cycles=1, cycle_steps=2, rewind="init", reinit=reinit, seed=7, inner=optax.sgd(0.0)
+    ),
+    params,
+    3,
+  )
   # With a zero learning rate both runs prune the same weights.
-  jax.tree.map(np.testing.assert_array_equal, jaxprune.get_masks(ticket[2][1]),
-               jaxprune.get_masks(control[2][1]))
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    jaxprune.get_masks(ticket[2][1]),
+    jaxprune.get_masks(control[2][1]),
+  )
   fresh = params_from_key(jax.random.fold_in(jax.random.key(7), 1))
   masks = jaxprune.get_masks(control[2][1])
   for layer in params:
     m = np.asarray(masks[layer]["kernel"])
-    assert_rewound(control[2][0][layer]["kernel"], np.where(m, np.asarray(fresh[layer]["kernel"]), 0))
+    assert_rewound(
+      control[2][0][layer]["kernel"], np.where(m, np.asarray(fresh[layer]["kernel"]), 0)
+    )
     assert_rewound(control[2][0][layer]["bias"], fresh[layer]["bias"])
     assert not np.array_equal(control[2][0][layer]["kernel"], ticket[2][0][layer]["kernel"])
 
@@ -224,11 +259,21 @@ def test_norm_drop_and_pruned_fraction():
 def test_get_cycle_through_an_epoch_and_after_the_last_cycle():
   tx = optax.chain(optax.sgd(0.01), jaxprune.imp(rate=0.5, cycles=2, cycle_steps=[3, 2, 2]))
   history = run(tx, make_params(), 9)
-  got = [(int(i.cycle), int(i.step), int(i.length), bool(i.at_end))
-         for i in (jaxprune.get_cycle(s) for _, s in history)]
-  assert got == [(0, 1, 3, False), (0, 2, 3, False), (0, 3, 3, True), (1, 1, 2, False),
-                 (1, 2, 2, True), (2, 1, 2, False), (2, 2, 2, True), (2, 3, 2, False),
-                 (2, 4, 2, False)]
+  got = [
+    (int(i.cycle), int(i.step), int(i.length), bool(i.at_end))
+    for i in (jaxprune.get_cycle(s) for _, s in history)
+  ]
+  assert got == [
+    (0, 1, 3, False),
+    (0, 2, 3, False),
+    (0, 3, 3, True),
+    (1, 1, 2, False),
+    (1, 2, 2, True),
+    (2, 1, 2, False),
+    (2, 2, 2, True),
+    (2, 3, 2, False),
+    (2, 4, 2, False),
+  ]
   jitted = jax.jit(jaxprune.get_cycle)(history[2][1])
   assert bool(jitted.at_end) and int(jitted.cycle) == 0
 
@@ -236,8 +281,15 @@ def test_get_cycle_through_an_epoch_and_after_the_last_cycle():
 def test_mid_cycle_checkpoint_restores_to_identical_continuation(tmp_path):
   import orbax.checkpoint as ocp
 
-  tx = jaxprune.imp(rate=0.3, cycles=3, cycle_steps=3, rewind=1, reset_optimizer=True,
-                    packed_masks=True, inner=optax.adam(1e-2))
+  tx = jaxprune.imp(
+    rate=0.3,
+    cycles=3,
+    cycle_steps=3,
+    rewind=1,
+    reset_optimizer=True,
+    packed_masks=True,
+    inner=optax.adam(1e-2),
+  )
   params = make_params()
   update = jax.jit(tx.update)
   state = tx.init(params)
@@ -259,7 +311,9 @@ def test_mid_cycle_checkpoint_restores_to_identical_continuation(tmp_path):
   assert int(jaxprune.get_cycle(resumed[1]).cycle) == 3
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     (dict(rate=0.2, cycles=0, cycle_steps=2), "cycles must be >= 1, got 0"),
     (dict(rate=0.2, cycles=2, cycle_steps=0), "cycle_steps must be >= 1, got 0"),
     (dict(rate=0.2, cycles=2, cycle_steps=[5, 0, 3]), r"cycle_steps\[1\] must be >= 1, got 0"),
@@ -274,13 +328,27 @@ def test_mid_cycle_checkpoint_restores_to_identical_continuation(tmp_path):
     (dict(rate=1.2, cycles=2, cycle_steps=4), r"rate must be in \[0, 1\), got 1.2"),
     (dict(sparsity=float("nan"), cycles=2, cycle_steps=4), "sparsity must be in"),
     (dict(rate=0.2, cycles=2, cycle_steps=4, distribution="erk"), "'global' or 'uniform'"),
-    (dict(rate=0.2, cycles=2, cycle_steps=4, random_masks=True,
-          pattern=jaxprune.patterns.block((2, 2))), "random_masks needs the unstructured"),
+    (
+      dict(
+        rate=0.2,
+        cycles=2,
+        cycle_steps=4,
+        random_masks=True,
+        pattern=jaxprune.patterns.block((2, 2)),
+      ),
+      "random_masks needs the unstructured",
+    ),
     (dict(rate=0.2, cycles=2, cycle_steps=4, pattern=jaxprune.patterns.n_m(2, 4)), "N:M"),
-    (dict(rate=0.2, cycles=2, cycle_steps=4, leaf_rates={"nothing": 0.1}), "matches no pruned leaf"),
-    (dict(rate=0.2, cycles=2, cycle_steps=4, leaf_rates={"output/kernel": 1.0}),
-     "'output/kernel'.*must be in"),
-])
+    (
+      dict(rate=0.2, cycles=2, cycle_steps=4, leaf_rates={"nothing": 0.1}),
+      "matches no pruned leaf",
+    ),
+    (
+      dict(rate=0.2, cycles=2, cycle_steps=4, leaf_rates={"output/kernel": 1.0}),
+      "'output/kernel'.*must be in",
+    ),
+  ],
+)
 def test_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):
     tx = jaxprune.imp(**kwargs, inner=None if kwargs.get("reset_optimizer") else optax.sgd(0.1))
@@ -304,8 +372,10 @@ def test_get_cycle_needs_one_imp_state():
 
 def test_static_sparse_keeps_given_masks_and_checks_them():
   params = make_params()
-  masks = {"hidden": {"kernel": jax.random.bernoulli(jax.random.key(2), 0.3, (20, 30)), "bias": None},
-           "output": {"kernel": jnp.ones((30, 10), bool), "bias": None}}
+  masks = {
+    "hidden": {"kernel": jax.random.bernoulli(jax.random.key(2), 0.3, (20, 30)), "bias": None},
+    "output": {"kernel": jnp.ones((30, 10), bool), "bias": None},
+  }
   history = run(jaxprune.static_sparse(masks=masks, inner=optax.adam(0.1)), params, 4)
   for p, state in history:
     jax.tree.map(np.testing.assert_array_equal, jaxprune.get_masks(state), masks)
@@ -318,15 +388,28 @@ def test_static_sparse_keeps_given_masks_and_checks_them():
 
 
 def test_per_cycle_sparsity_table_from_cycle_ends():
-  tx = jaxprune.imp(rate=0.2, cycles=3, cycle_steps=2, distribution="uniform",
-                    leaf_rates={"output/kernel": 0.1}, inner=optax.sgd(0.01))
-  ends = [jaxprune.get_masks(s) for _, s in run(tx, make_params(), 8)
-          if bool(jaxprune.get_cycle(s).at_end)]
+  tx = jaxprune.imp(
+    rate=0.2,
+    cycles=3,
+    cycle_steps=2,
+    distribution="uniform",
+    leaf_rates={"output/kernel": 0.1},
+    inner=optax.sgd(0.01),
+  )
+  ends = [
+    jaxprune.get_masks(s)
+    for _, s in run(tx, make_params(), 8)
+    if bool(jaxprune.get_cycle(s).at_end)
+  ]
   assert len(ends) == 4
   table = jaxprune.sparsity_table(ends).splitlines()
   assert table[0] == "| cycle | hidden/kernel | output/kernel | total |"
   # hidden: 600 * (1 - 0.8^c) rounded; output: 300 * (1 - 0.9^c) rounded.
-  assert table[2:] == ["| 0 | 0.00% | 0.00% | 0.00% |", "| 1 | 20.00% | 10.00% | 16.67% |",
-                       "| 2 | 36.00% | 19.00% | 30.33% |", "| 3 | 48.83% | 27.00% | 41.56% |"]
+  assert table[2:] == [
+    "| 0 | 0.00% | 0.00% | 0.00% |",
+    "| 1 | 20.00% | 10.00% | 16.67% |",
+    "| 2 | 36.00% | 19.00% | 30.33% |",
+    "| 3 | 48.83% | 27.00% | 41.56% |",
+  ]
   with pytest.raises(ValueError, match="2 labels for 4 trees"):
     jaxprune.sparsity_table(ends, labels=["a", "b"])

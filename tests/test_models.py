@@ -18,8 +18,10 @@ from jaxprune import leaves
 
 transformers = pytest.importorskip("transformers")
 if not hasattr(transformers, "FlaxGPT2LMHeadModel"):
-  pytest.skip("this transformers has no Flax models (transformers 5 dropped them; use 4.x)",
-              allow_module_level=True)
+  pytest.skip(
+    "this transformers has no Flax models (transformers 5 dropped them; use 4.x)",
+    allow_module_level=True,
+  )
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*(TensorFlow and JAX classes|deprecated).*")
 
@@ -71,8 +73,9 @@ def _cls_loss(model, params, batch):
 
 @pytest.fixture(scope="module")
 def gpt2():
-  config = transformers.GPT2Config(n_layer=LAYERS, n_embd=WIDTH, n_head=HEADS, vocab_size=VOCAB,
-                                   n_positions=16)
+  config = transformers.GPT2Config(
+    n_layer=LAYERS, n_embd=WIDTH, n_head=HEADS, vocab_size=VOCAB, n_positions=16
+  )
   model = _hf(transformers.FlaxGPT2LMHeadModel, config, seed=0)
   ids = jax.random.randint(jax.random.key(0), (4, SEQ), 0, VOCAB)
   return Model("gpt2", model, ids, _lm_loss)
@@ -80,9 +83,16 @@ def gpt2():
 
 @pytest.fixture(scope="module")
 def vit():
-  config = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=WIDTH,
-                                  num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                                  intermediate_size=MLP, num_labels=LABELS)
+  config = transformers.ViTConfig(
+    image_size=8,
+    patch_size=4,
+    num_channels=3,
+    hidden_size=WIDTH,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=HEADS,
+    intermediate_size=MLP,
+    num_labels=LABELS,
+  )
   model = _hf(transformers.FlaxViTForImageClassification, config, seed=0)
   images = jax.random.normal(jax.random.key(1), (4, 3, 8, 8))  # NCHW, as transformers takes them
   return Model("vit", model, (images, jnp.arange(4) % LABELS), _cls_loss)
@@ -90,9 +100,15 @@ def vit():
 
 @pytest.fixture(scope="module")
 def bert():
-  config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=LAYERS,
-                                   num_attention_heads=HEADS, intermediate_size=MLP,
-                                   max_position_embeddings=16, num_labels=LABELS)
+  config = transformers.BertConfig(
+    vocab_size=VOCAB,
+    hidden_size=WIDTH,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=HEADS,
+    intermediate_size=MLP,
+    max_position_embeddings=16,
+    num_labels=LABELS,
+  )
   model = _hf(transformers.FlaxBertForSequenceClassification, config, seed=0)
   ids = jax.random.randint(jax.random.key(2), (4, SEQ), 0, VOCAB)
   return Model("bert", model, (ids, jnp.arange(4) % LABELS), _cls_loss)
@@ -106,20 +122,32 @@ def any_model(request):
 def _block_kernels(name):
   """The dense kernels of every transformer block, by the model's own parameter names."""
   if name == "gpt2":
-    return [f"transformer/h/{i}/{k}/kernel" for i in range(LAYERS)
-            for k in ("attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj")]
+    return [
+      f"transformer/h/{i}/{k}/kernel"
+      for i in range(LAYERS)
+      for k in ("attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj")
+    ]
   prefix = {"vit": "vit/encoder/layer", "bert": "bert/encoder/layer"}[name]
   attention = {"vit": "attention/attention", "bert": "attention/self"}[name]
-  return [f"{prefix}/{i}/{k}/kernel" for i in range(LAYERS)
-          for k in (f"{attention}/query", f"{attention}/key", f"{attention}/value",
-                    "attention/output/dense", "intermediate/dense", "output/dense")]
+  return [
+    f"{prefix}/{i}/{k}/kernel"
+    for i in range(LAYERS)
+    for k in (
+      f"{attention}/query",
+      f"{attention}/key",
+      f"{attention}/value",
+      "attention/output/dense",
+      "intermediate/dense",
+      "output/dense",
+    )
+  ]
 
 
 def _expected_default(name):
   extra = {
-      "gpt2": [],  # the LM head is tied to the token embedding: no kernel of its own
-      "vit": ["vit/embeddings/patch_embeddings/projection/kernel", "classifier/kernel"],
-      "bert": ["bert/pooler/dense/kernel", "classifier/kernel"],
+    "gpt2": [],  # the LM head is tied to the token embedding: no kernel of its own
+    "vit": ["vit/embeddings/patch_embeddings/projection/kernel", "classifier/kernel"],
+    "bert": ["bert/pooler/dense/kernel", "classifier/kernel"],
   }[name]
   return set(_block_kernels(name) + extra)
 
@@ -133,17 +161,27 @@ def test_default_selection_is_exactly_the_kernels(any_model):
   assert selected == _expected_default(any_model.name)
   assert selected <= set(names)
   dense_kept = [n for n in names if n not in selected]
-  for pattern in (r".*/embedding", r".*/wte/.*", r".*/wpe/.*", r".*cls_token", r".*position.*",
-                  r".*(LayerNorm|layernorm|ln_\w+)/.*", r".*/bias", r".*/scale"):
+  for pattern in (
+    r".*/embedding",
+    r".*/wte/.*",
+    r".*/wpe/.*",
+    r".*cls_token",
+    r".*position.*",
+    r".*(LayerNorm|layernorm|ln_\w+)/.*",
+    r".*/bias",
+    r".*/scale",
+  ):
     assert not any(re.fullmatch(pattern, n) for n in selected), pattern
   # What the default keeps dense, and what the old rule (every float leaf with ndim >= 2) took.
   old_rule = {n for n, leaf in leaves.named_leaves(any_model.params) if jnp.ndim(leaf) >= 2}
   left_out = {
-      "gpt2": {"transformer/wte/embedding", "transformer/wpe/embedding"},
-      "vit": {"vit/embeddings/cls_token", "vit/embeddings/position_embeddings"},
-      "bert": {"bert/embeddings/word_embeddings/embedding",
-               "bert/embeddings/position_embeddings/embedding",
-               "bert/embeddings/token_type_embeddings/embedding"},
+    "gpt2": {"transformer/wte/embedding", "transformer/wpe/embedding"},
+    "vit": {"vit/embeddings/cls_token", "vit/embeddings/position_embeddings"},
+    "bert": {
+      "bert/embeddings/word_embeddings/embedding",
+      "bert/embeddings/position_embeddings/embedding",
+      "bert/embeddings/token_type_embeddings/embedding",
+    },
   }[any_model.name]
   assert old_rule - selected == left_out and left_out <= set(dense_kept)
 
@@ -194,8 +232,9 @@ def test_two_four_on_vit_needs_transformer_blocks(vit):
   tx = jaxprune.magnitude_pruning(pattern=jaxprune.patterns.n_m(2, 4), inner=optax.adam(1e-3))
   with pytest.raises(ValueError, match="patch_embeddings/projection/kernel"):
     tx.init(vit.params)
-  tx = jaxprune.magnitude_pruning(pattern=jaxprune.patterns.n_m(2, 4),
-                                  prune=leaves.transformer_blocks(), inner=optax.adam(1e-3))
+  tx = jaxprune.magnitude_pruning(
+    pattern=jaxprune.patterns.n_m(2, 4), prune=leaves.transformer_blocks(), inner=optax.adam(1e-3)
+  )
   params, state, losses = vit.train(tx, steps=2)
   assert all(math.isfinite(v) for v in losses)
   masks = jaxprune.masks.host_arrays(jaxprune.get_masks(state))
@@ -213,25 +252,31 @@ def test_ready_made_selectors(any_model):
   params, name = any_model.params, any_model.name
   default = set(leaves.selected_names(params))
   assert set(leaves.selected_names(params, leaves.all_kernels())) == default
-  assert set(leaves.selected_names(params, leaves.transformer_blocks())) == set(_block_kernels(name))
+  assert set(leaves.selected_names(params, leaves.transformer_blocks())) == set(
+    _block_kernels(name)
+  )
   inner = set(leaves.selected_names(params, leaves.inner_kernels()))
   # First: a stem kernel (ViT's patch embedding) or else the first by natural name order; last: a
   # head kernel (classifier) or else the last by name order (see kernels_except).
   left_out = {
-      "gpt2": {"transformer/h/0/attn/c_attn/kernel", f"transformer/h/{LAYERS - 1}/mlp/c_proj/kernel"},
-      "vit": {"vit/embeddings/patch_embeddings/projection/kernel", "classifier/kernel"},
-      "bert": {"bert/encoder/layer/0/attention/output/dense/kernel", "classifier/kernel"},
+    "gpt2": {"transformer/h/0/attn/c_attn/kernel", f"transformer/h/{LAYERS - 1}/mlp/c_proj/kernel"},
+    "vit": {"vit/embeddings/patch_embeddings/projection/kernel", "classifier/kernel"},
+    "bert": {"bert/encoder/layer/0/attention/output/dense/kernel", "classifier/kernel"},
   }[name]
   assert default - inner == left_out
   no_head = set(leaves.selected_names(params, leaves.kernels_except(first=False, last=True)))
-  head = {"gpt2": f"transformer/h/{LAYERS - 1}/mlp/c_proj/kernel", "vit": "classifier/kernel",
-          "bert": "classifier/kernel"}[name]
+  head = {
+    "gpt2": f"transformer/h/{LAYERS - 1}/mlp/c_proj/kernel",
+    "vit": "classifier/kernel",
+    "bert": "classifier/kernel",
+  }[name]
   assert default - no_head == {head}
 
 
 def test_selector_drives_a_pruner(bert):
-  tx = jaxprune.magnitude_pruning(0.5, prune=leaves.kernels_except(first=False, last=True),
-                                  inner=optax.sgd(0.1))
+  tx = jaxprune.magnitude_pruning(
+    0.5, prune=leaves.kernels_except(first=False, last=True), inner=optax.sgd(0.1)
+  )
   _, state, _ = bert.train(tx, steps=1)
   masks = jaxprune.masks.host_arrays(jaxprune.get_masks(state))
   assert set(masks) == _expected_default("bert") - {"classifier/kernel"}

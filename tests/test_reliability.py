@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jaxprune import allocation, leaves, masks, selection
 
@@ -35,8 +36,9 @@ def test_nan_bit_patterns_have_both_signs():
 
 
 def test_ordered_key_ranks_every_nan_between_minus_inf_and_finite():
-  finite = np.array([-FMAX, -1.0, -1e-30, -1e-45, -0.0, 0.0, 1e-45, 1e-30, 1.0, FMAX, np.inf],
-                    np.float32)  # +-1e-45: subnormals, which XLA's CPU compares flush to zero
+  finite = np.array(
+    [-FMAX, -1.0, -1e-30, -1e-45, -0.0, 0.0, 1e-45, 1e-30, 1.0, FMAX, np.inf], np.float32
+  )  # +-1e-45: subnormals, which XLA's CPU compares flush to zero
   for fn in (selection.ordered_key, jax.jit(selection.ordered_key)):
     keys = np.asarray(fn(jnp.asarray(finite)))
     assert np.all(np.diff(keys.astype(np.int64)[[0, 1, 2, 3, 4, 6, 7, 8, 9, 10]]) > 0)
@@ -66,7 +68,7 @@ def _reference_top_k(arrays, k):
   keep[order[:k]] = True
   out, start = [], 0
   for a in arrays:
-    out.append(keep[start:start + a.size].reshape(a.shape))
+    out.append(keep[start : start + a.size].reshape(a.shape))
     start += a.size
   return out
 
@@ -97,8 +99,9 @@ def test_top_k_with_nans_of_both_signs_matches_reference(arrays, data):
 @pytest.mark.parametrize("nan", NANS, ids=["pos", "neg", "0*inf", "neg_payload", "pos_payload"])
 def test_nan_scores_never_revive_pruned_weights(nan):
   # 4 weights already pruned (score -inf), 6 live ones of which 3 overflowed to NaN; keep 5.
-  score = np.array([-np.inf, 3.0, nan, -np.inf, 1.0, nan, 2.0, -np.inf, nan, -np.inf, 5.0],
-                   np.float32)
+  score = np.array(
+    [-np.inf, 3.0, nan, -np.inf, 1.0, nan, 2.0, -np.inf, nan, -np.inf, 5.0], np.float32
+  )
   for fn in (selection.top_k_mask, jax.jit(selection.top_k_mask)):
     mask = np.asarray(fn(jnp.asarray(score), 5))
     assert mask.sum() == 5
@@ -149,7 +152,10 @@ def test_pack_unpack_round_trips_every_shape(shape):
 
 def test_packed_0d_mask_survives_orbax_checkpoint(tmp_path):
   ocp = pytest.importorskip("orbax.checkpoint")
-  state = {"scalar": masks.pack(jnp.asarray(False)), "vec": masks.pack(jnp.asarray(_random_mask((11,))))}
+  state = {
+    "scalar": masks.pack(jnp.asarray(False)),
+    "vec": masks.pack(jnp.asarray(_random_mask((11,)))),
+  }
   with ocp.StandardCheckpointer() as ckpt:
     ckpt.save(tmp_path / "ckpt", state)
     ckpt.wait_until_finished()
@@ -188,17 +194,35 @@ NAMES_2 = ["Dense_0/kernel", "Dense_1/kernel"]
 
 def test_allocate_passes_good_values_and_builtins():
   assert allocation.allocate("uniform", 0.5, SHAPES_2, NAMES_2, owner="t") == [0.5, 0.5]
-  assert allocation.allocate("erk", 0.5, SHAPES_2, NAMES_2, owner="t") == allocation.erk(0.5, SHAPES_2)
+  assert allocation.allocate("erk", 0.5, SHAPES_2, NAMES_2, owner="t") == allocation.erk(
+    0.5, SHAPES_2
+  )
   assert allocation.allocate("global", 0.5, SHAPES_2, NAMES_2, owner="t") == [None, None]
-  assert allocation.allocate(lambda s, shapes: np.array([0.0, 0.9]), 0.5, SHAPES_2, NAMES_2,
-                             owner="t") == [0.0, pytest.approx(0.9)]
-  assert allocation.allocate(lambda s, shapes: (jnp.float32(0.1), 0), 0.5, SHAPES_2,
-                             owner="t")[1] == 0
+  assert allocation.allocate(
+    lambda s, shapes: np.array([0.0, 0.9]), 0.5, SHAPES_2, NAMES_2, owner="t"
+  ) == [0.0, pytest.approx(0.9)]
+  assert (
+    allocation.allocate(lambda s, shapes: (jnp.float32(0.1), 0), 0.5, SHAPES_2, owner="t")[1] == 0
+  )
 
 
-@pytest.mark.parametrize("bad", [1.5, 1.0, -0.1, float("nan"), np.float32("nan"), jnp.asarray(1.5),
-                                 "0.5", True, None, jnp.ones(2) * 0.5, 0.5 + 0.5j],
-                         ids=lambda v: repr(v)[:20])
+@pytest.mark.parametrize(
+  "bad",
+  [
+    1.5,
+    1.0,
+    -0.1,
+    float("nan"),
+    np.float32("nan"),
+    jnp.asarray(1.5),
+    "0.5",
+    True,
+    None,
+    jnp.ones(2) * 0.5,
+    0.5 + 0.5j,
+  ],
+  ids=lambda v: repr(v)[:20],
+)
 def test_allocate_rejects_bad_values_naming_owner_leaf_and_value(bad):
   fn = lambda s, shapes: [0.5, bad]
   with pytest.raises(ValueError) as e:
@@ -211,7 +235,9 @@ def test_allocate_rejects_bad_values_naming_owner_leaf_and_value(bad):
 
 @pytest.mark.parametrize("values", [[0.5], [0.5, 0.5, 0.5], []], ids=len)
 def test_allocate_rejects_wrong_number_of_values(values):
-  with pytest.raises(ValueError, match=rf"my_pruner: .* returned {len(values)} sparsities for 2 leaves"):
+  with pytest.raises(
+    ValueError, match=rf"my_pruner: .* returned {len(values)} sparsities for 2 leaves"
+  ):
     allocation.allocate(lambda s, shapes: values, 0.5, SHAPES_2, NAMES_2, owner="my_pruner")
 
 
@@ -230,12 +256,16 @@ def test_allocate_lets_traced_values_pass():
   def run(s):
     out = allocation.allocate(lambda s, shapes: [s * 3, s], s, SHAPES_2, NAMES_2, owner="t")
     return jnp.stack(out)
+
   np.testing.assert_allclose(np.asarray(jax.jit(run)(0.5)), [1.5, 0.5])  # unchecked when traced
   out = jax.jit(lambda s: jnp.stack(allocation.allocate("erk", s, SHAPES_2, owner="t")))(0.5)
   np.testing.assert_allclose(np.asarray(out), allocation.erk(0.5, SHAPES_2), rtol=1e-6)
   # A traced 1-D array is split per leaf.
-  out = jax.jit(lambda s: jnp.stack(allocation.allocate(lambda s, sh: jnp.stack([s, s]), s, SHAPES_2,
-                                                          owner="t")))(0.25)
+  out = jax.jit(
+    lambda s: jnp.stack(
+      allocation.allocate(lambda s, sh: jnp.stack([s, s]), s, SHAPES_2, owner="t")
+    )
+  )(0.25)
   np.testing.assert_allclose(np.asarray(out), [0.25, 0.25])
 
 
@@ -255,29 +285,32 @@ def test_malformed_prune_pattern_names_pattern_and_owner(pattern):
 
 def _flax_like_tree():
   return {
-      "params": {
-          "Embed_0": {"embedding": jnp.ones((10, 8))},
-          "cls_token": jnp.ones((1, 1, 8)),
-          "pos_embedding": jnp.ones((1, 5, 8)),
-          "Conv_0": {"kernel": jnp.ones((3, 3, 3, 8)), "bias": jnp.ones(8)},
-          "LayerNorm_0": {"scale": jnp.ones(8), "bias": jnp.ones(8)},
-          "MultiHeadDotProductAttention_0": {
-              "query": {"kernel": jnp.ones((8, 2, 4)), "bias": jnp.ones((2, 4))},
-              "out": {"kernel": jnp.ones((2, 4, 8)), "bias": jnp.ones(8)},
-          },
-          "Dense_10": {"kernel": jnp.ones((8, 8)), "bias": jnp.ones(8)},
-          "Dense_2": {"kernel": jnp.ones((8, 4)), "bias": jnp.ones(4)},
-          "step": jnp.ones((2, 2), jnp.int32),
-      }
+    "params": {
+      "Embed_0": {"embedding": jnp.ones((10, 8))},
+      "cls_token": jnp.ones((1, 1, 8)),
+      "pos_embedding": jnp.ones((1, 5, 8)),
+      "Conv_0": {"kernel": jnp.ones((3, 3, 3, 8)), "bias": jnp.ones(8)},
+      "LayerNorm_0": {"scale": jnp.ones(8), "bias": jnp.ones(8)},
+      "MultiHeadDotProductAttention_0": {
+        "query": {"kernel": jnp.ones((8, 2, 4)), "bias": jnp.ones((2, 4))},
+        "out": {"kernel": jnp.ones((2, 4, 8)), "bias": jnp.ones(8)},
+      },
+      "Dense_10": {"kernel": jnp.ones((8, 8)), "bias": jnp.ones(8)},
+      "Dense_2": {"kernel": jnp.ones((8, 4)), "bias": jnp.ones(4)},
+      "step": jnp.ones((2, 2), jnp.int32),
+    }
   }
 
 
 def test_default_selection_takes_kernels_only():
   tree = _flax_like_tree()
   assert leaves.selected_names(tree) == [
-      "params/Conv_0/kernel", "params/Dense_10/kernel", "params/Dense_2/kernel",
-      "params/MultiHeadDotProductAttention_0/out/kernel",
-      "params/MultiHeadDotProductAttention_0/query/kernel"]
+    "params/Conv_0/kernel",
+    "params/Dense_10/kernel",
+    "params/Dense_2/kernel",
+    "params/MultiHeadDotProductAttention_0/out/kernel",
+    "params/MultiHeadDotProductAttention_0/query/kernel",
+  ]
   flags = leaves.prunable_paths(tree, None, owner="t")
   assert flags == leaves.default_selection(tree)
   assert len(flags) == len(jax.tree.leaves(tree))
@@ -289,15 +322,26 @@ def test_default_selection_takes_kernels_only():
 
 
 def test_default_selection_kernel_names_of_other_libraries():
-  haiku = {"linear": {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}, "embed": {"embeddings": jnp.ones((9, 3))}}
+  haiku = {
+    "linear": {"w": jnp.ones((3, 4)), "b": jnp.ones(4)},
+    "embed": {"embeddings": jnp.ones((9, 3))},
+  }
   assert leaves.selected_names(haiku) == ["linear/w"]
-  torchy = {"fc1": {"weight": jnp.ones((4, 3)), "bias": jnp.ones(4)},
-            "norm": {"weight": jnp.ones(4)}, "tok": {"table": jnp.ones((9, 4))}}
+  torchy = {
+    "fc1": {"weight": jnp.ones((4, 3)), "bias": jnp.ones(4)},
+    "norm": {"weight": jnp.ones(4)},
+    "tok": {"table": jnp.ones((9, 4))},
+  }
   assert leaves.selected_names(torchy) == ["fc1/weight"]
 
 
 def test_default_selection_falls_back_without_kernel_names():
-  tree = {"a": jnp.ones((2, 3)), "b": jnp.ones(3), "c": jnp.ones((2, 2, 2)), "i": jnp.ones((2, 2), int)}
+  tree = {
+    "a": jnp.ones((2, 3)),
+    "b": jnp.ones(3),
+    "c": jnp.ones((2, 2, 2)),
+    "i": jnp.ones((2, 2), int),
+  }
   assert leaves.selected_names(tree) == ["a", "c"]
   # A kernel name on a 1-D leaf does not count as a kernel: still the fallback.
   tree = {"kernel": jnp.ones(3), "m": jnp.ones((3, 3))}
@@ -318,8 +362,10 @@ def test_default_selection_on_nnx_state():
 
   state = nnx.state(Model(nnx.Rngs(0)), nnx.Param)
   assert leaves.selected_names(state) == ["head/kernel", "layers/0/kernel", "layers/1/kernel"]
-  assert leaves.selected_names(state, leaves.transformer_blocks()) == ["layers/0/kernel",
-                                                                       "layers/1/kernel"]
+  assert leaves.selected_names(state, leaves.transformer_blocks()) == [
+    "layers/0/kernel",
+    "layers/1/kernel",
+  ]
   # 'head' is a head kernel: last, though it sorts first by name.
   assert leaves.selected_names(state, leaves.inner_kernels()) == ["layers/1/kernel"]
 
@@ -339,24 +385,45 @@ def test_kernels_except_uses_natural_order():
   assert len(leaves.selected_names(tree, leaves.kernels_except(first=2, last=3))) == 7
   assert "Dense_9/kernel" not in leaves.selected_names(tree, leaves.kernels_except(first=0, last=3))
   assert len(leaves.selected_names(tree, leaves.kernels_except(False, False))) == 12
-  cnn = {"Conv_0": {"kernel": jnp.ones((3, 3, 3, 4))}, "Conv_1": {"kernel": jnp.ones((3, 3, 4, 4))},
-         "Dense_0": {"kernel": jnp.ones((4, 4))}, "Dense_1": {"kernel": jnp.ones((4, 2))}}
+  cnn = {
+    "Conv_0": {"kernel": jnp.ones((3, 3, 3, 4))},
+    "Conv_1": {"kernel": jnp.ones((3, 3, 4, 4))},
+    "Dense_0": {"kernel": jnp.ones((4, 4))},
+    "Dense_1": {"kernel": jnp.ones((4, 2))},
+  }
   assert leaves.selected_names(cnn, leaves.inner_kernels()) == ["Conv_1/kernel", "Dense_0/kernel"]
 
 
 def test_kernels_except_puts_stem_first_and_head_last():
   k = lambda: {"kernel": jnp.ones((4, 4))}
-  tree = {"classifier": k(), "vit": {"embeddings": {"patch_embeddings": {"projection": k()}},
-                                     "encoder": {"layer": [{"mlp": k(), "fc": k()}, {"fc": k()}]}}}
+  tree = {
+    "classifier": k(),
+    "vit": {
+      "embeddings": {"patch_embeddings": {"projection": k()}},
+      "encoder": {"layer": [{"mlp": k(), "fc": k()}, {"fc": k()}]},
+    },
+  }
   # By name alone 'classifier' sorts first; it is a head, and the patch embedding is a stem.
   assert leaves.selected_names(tree, leaves.inner_kernels()) == [  # 'fc' in a block: not a head
-      "vit/encoder/layer/0/fc/kernel", "vit/encoder/layer/0/mlp/kernel", "vit/encoder/layer/1/fc/kernel"]
-  resnet = {"conv_init": k(), "ResNetBlock_0": {"Conv_0": k()}, "ResNetBlock_1": {"Conv_0": k()},
-            "Dense_0": k()}
+    "vit/encoder/layer/0/fc/kernel",
+    "vit/encoder/layer/0/mlp/kernel",
+    "vit/encoder/layer/1/fc/kernel",
+  ]
+  resnet = {
+    "conv_init": k(),
+    "ResNetBlock_0": {"Conv_0": k()},
+    "ResNetBlock_1": {"Conv_0": k()},
+    "Dense_0": k(),
+  }
   assert leaves.selected_names(resnet, leaves.inner_kernels()) == [
-      "ResNetBlock_0/Conv_0/kernel", "ResNetBlock_1/Conv_0/kernel"]
+    "ResNetBlock_0/Conv_0/kernel",
+    "ResNetBlock_1/Conv_0/kernel",
+  ]
   assert leaves.selected_names(resnet, leaves.kernels_except(first=True, last=False)) == [
-      "Dense_0/kernel", "ResNetBlock_0/Conv_0/kernel", "ResNetBlock_1/Conv_0/kernel"]
+    "Dense_0/kernel",
+    "ResNetBlock_0/Conv_0/kernel",
+    "ResNetBlock_1/Conv_0/kernel",
+  ]
 
 
 def test_kernels_except_errors():
@@ -373,29 +440,42 @@ def test_kernels_except_errors():
 def test_all_kernels_has_no_fallback():
   tree = _flax_like_tree()
   assert leaves.selected_names(tree, leaves.all_kernels()) == leaves.selected_names(tree)
-  assert leaves.all_kernels().select({"x": {"kernel": jnp.ones((2, 2))}, "y": jnp.ones((2, 2))}) == [
-      True, False]
+  assert leaves.all_kernels().select(
+    {"x": {"kernel": jnp.ones((2, 2))}, "y": jnp.ones((2, 2))}
+  ) == [True, False]
 
 
 def test_transformer_blocks_on_synthetic_trees():
   k = lambda *s: jnp.ones(s or (4, 4))
   tree = {
-      "wte": {"embedding": k()},
-      "h": {"0": {"attn": {"kernel": k()}, "ln": {"scale": jnp.ones(4)}}, "1": {"mlp": {"kernel": k()}}},
-      "encoder": {"layer": [{"query": {"kernel": k()}}, {"value": {"kernel": k()}}]},
-      "layers_0": {"Dense_0": {"kernel": k()}},
-      "blocks_2": {"kernel": k()},
-      "Transformer": {"encoderblock_3": {"MlpBlock_0": {"Dense_1": {"kernel": k()}}}},
-      "LayerNorm_0": {"kernel": k()},
-      "Dense_0": {"kernel": k()},
-      "mlp": [{"kernel": k()}],
-      "head": {"kernel": k()},
+    "wte": {"embedding": k()},
+    "h": {
+      "0": {"attn": {"kernel": k()}, "ln": {"scale": jnp.ones(4)}},
+      "1": {"mlp": {"kernel": k()}},
+    },
+    "encoder": {"layer": [{"query": {"kernel": k()}}, {"value": {"kernel": k()}}]},
+    "layers_0": {"Dense_0": {"kernel": k()}},
+    "blocks_2": {"kernel": k()},
+    "Transformer": {"encoderblock_3": {"MlpBlock_0": {"Dense_1": {"kernel": k()}}}},
+    "LayerNorm_0": {"kernel": k()},
+    "Dense_0": {"kernel": k()},
+    "mlp": [{"kernel": k()}],
+    "head": {"kernel": k()},
   }
-  assert sorted(leaves.selected_names(tree, leaves.transformer_blocks())) == sorted([
-      "h/0/attn/kernel", "h/1/mlp/kernel", "encoder/layer/0/query/kernel",
-      "encoder/layer/1/value/kernel", "layers_0/Dense_0/kernel", "blocks_2/kernel",
-      "Transformer/encoderblock_3/MlpBlock_0/Dense_1/kernel"])
-  with pytest.raises(ValueError, match="my_pruner: selector transformer_blocks\\(\\) selects no leaf"):
+  assert sorted(leaves.selected_names(tree, leaves.transformer_blocks())) == sorted(
+    [
+      "h/0/attn/kernel",
+      "h/1/mlp/kernel",
+      "encoder/layer/0/query/kernel",
+      "encoder/layer/1/value/kernel",
+      "layers_0/Dense_0/kernel",
+      "blocks_2/kernel",
+      "Transformer/encoderblock_3/MlpBlock_0/Dense_1/kernel",
+    ]
+  )
+  with pytest.raises(
+    ValueError, match="my_pruner: selector transformer_blocks\\(\\) selects no leaf"
+  ):
     leaves.prunable_paths(_mlp(3), leaves.transformer_blocks(), owner="my_pruner")
 
 
@@ -405,14 +485,29 @@ def test_selectors_are_not_predicates_and_combine_with_patterns():
   assert repr(sel) == "kernels_except(first=True, last=True)"
   # A predicate and a list of patterns keep working.
   tree = _mlp(3)
-  assert leaves.selected_names(tree, lambda n, x: n.startswith("Dense_1")) == ["Dense_1/bias",
-                                                                              "Dense_1/kernel"]
+  assert leaves.selected_names(tree, lambda n, x: n.startswith("Dense_1")) == [
+    "Dense_1/bias",
+    "Dense_1/kernel",
+  ]
   assert leaves.selected_names(tree, [r"Dense_[02]/kernel"]) == ["Dense_0/kernel", "Dense_2/kernel"]
   with pytest.raises(TypeError, match="t: leaf 'i' of dtype int32 is selected"):
     leaves.prunable_paths({"i": jnp.ones((2, 2), jnp.int32)}, "i", owner="t")
 
 
 def test_natural_key_orders_mixed_keys():
-  names = ["b/10/kernel", "b/2/kernel", "b/x/kernel", "Dense_10/kernel", "Dense_9/kernel", "a/kernel"]
+  names = [
+    "b/10/kernel",
+    "b/2/kernel",
+    "b/x/kernel",
+    "Dense_10/kernel",
+    "Dense_9/kernel",
+    "a/kernel",
+  ]
   assert sorted(names, key=leaves.natural_key) == [
-      "Dense_9/kernel", "Dense_10/kernel", "a/kernel", "b/2/kernel", "b/10/kernel", "b/x/kernel"]
+    "Dense_9/kernel",
+    "Dense_10/kernel",
+    "a/kernel",
+    "b/2/kernel",
+    "b/10/kernel",
+    "b/x/kernel",
+  ]

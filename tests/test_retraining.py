@@ -53,8 +53,24 @@ def reference(name, step, cycle_len=R, cycle_start=None, cycle=None):
 
 
 NAMES = ["ft", "lrw", "slr", "clr", "llr", "silo"]
-STEPS = [0, 5, TW, 50, T - 1, T, T + 1, T + W - 1, T + W, T + W + 1, T + 30, T + R - 1, T + R,
-         T + R + 3, T + 2 * R - 1, T + 3 * R + 17]
+STEPS = [
+  0,
+  5,
+  TW,
+  50,
+  T - 1,
+  T,
+  T + 1,
+  T + W - 1,
+  T + W,
+  T + W + 1,
+  T + 30,
+  T + R - 1,
+  T + R,
+  T + R + 3,
+  T + 2 * R - 1,
+  T + 3 * R + 17,
+]
 
 
 def make(name, retrain_steps=R):
@@ -69,8 +85,13 @@ def test_schedule_matches_formula(name, use_jit):
   schedule = make(name)
   schedule = jax.jit(schedule) if use_jit else schedule
   for step in STEPS:
-    np.testing.assert_allclose(float(schedule(step)), reference(name, step), rtol=2e-5, atol=1e-7,
-                               err_msg=f"{name} at step {step}")
+    np.testing.assert_allclose(
+      float(schedule(step)),
+      reference(name, step),
+      rtol=2e-5,
+      atol=1e-7,
+      err_msg=f"{name} at step {step}",
+    )
 
 
 @pytest.mark.parametrize("name", ["slr", "clr", "silo"])
@@ -80,8 +101,12 @@ def test_cycles_of_different_lengths(name):
   starts = [T, T + 50, T + 70]
   for cycle, (start, length) in enumerate(zip(starts, lengths)):
     for j in (0, 1, length // 10, length // 2, length - 1):
-      np.testing.assert_allclose(float(schedule(start + j)),
-                                 reference(name, start + j, length, start, cycle), rtol=2e-5, atol=1e-7)
+      np.testing.assert_allclose(
+        float(schedule(start + j)),
+        reference(name, start + j, length, start, cycle),
+        rtol=2e-5,
+        atol=1e-7,
+      )
   # After the last cycle the final rate stays.
   assert float(schedule(T + 100 + 40)) == pytest.approx(float(schedule(T + 99)))
 
@@ -96,13 +121,19 @@ def test_usable_as_an_optax_learning_rate():
   np.testing.assert_allclose(updates["w"], -LR0[2] * np.ones(3), rtol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     (dict(original_steps=0, retrain_steps=5), "original_steps must be >= 1"),
     (dict(original_steps=10, retrain_steps=0), "retrain_steps must be >= 1"),
     (dict(original_steps=10, retrain_steps=[5, -1]), "retrain_steps must be >= 1"),
-    (dict(original_steps=10, retrain_steps=5, warmup_steps=10), r"warmup_steps \(10\) must be below"),
+    (
+      dict(original_steps=10, retrain_steps=5, warmup_steps=10),
+      r"warmup_steps \(10\) must be below",
+    ),
     (dict(original_steps=10, retrain_steps=[]), "retrain_steps is empty"),
-])
+  ],
+)
 def test_bad_cycle_structure(kwargs, match):
   with pytest.raises((ValueError, TypeError), match=match):
     retraining.clr(ORIGINAL, **kwargs)
@@ -134,8 +165,12 @@ def test_allr_formula(use_jit, norm_drop, fraction):
   schedule = retraining.allr(ORIGINAL, T, R, warmup_steps=TW)
   value = jax.jit(schedule.value) if use_jit else schedule.value
   for step in [0, TW, T - 1, T, T + W - 1, T + W, T + W + 7, T + R - 1, T + R, T + 2 * R + W + 3]:
-    np.testing.assert_allclose(float(value(step, norm_drop, fraction)),
-                               allr_reference(step, norm_drop, fraction), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+      float(value(step, norm_drop, fraction)),
+      allr_reference(step, norm_drop, fraction),
+      rtol=1e-5,
+      atol=1e-7,
+    )
 
 
 def test_allr_follows_the_prunes_of_imp():
@@ -144,8 +179,13 @@ def test_allr_follows_the_prunes_of_imp():
 
   params = {"w": jax.random.normal(jax.random.key(0), (32, 32))}
   lr = retraining.allr(optax.constant_schedule(0.1), 20, 10)
-  tx = jaxprune.imp(rate=0.5, cycles=2, cycle_steps=[20, 10, 10], reset_optimizer=True,
-                    inner=optax.inject_hyperparams(optax.sgd)(learning_rate=lr))
+  tx = jaxprune.imp(
+    rate=0.5,
+    cycles=2,
+    cycle_steps=[20, 10, 10],
+    reset_optimizer=True,
+    inner=optax.inject_hyperparams(optax.sgd)(learning_rate=lr),
+  )
   state = tx.init(params)
   update = jax.jit(tx.update)
   seen = []

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jaxprune
 from jaxprune import selection
@@ -23,8 +24,13 @@ shapes = hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=9)
 def scores_with_ties(draw, shape=None):
   shape = draw(shapes) if shape is None else shape
   # Few distinct values give many ties; occasionally all equal; signed zeros and infinities included.
-  palette = draw(st.lists(st.sampled_from([0.0, -0.0, 1.0, -1.0, 0.5, 2.0, 1e-30, -3.0, np.inf,
-                                           -np.inf, 7.25]), min_size=1, max_size=4))
+  palette = draw(
+    st.lists(
+      st.sampled_from([0.0, -0.0, 1.0, -1.0, 0.5, 2.0, 1e-30, -3.0, np.inf, -np.inf, 7.25]),
+      min_size=1,
+      max_size=4,
+    )
+  )
   values = draw(hnp.arrays(np.float32, shape, elements=st.sampled_from(palette)))
   return values
 
@@ -38,7 +44,7 @@ def reference_top_k(arrays, k):
   keep[order[:k]] = True
   out, start = [], 0
   for a in arrays:
-    out.append(keep[start:start + a.size].reshape(a.shape))
+    out.append(keep[start : start + a.size].reshape(a.shape))
     start += a.size
   return out
 
@@ -64,8 +70,12 @@ def test_global_top_k_spans_arrays_without_concatenating(arrays, data):
 
 
 @SETTINGS
-@given(values=hnp.arrays(np.float32, st.integers(1, 300),
-                         elements=st.floats(-1e6, 1e6, allow_nan=False, width=32)), data=st.data())
+@given(
+  values=hnp.arrays(
+    np.float32, st.integers(1, 300), elements=st.floats(-1e6, 1e6, allow_nan=False, width=32)
+  ),
+  data=st.data(),
+)
 def test_top_k_on_continuous_values(values, data):
   k = data.draw(st.integers(0, values.size))
   mask = np.asarray(selection.top_k_mask(jnp.asarray(values), k))
@@ -87,8 +97,12 @@ def test_ordered_key_preserves_order():
 
 
 @SETTINGS
-@given(shape=hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=8),
-       sparsity=st.floats(0.0, 0.999), seed=st.integers(0, 2**16), ties=st.booleans())
+@given(
+  shape=hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=8),
+  sparsity=st.floats(0.0, 0.999),
+  seed=st.integers(0, 2**16),
+  ties=st.booleans(),
+)
 def test_layerwise_pruning_prunes_exactly_round_s_times_size(shape, sparsity, seed, ties):
   w = jax.random.normal(jax.random.key(seed), shape)
   if ties:
@@ -106,12 +120,18 @@ def test_layerwise_pruning_prunes_exactly_round_s_times_size(shape, sparsity, se
 
 
 @SETTINGS
-@given(shapes_=st.lists(hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=8), min_size=1,
-                        max_size=3),
-       sparsity=st.floats(0.0, 0.999), seed=st.integers(0, 2**16))
+@given(
+  shapes_=st.lists(
+    hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=8), min_size=1, max_size=3
+  ),
+  sparsity=st.floats(0.0, 0.999),
+  seed=st.integers(0, 2**16),
+)
 def test_global_pruning_prunes_exactly_over_all_leaves(shapes_, sparsity, seed):
   keys = jax.random.split(jax.random.key(seed), len(shapes_))
-  params = {f"w{i}": jnp.round(2 * jax.random.normal(k, s)) for i, (k, s) in enumerate(zip(keys, shapes_))}
+  params = {
+    f"w{i}": jnp.round(2 * jax.random.normal(k, s)) for i, (k, s) in enumerate(zip(keys, shapes_))
+  }
   tx = jaxprune.magnitude_pruning(sparsity, distribution="global")
   state = tx.init(params)
   _, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
@@ -125,9 +145,14 @@ def test_global_pruning_prunes_exactly_over_all_leaves(shapes_, sparsity, seed):
 
 
 @SETTINGS
-@given(rows=st.integers(1, 6), groups=st.integers(1, 4), nm=st.sampled_from([(1, 2), (2, 4), (1, 4),
-                                                                              (3, 4), (2, 8), (4, 4)]),
-       axis=st.sampled_from([0, 1]), ties=st.booleans(), seed=st.integers(0, 2**16))
+@given(
+  rows=st.integers(1, 6),
+  groups=st.integers(1, 4),
+  nm=st.sampled_from([(1, 2), (2, 4), (1, 4), (3, 4), (2, 8), (4, 4)]),
+  axis=st.sampled_from([0, 1]),
+  ties=st.booleans(),
+  seed=st.integers(0, 2**16),
+)
 def test_n_m_keeps_exactly_n_per_group(rows, groups, nm, axis, ties, seed):
   n, m = nm
   shape = (groups * m, rows) if axis == 0 else (rows, groups * m)
@@ -145,9 +170,12 @@ def test_n_m_keeps_exactly_n_per_group(rows, groups, nm, axis, ties, seed):
 
 
 @SETTINGS
-@given(blocks=st.tuples(st.integers(1, 4), st.integers(1, 4)), reps=st.tuples(st.integers(1, 4),
-                                                                              st.integers(1, 4)),
-       sparsity=st.floats(0, 0.99), seed=st.integers(0, 2**16))
+@given(
+  blocks=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+  reps=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+  sparsity=st.floats(0, 0.99),
+  seed=st.integers(0, 2**16),
+)
 def test_block_pattern_prunes_whole_blocks_exactly(blocks, reps, sparsity, seed):
   shape = (blocks[0] * reps[0], blocks[1] * reps[1])
   params = {"w": jax.random.normal(jax.random.key(seed), shape)}

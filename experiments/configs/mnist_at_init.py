@@ -34,34 +34,41 @@ from experiments.configs import mnist_lenet300
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = mnist_lenet300.get_config()
-    config.output_dir = "results/mnist_at_init"
-    config.batch_size = 100
-    config.num_train_steps = 3000
-    config.eval_every = 1000
+  config = mnist_lenet300.get_config()
+  config.output_dir = "results/mnist_at_init"
+  config.batch_size = 100
+  config.num_train_steps = 3000
+  config.eval_every = 1000
 
-    config.optimizer.name = "sgd"
-    config.optimizer.learning_rate = 0.1
-    config.optimizer.momentum = 0.9
-    config.optimizer.weight_decay = 5e-4
-    config.optimizer.schedule = "step"
-    config.optimizer.decay_boundaries = (0.5, 0.75)
-    config.optimizer.decay_factor = 0.1
+  config.optimizer.name = "sgd"
+  config.optimizer.learning_rate = 0.1
+  config.optimizer.momentum = 0.9
+  config.optimizer.weight_decay = 5e-4
+  config.optimizer.schedule = "step"
+  config.optimizer.decay_boundaries = (0.5, 0.75)
+  config.optimizer.decay_factor = 0.1
 
-    config.methods = ("dense", "snip", "grasp", "synflow", "magnitude_init", "random_init",
-                      "snip_shuffled")
-    config.sparsities = (0.9, 0.95, 0.98, 0.995)
-    config.seeds = (0, 1, 2)
-    config.vmap_seeds = False  # no speed-up on a 2-core CPU
+  config.methods = (
+    "dense",
+    "snip",
+    "grasp",
+    "synflow",
+    "magnitude_init",
+    "random_init",
+    "snip_shuffled",
+  )
+  config.sparsities = (0.9, 0.95, 0.98, 0.995)
+  config.seeds = (0, 1, 2)
+  config.vmap_seeds = False  # no speed-up on a 2-core CPU
 
-    config.at_init = ml_collections.ConfigDict()
-    config.at_init.distribution = "global"  # SNIP, GraSP, SynFlow, magnitude (the papers)
-    config.at_init.random_distribution = "erk"  # the random baseline
-    config.at_init.synflow_rounds = 100
-    # GraSP's loss for H g takes the logits / temperature, 200 as in the authors' code (1: the
-    # plain loss; on LeNet-300-100 its masks train slowly or not at all, see the README).
-    config.at_init.grasp_temperature = 200.0
+  config.at_init = ml_collections.ConfigDict()
+  config.at_init.distribution = "global"  # SNIP, GraSP, SynFlow, magnitude (the papers)
+  config.at_init.random_distribution = "erk"  # the random baseline
+  config.at_init.synflow_rounds = 100
+  # GraSP's loss for H g takes the logits / temperature, 200 as in the authors' code (1: the
+  # plain loss; on LeNet-300-100 its masks train slowly or not at all, see the README).
+  config.at_init.grasp_temperature = 200.0
 
-    config.plot_error = True
-    config.published = mnist_lenet300.published("dense", "snip_95", "snip_98")
-    return config
+  config.plot_error = True
+  config.published = mnist_lenet300.published("dense", "snip_95", "snip_98")
+  return config

@@ -33,28 +33,28 @@ from experiments.configs import mnist_lenet300
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = mnist_lenet300.get_config()
-    config.output_dir = "results/mnist_dst"
-    config.num_train_steps = 3000
-    config.eval_every = 1000
-    config.methods = ("dense", "gradual", "static", "set", "rigl", "granet")
-    config.sparsities = (0.9, 0.95, 0.98)
-    config.seeds = (0, 1, 2)
-    # One run at a time: vmapping seeds gives no speed-up on a 2-core CPU, and each DST run's
-    # sparsity and mask seed are constants of its transformation.
-    config.vmap_seeds = False
+  config = mnist_lenet300.get_config()
+  config.output_dir = "results/mnist_dst"
+  config.num_train_steps = 3000
+  config.eval_every = 1000
+  config.methods = ("dense", "gradual", "static", "set", "rigl", "granet")
+  config.sparsities = (0.9, 0.95, 0.98)
+  config.seeds = (0, 1, 2)
+  # One run at a time: vmapping seeds gives no speed-up on a 2-core CPU, and each DST run's
+  # sparsity and mask seed are constants of its transformation.
+  config.vmap_seeds = False
 
-    config.dst = ml_collections.ConfigDict()
-    config.dst.distribution = "erk"
-    config.dst.frequency = 100  # steps between mask updates (dT)
-    config.dst.drop_fraction = 0.3  # SET's zeta, RigL's alpha
-    config.dst.rigl_end_fraction = 0.75  # RigL's T_end, as a fraction of the steps
-    config.dst.granet_begin_fraction = 0.1  # GraNet's pruning window (as gradual's)
-    config.dst.granet_end_fraction = 0.7
-    config.dst.granet_drop_fraction = 0.5
+  config.dst = ml_collections.ConfigDict()
+  config.dst.distribution = "erk"
+  config.dst.frequency = 100  # steps between mask updates (dT)
+  config.dst.drop_fraction = 0.3  # SET's zeta, RigL's alpha
+  config.dst.rigl_end_fraction = 0.75  # RigL's T_end, as a fraction of the steps
+  config.dst.granet_begin_fraction = 0.1  # GraNet's pruning window (as gradual's)
+  config.dst.granet_end_fraction = 0.7
+  config.dst.granet_drop_fraction = 0.5
 
-    config.plot_error = True
-    # From ../shared/REFERENCES.md (LeNet-300-100 / MNIST; no DST numbers are listed for it:
-    # RigL's MNIST result is only given as a figure, its published table is ResNet-50).
-    config.published = mnist_lenet300.published("dense", "han", "snip_95", "snip_98", "dns")
-    return config
+  config.plot_error = True
+  # From ../shared/REFERENCES.md (LeNet-300-100 / MNIST; no DST numbers are listed for it:
+  # RigL's MNIST result is only given as a figure, its published table is ResNet-50).
+  config.published = mnist_lenet300.published("dense", "han", "snip_95", "snip_98", "dns")
+  return config

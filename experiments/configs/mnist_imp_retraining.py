@@ -33,24 +33,24 @@ from experiments.configs import mnist_lenet300
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = mnist_lenet300.get_config()
-    config.output_dir = "results/mnist_imp_retraining"
-    config.num_train_steps = 6000
-    config.eval_every = 500
-    config.optimizer.min_lr_fraction = 0.01
+  config = mnist_lenet300.get_config()
+  config.output_dir = "results/mnist_imp_retraining"
+  config.num_train_steps = 6000
+  config.eval_every = 500
+  config.optimizer.min_lr_fraction = 0.01
 
-    config.methods = ("dense", "gradual", "imp_ft", "imp_lrw", "imp_slr", "imp_clr")
-    config.sparsities = (0.9, 0.95, 0.98)
-    config.seeds = (0, 1, 2)
-    # The seeds of a (method, sparsity) as one vmapped program gives no speed-up on a 2-core
-    # CPU; one run at a time.
-    config.vmap_seeds = False
+  config.methods = ("dense", "gradual", "imp_ft", "imp_lrw", "imp_slr", "imp_clr")
+  config.sparsities = (0.9, 0.95, 0.98)
+  config.seeds = (0, 1, 2)
+  # The seeds of a (method, sparsity) as one vmapped program gives no speed-up on a 2-core
+  # CPU; one run at a time.
+  config.vmap_seeds = False
 
-    config.imp = ml_collections.ConfigDict()
-    config.imp.cycles = 4  # prunes after the original training
-    config.imp.original_fraction = 1 / 3  # of num_train_steps: the original (dense) training
+  config.imp = ml_collections.ConfigDict()
+  config.imp.cycles = 4  # prunes after the original training
+  config.imp.original_fraction = 1 / 3  # of num_train_steps: the original (dense) training
 
-    config.plot_error = True  # error_vs_sparsity.png instead of accuracy_vs_sparsity.png
-    # SNIP's Table 1 (SNIP, and the DNS and L-OBS results it lists) and Han et al.'s.
-    config.published = mnist_lenet300.published("dense", "han", "snip_95", "snip_98", "dns", "lobs")
-    return config
+  config.plot_error = True  # error_vs_sparsity.png instead of accuracy_vs_sparsity.png
+  # SNIP's Table 1 (SNIP, and the DNS and L-OBS results it lists) and Han et al.'s.
+  config.published = mnist_lenet300.published("dense", "han", "snip_95", "snip_98", "dns", "lobs")
+  return config
