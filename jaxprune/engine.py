@@ -363,7 +363,9 @@ def transformation(
 
     def recompute():
       old = {i: masks_lib.unpack(stored[i]) for i in plan.masked}
-      scores = treedef.flatten_up_to(score.fn(inputs))
+      scores = _flatten_like(
+        treedef, score.fn(inputs), params, name, f"the tree of scores of {score.name!r}"
+      )
       result = method.rule.fn(
         rules_lib.RuleInputs(
           plan,

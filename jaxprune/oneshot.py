@@ -85,6 +85,12 @@ def prune(
     score = scores_lib.as_score(score, name)
     if score.reads_grads and grads is None:
       raise ValueError(f"{name}: the score {score.name!r} reads gradients; pass grads=.")
+    missing = [a for a in score.extra_args if a not in extra_args]
+    if missing:
+      raise ValueError(
+        f"{name}: the score {score.name!r} reads the arguments {missing}; pass "
+        f"{missing[0]}=... to prune."
+      )
     scores = score(jax.tree.unflatten(treedef, leaves), grads, 0, **extra_args)
   elif score is not scores_lib.magnitude:
     raise ValueError(f"{name}: give score or scores, not both.")

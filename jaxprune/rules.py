@@ -116,7 +116,10 @@ def _prune(x: RuleInputs) -> MaskUpdate:
   for j, unit in enumerate(units):
     score = _masked_score(x, unit)
     if unit.is_nm:
-      unit_masks[j] = unit.pattern.mask(score)
+      # Within a group of m fewer than n entries may be live; pruned ones (-inf) stay pruned.
+      unit_masks[j] = (
+        unit.pattern.mask(score) & unit.kept(x.old) if x.monotone else (unit.pattern.mask(score))
+      )
       continue
     ranked.append(j)
     scores.append(score)

@@ -419,6 +419,27 @@ def test_prune_grad_score_without_grads_raises():
   np.testing.assert_array_equal(masks["a"]["kernel"], top_k(s, 48))
 
 
+def test_prune_nm_keep_leaves_pruned_entries_pruned():
+  # keep= prunes 3 of the 4 entries of one N:M group (rows 0-3 of column 0): they stay pruned.
+  params = {"w": normal(0, (8, 12)), "b": normal(1, (12,))}
+  keep = np.ones((8, 12), bool)
+  keep[0:3, 0] = False
+  masks = np.asarray(
+    jaxprune.prune(
+      params, None, pattern=jaxprune.patterns.n_m(2, 4), keep={"w": jnp.asarray(keep), "b": None}
+    )["w"]
+  )
+  assert not np.any(masks & ~keep), "keep= pruned entries were revived by the N:M selection"
+  groups = masks.reshape(2, 4, 12).sum(axis=1)
+  assert groups[0, 0] <= 1 and np.all(np.delete(groups.ravel(), 0) == 2)
+
+
+def test_prune_extra_argument_score_missing_raises():
+  params = {"w": normal(0, (8, 12)), "b": normal(1, (12,))}
+  with pytest.raises(ValueError, match=r"prune: the score 'act' reads.*activations"):
+    jaxprune.prune(params, 0.5, score=ACT)
+
+
 # ------------------------------------------------------------------------------ stateful score
 
 
