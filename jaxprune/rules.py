@@ -117,9 +117,8 @@ def _prune(x: RuleInputs) -> MaskUpdate:
     score = _masked_score(x, unit)
     if unit.is_nm:
       # Within a group of m fewer than n entries may be live; pruned ones (-inf) stay pruned.
-      unit_masks[j] = (
-        unit.pattern.mask(score) & unit.kept(x.old) if x.monotone else (unit.pattern.mask(score))
-      )
+      mask = unit.pattern.mask(score)
+      unit_masks[j] = mask & unit.kept(x.old) if x.monotone else mask
       continue
     ranked.append(j)
     scores.append(score)
