@@ -25,6 +25,7 @@ from jaxprune import plan as plan_lib
 from jaxprune import schedules as schedules_lib
 from jaxprune import scores as scores_lib
 from jaxprune.checks import check_bool, check_int, check_sparsity
+from jaxprune.groups import Group
 
 __all__ = ["CycleInfo", "IMPState", "get_cycle", "imp"]
 
@@ -241,6 +242,8 @@ def imp(
   score_fn: scores_lib.Score | scores_lib.ScoreFn | None = None,
   pattern: patterns_lib.Pattern | None = None,
   prune: leaves_lib.Selector = None,
+  overrides: Mapping[str, float] | None = None,
+  groups: Sequence[Group] = (),
   packed_masks: bool = False,
   inner: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -293,6 +296,9 @@ def imp(
       default.
     pattern: what is pruned together (unstructured, block or channel, see `jaxprune.patterns`).
     prune: which leaves are pruned, as in `jaxprune.pruning`.
+    overrides: the name every method uses for ``leaf_rates`` (per-cycle rates here); give one of
+      the two.
+    groups: `jaxprune.groups.Group` units spanning several leaves, pruned whole.
     packed_masks: store masks as bits.
     inner: an optimizer to wrap; without it `imp` must be the last link of a chain.
 
@@ -378,13 +384,18 @@ def imp(
         "imp: reinit replaces the weights that a prune rewinds to; it needs rewind "
         "('init' or a step), got rewind=None."
       )
+  if leaf_rates is not None and overrides is not None:
+    raise ValueError(
+      "imp: overrides and leaf_rates are the same option (per-leaf rates); give one."
+    )
   selection_ = plan_lib.make_selection(
     "imp",
     sparsity=rate,
     prune=prune,
     pattern=pattern,
     distribution=distribution,
-    overrides=leaf_rates,
+    overrides=leaf_rates if overrides is None else overrides,
+    groups=groups,
   )
   if random_masks and not isinstance(selection_.pattern, patterns_lib.Unstructured):
     raise ValueError(f"imp: random_masks needs the unstructured pattern, got {pattern!r}.")

@@ -413,3 +413,32 @@ def test_per_cycle_sparsity_table_from_cycle_ends():
   ]
   with pytest.raises(ValueError, match="2 labels for 4 trees"):
     jaxprune.sparsity_table(ends, labels=["a", "b"])
+
+
+def test_overrides_is_leaf_rates_and_groups_are_accepted():
+  # Every method takes the same selection options: overrides= is imp's leaf_rates.
+  params = make_params()
+  a = jaxprune.imp(
+    rate=0.5, cycles=1, cycle_steps=1, distribution="uniform", leaf_rates={"output/kernel": 0.25}
+  )
+  b = jaxprune.imp(
+    rate=0.5, cycles=1, cycle_steps=1, distribution="uniform", overrides={"output/kernel": 0.25}
+  )
+  masks = []
+  for tx in (a, b):
+    state = tx.init(params)
+    for _ in range(2):
+      _, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+    masks.append(jaxprune.get_masks(state))
+  jax.tree.map(np.testing.assert_array_equal, masks[0], masks[1])
+  out = np.asarray(masks[1]["output"]["kernel"])
+  assert (~out).sum() == round(0.25 * out.size)
+  with pytest.raises(ValueError, match="same option"):
+    jaxprune.imp(rate=0.5, cycles=1, cycle_steps=1, leaf_rates={"x": 0.1}, overrides={"x": 0.1})
+  group = jaxprune.groups.group(("hidden/kernel", -1), ("hidden/bias", 0), ("output/kernel", 0))
+  tx = jaxprune.imp(rate=0.5, cycles=1, cycle_steps=1, groups=[group], prune=[])
+  state = tx.init(params)
+  for _ in range(2):
+    _, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+  hidden = np.asarray(jaxprune.get_masks(state)["hidden"]["kernel"])
+  assert (~hidden.any(axis=0)).sum() == round(0.5 * hidden.shape[1])
