@@ -12,15 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import transformers  # a test dependency (pyproject.toml): these tests fail, never skip, without it
 
 import jaxprune
 from jaxprune import leaves
 
-transformers = pytest.importorskip("transformers")
 if not hasattr(transformers, "FlaxGPT2LMHeadModel"):
-  pytest.skip(
-    "this transformers has no Flax models (transformers 5 dropped them; use 4.x)",
-    allow_module_level=True,
+  raise ImportError(
+    f"transformers {transformers.__version__} has no Flax models (transformers 5 dropped them); "
+    "the test extra pins transformers>=4.57,<5."
   )
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*(TensorFlow and JAX classes|deprecated).*")
