@@ -22,7 +22,6 @@ too. Steps between updates only mask the gradients and project the updates, like
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +34,7 @@ from jaxprune import patterns as patterns_lib
 from jaxprune import plan as plan_lib
 from jaxprune import schedules as schedules_lib
 from jaxprune import scores as scores_lib
-from jaxprune.checks import check_bool, check_fraction, check_int, check_sparsity, is_traced
+from jaxprune.checks import check_bool, check_int, check_sparsity, is_traced
 from jaxprune.groups import Group
 
 __all__ = ["constant_drop_fraction", "cosine_drop_fraction", "dynamic_sparse"]
@@ -56,11 +55,6 @@ def cosine_drop_fraction(alpha: float, end_step: int) -> DropFraction:
 def constant_drop_fraction(alpha: float) -> DropFraction:
   """``f(t) = alpha`` (SET's ``zeta``)."""
   return lambda count: jnp.full((), alpha, jnp.float32)
-
-
-def check_drop_fraction(owner: str, value: Any) -> None:
-  """Raises ``ValueError`` unless a concrete ``value`` is a number in ``[0, 1]`` (tracers pass)."""
-  check_fraction(value, f"{owner}: drop_fraction")
 
 
 def dynamic_sparse(

@@ -10,6 +10,7 @@ from jaxprune import allocation as allocation_lib
 from jaxprune import dst
 from jaxprune import leaves as leaves_lib
 from jaxprune import patterns as patterns_lib
+from jaxprune.checks import check_fraction
 from jaxprune.groups import Group
 
 __all__ = ["granet"]
@@ -77,7 +78,7 @@ def granet(
     Liu et al., `Sparse training via boosting pruning plasticity with neuroregeneration
     <https://arxiv.org/abs/2106.10404>`_, NeurIPS 2021
   """
-  dst.check_drop_fraction("granet", drop_fraction)
+  check_fraction(drop_fraction, "granet: drop_fraction")
   return dst.dynamic_sparse(
     sparsity,
     grow="gradient",

@@ -43,10 +43,6 @@ class Selection(NamedTuple):
   groups: tuple[Group, ...]
 
   @property
-  def is_global(self) -> bool:
-    return allocation_lib.get_allocation(self.distribution) is None
-
-  @property
   def is_nm(self) -> bool:
     return isinstance(self.pattern, patterns_lib.NM)
 

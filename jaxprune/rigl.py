@@ -10,6 +10,7 @@ from jaxprune import allocation as allocation_lib
 from jaxprune import dst
 from jaxprune import leaves as leaves_lib
 from jaxprune import patterns as patterns_lib
+from jaxprune.checks import check_fraction
 from jaxprune.groups import Group
 
 __all__ = ["rigl"]
@@ -76,7 +77,7 @@ def rigl(
     Evci, Gale, Menick, Castro & Elsen, `Rigging the lottery: making all tickets winners
     <https://arxiv.org/abs/1911.11134>`_, 2020
   """
-  dst.check_drop_fraction("rigl", drop_fraction)
+  check_fraction(drop_fraction, "rigl: drop_fraction")
   if drop_schedule == "cosine":
     fraction = dst.cosine_drop_fraction(drop_fraction, end_step)
   elif drop_schedule == "constant":

@@ -11,6 +11,7 @@ from jaxprune import allocation as allocation_lib
 from jaxprune import dst
 from jaxprune import leaves as leaves_lib
 from jaxprune import patterns as patterns_lib
+from jaxprune.checks import check_fraction
 from jaxprune.groups import Group
 
 __all__ = ["set_sparse"]
@@ -74,7 +75,7 @@ def set_sparse(
     with adaptive sparse connectivity inspired by network science
     <https://arxiv.org/abs/1707.04780>`_, Nature Communications 2018
   """
-  dst.check_drop_fraction("set_sparse", drop_fraction)
+  check_fraction(drop_fraction, "set_sparse: drop_fraction")
   return dst.dynamic_sparse(
     sparsity,
     grow="random",
