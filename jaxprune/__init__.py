@@ -13,11 +13,13 @@ from jaxprune import leaves as leaves
 from jaxprune import masks as masks
 from jaxprune import patterns as patterns
 from jaxprune import plan as plan
+from jaxprune import progress as progress
 from jaxprune import retraining as retraining
 from jaxprune import rules as rules
 from jaxprune import schedules as schedules
 from jaxprune import scores as scores
 from jaxprune import selection as selection
+from jaxprune import typing as typing
 from jaxprune.at_init import grasp as grasp
 from jaxprune.at_init import prune_at_init as prune_at_init
 from jaxprune.at_init import shuffle_masks as shuffle_masks
@@ -72,6 +74,7 @@ __all__ = [
   "masks",
   "patterns",
   "plan",
+  "progress",
   "prune",
   "prune_at_init",
   "pruning",
@@ -90,4 +93,5 @@ __all__ = [
   "sparsity_table",
   "static_sparse",
   "synflow",
+  "typing",
 ]

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+if TYPE_CHECKING:  # jaxprune.typing imports this module
+  from jaxprune.typing import Distribution, Sparsity
 
 __all__ = ["Allocation", "uniform", "erk", "er", "get_allocation", "allocate"]
 
@@ -30,12 +33,16 @@ def _is_concrete(x: Any) -> bool:
   return isinstance(x, (int, float, np.floating, np.integer))
 
 
-def uniform(sparsity: Any, shapes: Sequence[tuple[int, ...]]) -> list[Any]:
+def uniform(sparsity: Sparsity, shapes: Sequence[tuple[int, ...]]) -> list[Any]:
   """Every leaf gets the target sparsity."""
   return [sparsity for _ in shapes]
 
 
-def _erdos_renyi(sparsity: Any, shapes: Sequence[tuple[int, ...]], dims) -> list[Any]:
+def _erdos_renyi(
+  sparsity: Sparsity,
+  shapes: Sequence[tuple[int, ...]],
+  dims: Callable[[tuple[int, ...]], tuple[int, ...]],
+) -> list[Any]:
   """Solve ``sum_l min(eps * r_l, 1) * n_l = (1 - s) * sum_l n_l`` for the densities ``eps * r_l``.
 
   A zero-size leaf (a shape with a 0 dim) holds no weight of the budget: it gets sparsity 0 and
@@ -61,7 +68,7 @@ def _erdos_renyi(sparsity: Any, shapes: Sequence[tuple[int, ...]], dims) -> list
   return [float(v) for v in result] if xp is np else [result[i] for i in range(len(shapes))]
 
 
-def erk(sparsity: Any, shapes: Sequence[tuple[int, ...]]) -> list[Any]:
+def erk(sparsity: Sparsity, shapes: Sequence[tuple[int, ...]]) -> list[Any]:
   """Erdos-Renyi-Kernel: density proportional to ``sum(shape) / prod(shape)`` over all dims.
 
   References:
@@ -71,7 +78,7 @@ def erk(sparsity: Any, shapes: Sequence[tuple[int, ...]]) -> list[Any]:
   return _erdos_renyi(sparsity, shapes, lambda s: s)
 
 
-def er(sparsity: Any, shapes: Sequence[tuple[int, ...]]) -> list[Any]:
+def er(sparsity: Sparsity, shapes: Sequence[tuple[int, ...]]) -> list[Any]:
   """Erdos-Renyi: density proportional to ``(n_in + n_out) / (n_in * n_out)`` of the last two dims.
 
   References:
@@ -84,7 +91,7 @@ def er(sparsity: Any, shapes: Sequence[tuple[int, ...]]) -> list[Any]:
 _ALLOCATIONS = {"uniform": uniform, "erk": erk, "er": er}
 
 
-def get_allocation(distribution: str | Allocation) -> Allocation | None:
+def get_allocation(distribution: Distribution) -> Allocation | None:
   """The allocation function for ``distribution``; ``None`` for ``"global"``.
 
   Raises:
@@ -110,8 +117,8 @@ def _describe(value: Any) -> str:
 
 
 def allocate(
-  distribution: str | Allocation,
-  sparsity: Any,
+  distribution: Distribution,
+  sparsity: Sparsity,
   shapes: Sequence[tuple[int, ...]],
   names: Sequence[str] | None = None,
   *,

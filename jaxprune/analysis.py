@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from jaxprune import masks as masks_lib
+from jaxprune.typing import Masks
 
 __all__ = ["LeafOverlap", "MaskOverlap", "mask_overlap", "overlap_matrix"]
 
@@ -44,7 +45,7 @@ def _overlap(kept_a: int, kept_b: int, both: int) -> LeafOverlap:
   )
 
 
-def _named_masks(masks: Any) -> dict[str, np.ndarray]:
+def _named_masks(masks: Masks) -> dict[str, np.ndarray]:
   out = masks_lib.host_arrays(masks)
   for name, array in out.items():
     if array.dtype != bool:
@@ -55,7 +56,7 @@ def _named_masks(masks: Any) -> dict[str, np.ndarray]:
   return out
 
 
-def mask_overlap(a: Any, b: Any) -> MaskOverlap:
+def mask_overlap(a: Masks, b: Masks) -> MaskOverlap:
   """Intersection over union and shared fractions of the kept weights of two mask trees.
 
   Args:
@@ -98,7 +99,7 @@ def mask_overlap(a: Any, b: Any) -> MaskOverlap:
   return MaskOverlap(leaves, total)
 
 
-def overlap_matrix(masks: Sequence[Any]) -> np.ndarray:
+def overlap_matrix(masks: Sequence[Masks]) -> np.ndarray:
   """Total IoU between every pair of mask trees (cycles, seeds): a symmetric matrix, ones on the
   diagonal."""
   n = len(masks)

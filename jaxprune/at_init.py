@@ -22,31 +22,32 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxprune import allocation as allocation_lib
 from jaxprune import collapse as collapse_lib
 from jaxprune import leaves as leaves_lib
 from jaxprune import oneshot
+from jaxprune import progress as progress_lib
 from jaxprune import static as static_lib
 from jaxprune.checks import JaxpruneWarning, check_sparsity
+from jaxprune.typing import Distribution, Masks, Params, PathSelector, Scores, Shape, Sparsity
 
 __all__ = ["grasp", "masks_from_scores", "prune_at_init", "shuffle_masks", "snip", "synflow"]
 
 
-def _pruned_leaves(params: Any, prune: leaves_lib.Selector, owner: str) -> list[int]:
+def _pruned_leaves(params: Params, prune: PathSelector, owner: str) -> list[int]:
   flags = leaves_lib.prunable_paths(params, prune, owner=owner)
   return [i for i, f in enumerate(flags) if f]
 
 
 def masks_from_scores(
-  params: Any,
-  scores: Any,
-  sparsity: float,
+  params: Params,
+  scores: Scores,
+  sparsity: Sparsity,
   *,
-  distribution: str | allocation_lib.Allocation = "global",
-  prune: leaves_lib.Selector = None,
-  keep: Any = None,
+  distribution: Distribution = "global",
+  prune: PathSelector = None,
+  keep: Masks | None = None,
   owner: str = "masks_from_scores",
-) -> Any:
+) -> Masks:
   """Masks keeping the highest ``scores``, with exactly ``sparsity`` of the pruned leaves removed.
 
   `jaxprune.prune` with given scores and a global default. NaN scores (a float32 overflow in
@@ -73,7 +74,7 @@ def masks_from_scores(
   )
 
 
-def _finish(masks: Any, owner: str, check: bool) -> Any:
+def _finish(masks: Masks, owner: str, check: bool) -> Masks:
   if check:
     report = collapse_lib.layer_collapse(masks)
     if report.collapsed:
@@ -86,15 +87,15 @@ def _finish(masks: Any, owner: str, check: bool) -> Any:
 
 
 def snip(
-  params: Any,
-  loss_fn: Callable[[Any, Any], jax.Array],
+  params: Params,
+  loss_fn: Callable[[Params, Any], jax.Array],
   batch: Any,
-  sparsity: float,
+  sparsity: Sparsity,
   *,
-  distribution: str | allocation_lib.Allocation = "global",
-  prune: leaves_lib.Selector = None,
+  distribution: Distribution = "global",
+  prune: PathSelector = None,
   check_collapse: bool = True,
-) -> Any:
+) -> Masks:
   """SNIP: keep the weights of largest connection sensitivity ``|w * dL/dw|`` on one batch.
 
   Args:
@@ -133,15 +134,15 @@ def snip(
 
 
 def grasp(
-  params: Any,
-  loss_fn: Callable[[Any, Any], jax.Array],
+  params: Params,
+  loss_fn: Callable[[Params, Any], jax.Array],
   batch: Any,
-  sparsity: float,
+  sparsity: Sparsity,
   *,
-  distribution: str | allocation_lib.Allocation = "global",
-  prune: leaves_lib.Selector = None,
+  distribution: Distribution = "global",
+  prune: PathSelector = None,
   check_collapse: bool = True,
-) -> Any:
+) -> Masks:
   """GraSP: remove the weights whose removal least reduces the gradient flow.
 
   The score is ``-w * (H g)``, ``g`` the gradient of the loss on ``batch`` and ``H g`` its
@@ -175,16 +176,17 @@ def grasp(
 
 
 def synflow(
-  params: Any,
-  apply_fn: Callable[[Any, jax.Array], Any],
-  input_shape: tuple[int, ...],
-  sparsity: float,
+  params: Params,
+  apply_fn: Callable[[Params, jax.Array], Any],
+  input_shape: Shape,
+  sparsity: Sparsity,
   *,
   rounds: int = 100,
-  distribution: str | allocation_lib.Allocation = "global",
-  prune: leaves_lib.Selector = None,
+  distribution: Distribution = "global",
+  prune: PathSelector = None,
   check_collapse: bool = True,
-) -> Any:
+  progress: bool | None = None,
+) -> Masks:
   """SynFlow: iterative synaptic-flow pruning, without data.
 
   Each round computes ``R = sum(apply_fn(|params * mask|, ones))``, the synaptic flow of an all-ones
@@ -205,12 +207,17 @@ def synflow(
     sparsity: fraction of the pruned leaves' weights to remove.
     rounds: number of pruning rounds (100 in the paper).
     distribution, prune, check_collapse: as in `snip`.
+    progress: a progress bar over the rounds on stderr (`jaxprune.progress`): ``None`` (default)
+      shows one for 10 rounds or more when tqdm is installed (else INFO log lines to the
+      ``"jaxprune"`` logger) and none under `jax.jit`, ``True`` always (a log line when traced),
+      ``False`` never.
 
   Returns:
     Masks shaped like the params.
 
   Raises:
     ValueError: for a sparsity outside ``[0, 1)`` or ``rounds < 1``.
+    TypeError: for a ``progress`` other than ``None``, ``True`` or ``False``.
 
   References:
     Tanaka, Kunin, Yamins & Ganguli, `Pruning neural networks without any data by iteratively
@@ -219,7 +226,8 @@ def synflow(
   check_sparsity(sparsity, "synflow: sparsity")
   if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
     raise ValueError(f"synflow: rounds must be an int >= 1, got {rounds!r}.")
-  dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+  progress_lib.check_enabled(progress, "synflow")
+  dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32 unless x64 is enabled
   leaves, treedef = jax.tree.flatten(leaves_lib.unwrap_variables(params))
   index = set(_pruned_leaves(params, prune, "synflow"))
   abs_params = jax.tree.unflatten(
@@ -238,7 +246,9 @@ def synflow(
         treedef,
         [
           jnp.where(m, x, 0) if m is not None else x
-          for x, m in zip(treedef.flatten_up_to(p), treedef.flatten_up_to(masks))
+          for x, m in zip(
+            leaves_lib.flatten_up_to(treedef, p), leaves_lib.flatten_up_to(treedef, masks)
+          )
         ],
       )
       return jnp.sum(apply_fn(masked, ones))
@@ -249,7 +259,10 @@ def synflow(
   masks = jax.tree.unflatten(
     treedef, [jnp.ones(jnp.shape(x), bool) if i in index else None for i, x in enumerate(leaves)]
   )
-  for r in range(1, rounds + 1):
+  steps = progress_lib.progress(
+    range(1, rounds + 1), desc="synflow", unit="round", enabled=progress, arrays=(params, ones)
+  )
+  for r in steps:
     target = 1.0 - (1.0 - sparsity) ** (r / rounds)
     if r == rounds:
       target = sparsity  # exactly the requested count at the end
@@ -265,7 +278,7 @@ def synflow(
   return _finish(masks, "synflow", check_collapse)
 
 
-def shuffle_masks(masks: Any, seed: int = 0) -> Any:
+def shuffle_masks(masks: Masks, seed: int = 0) -> Masks:
   """The per-leaf shuffle ablation of Frankle et al. 2021: each leaf keeps its count of weights,
   at uniformly random positions.
 
@@ -291,19 +304,20 @@ def shuffle_masks(masks: Any, seed: int = 0) -> Any:
 
 
 def prune_at_init(
-  params: Any,
-  sparsity: float,
+  params: Params,
+  sparsity: Sparsity,
   *,
   method: str = "snip",
-  loss_fn: Callable[[Any, Any], jax.Array] | None = None,
+  loss_fn: Callable[[Params, Any], jax.Array] | None = None,
   batch: Any = None,
-  apply_fn: Callable[[Any, jax.Array], Any] | None = None,
-  input_shape: tuple[int, ...] | None = None,
+  apply_fn: Callable[[Params, jax.Array], Any] | None = None,
+  input_shape: Shape | None = None,
   rounds: int = 100,
-  distribution: str | allocation_lib.Allocation = "global",
-  prune: leaves_lib.Selector = None,
+  distribution: Distribution = "global",
+  prune: PathSelector = None,
   packed_masks: bool = False,
   check_collapse: bool = True,
+  progress: bool | None = None,
   inner: optax.GradientTransformation,
 ) -> optax.GradientTransformationExtraArgs:
   """From an initialised model to a pruned optimizer in one call: masks by ``method``, trained with
@@ -318,6 +332,7 @@ def prune_at_init(
     apply_fn, input_shape, rounds: as in `synflow`.
     distribution, prune, check_collapse: as in `snip`.
     packed_masks: store the masks as bits.
+    progress: as in `synflow` (SNIP and GraSP take one gradient and show none).
     inner: the optimizer to train with.
 
   Returns:
@@ -326,6 +341,7 @@ def prune_at_init(
 
   Raises:
     ValueError: for an unknown method or missing inputs, and as `snip` / `synflow`.
+    TypeError: for a ``progress`` other than ``None``, ``True`` or ``False``.
 
   Example:
     >>> import jax.numpy as jnp, optax, jaxprune
@@ -336,15 +352,33 @@ def prune_at_init(
     Array([[ True,  True],
            [False, False]], dtype=bool)
   """
-  kwargs = dict(distribution=distribution, prune=prune, check_collapse=check_collapse)
+  progress_lib.check_enabled(progress, "prune_at_init")
   if method in ("snip", "grasp"):
     if loss_fn is None or batch is None:
       raise ValueError(f"prune_at_init: method {method!r} needs loss_fn and batch.")
-    masks = (snip if method == "snip" else grasp)(params, loss_fn, batch, sparsity, **kwargs)
+    masks = (snip if method == "snip" else grasp)(
+      params,
+      loss_fn,
+      batch,
+      sparsity,
+      distribution=distribution,
+      prune=prune,
+      check_collapse=check_collapse,
+    )
   elif method == "synflow":
     if apply_fn is None or input_shape is None:
       raise ValueError("prune_at_init: method 'synflow' needs apply_fn and input_shape.")
-    masks = synflow(params, apply_fn, input_shape, sparsity, rounds=rounds, **kwargs)
+    masks = synflow(
+      params,
+      apply_fn,
+      input_shape,
+      sparsity,
+      rounds=rounds,
+      distribution=distribution,
+      prune=prune,
+      check_collapse=check_collapse,
+      progress=progress,
+    )
   else:
     raise ValueError(f"prune_at_init: method must be 'snip', 'grasp' or 'synflow', got {method!r}.")
   return static_lib.static_sparse(masks=masks, packed_masks=packed_masks, inner=inner)

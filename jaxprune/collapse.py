@@ -6,11 +6,13 @@ which the network computes a constant. `layer_collapse` checks a tree of masks f
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from jaxprune import masks as masks_lib
+from jaxprune.typing import Masks
 
 __all__ = ["CollapseReport", "layer_collapse"]
 
@@ -54,12 +56,10 @@ def _connectivity(mask: np.ndarray) -> np.ndarray:
   """``[in, out]``: whether input unit i reaches output unit o through the leaf (any spatial tap)."""
   if mask.ndim == 2:
     return mask
-  return mask.reshape(-1, mask.shape[-2], mask.shape[-1]).any(
-    axis=0
-  )  # conv kernels: (..., in, out)
+  return np.any(mask.reshape(-1, mask.shape[-2], mask.shape[-1]), axis=0)  # conv: (..., in, out)
 
 
-def layer_collapse(masks: Any, order: list[str] | None = None) -> CollapseReport:
+def layer_collapse(masks: Masks, order: Sequence[str] | None = None) -> CollapseReport:
   """Checks masks for layer collapse.
 
   The path check treats the kernels (leaves with at least 2 dimensions, in tree order unless

@@ -27,15 +27,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxprune import allocation as allocation_lib
 from jaxprune import engine, rules
-from jaxprune import leaves as leaves_lib
 from jaxprune import patterns as patterns_lib
 from jaxprune import plan as plan_lib
 from jaxprune import schedules as schedules_lib
 from jaxprune import scores as scores_lib
 from jaxprune.checks import check_bool, check_int, check_sparsity, is_traced
 from jaxprune.groups import Group
+from jaxprune.typing import Distribution, PathSelector, Sparsity
 
 __all__ = ["constant_drop_fraction", "cosine_drop_fraction", "dynamic_sparse"]
 
@@ -58,7 +57,7 @@ def constant_drop_fraction(alpha: float) -> DropFraction:
 
 
 def dynamic_sparse(
-  sparsity: float,
+  sparsity: Sparsity,
   *,
   grow: str,
   drop_fraction: DropFraction,
@@ -67,10 +66,10 @@ def dynamic_sparse(
   end_step: int,
   initial_sparsity: float | None = None,
   sparsity_power: float = 3.0,
-  distribution: str | allocation_lib.Allocation = "erk",
+  distribution: Distribution = "erk",
   seed: int = 0,
   pattern: patterns_lib.Pattern | None = None,
-  prune: leaves_lib.Selector = None,
+  prune: PathSelector = None,
   overrides: Mapping[str, float] | None = None,
   groups: Sequence[Group] = (),
   packed_masks: bool = False,

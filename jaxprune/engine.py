@@ -42,6 +42,7 @@ from jaxprune import rules as rules_lib
 from jaxprune import schedules as schedules_lib
 from jaxprune import scores as scores_lib
 from jaxprune import selection
+from jaxprune.typing import Masks, OptState, Sparsity
 
 __all__ = ["Hooks", "Method", "PruningState", "StepInfo", "method_of", "transformation"]
 
@@ -60,10 +61,10 @@ class PruningState(NamedTuple):
     inner_state: the wrapped optimizer's state with ``inner=``, else ``optax.EmptyState()``.
   """
 
-  count: jax.Array
-  masks: Any
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax states do
+  masks: Masks
   score_state: Any
-  inner_state: Any
+  inner_state: OptState
 
 
 class StepInfo(NamedTuple):
@@ -83,7 +84,7 @@ class StepInfo(NamedTuple):
 
   plan: plan_lib.Plan
   treedef: Any
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax states do
   is_update: jax.Array
   params: list[Any]
   grads: list[Any]
@@ -148,14 +149,14 @@ class Method(NamedTuple):
 
   name: str
   score: scores_lib.Score
-  sparsity: Any
+  sparsity: Sparsity | None
   selection: plan_lib.Selection
   schedule: schedules_lib.Schedule
   rule: rules_lib.Rule = rules_lib.prune
   application: str = "persistent"
   monotone: bool | None = None
   initial_masks: Callable[..., dict[int, jax.Array]] | None = None
-  given_masks: Any = None
+  given_masks: Masks | None = None
   statistics: str = "keep"
   needs_inner: str | None = None
   packed_masks: bool = False
@@ -181,7 +182,7 @@ def _names_of(tree: Any) -> list[str]:
 def _flatten_like(treedef: Any, tree: Any, params: Any, owner: str, what: str) -> list[Any]:
   """``tree``'s leaves in the params' order, or a ``ValueError`` naming the leaves that differ."""
   try:
-    return treedef.flatten_up_to(tree)
+    return leaves_lib.flatten_up_to(treedef, tree)
   except (ValueError, TypeError):
     have, want = _names_of(tree), _names_of(params)
     missing = [n for n in want if n not in have]
@@ -206,13 +207,14 @@ def _given_plan(masks: Any, params: Any, owner: str) -> plan_lib.Plan:
   treedef = jax.tree.structure(params)
   names = _names_of(params)
   try:
-    given = treedef.flatten_up_to(masks)
+    given = leaves_lib.flatten_up_to(treedef, masks)
   except (ValueError, TypeError) as e:
     raise ValueError(
       f"{owner}: masks must be a tree shaped like the params (None for unpruned leaves): {e}"
     ) from None
   units, shapes = [], []
-  for index, (name, leaf, mask) in enumerate(zip(names, treedef.flatten_up_to(params), given)):
+  flat = leaves_lib.flatten_up_to(treedef, params)
+  for index, (name, leaf, mask) in enumerate(zip(names, flat, given)):
     leaf = leaves_lib.unwrap_variable(leaf)
     shapes.append(tuple(jnp.shape(leaf)))
     if mask is None:
@@ -294,8 +296,8 @@ def transformation(
     plan = plan_for(params)
     unit_targets(plan)  # bad allocations and ramps fail at init, not inside the first step
     leaves, treedef = jax.tree.flatten(leaves_lib.unwrap_variables(params))
-    masks = [None] * len(leaves)
-    fixed = None if given is None else treedef.flatten_up_to(given)
+    masks: list[Any] = [None] * len(leaves)
+    fixed = None if given is None else leaves_lib.flatten_up_to(treedef, given)
     for i in plan.masked:
       masks[i] = store(
         jnp.asarray(fixed[i]) if fixed is not None else jnp.ones(plan.shapes[i], dtype=bool)
@@ -310,7 +312,8 @@ def transformation(
       **hooks.init(plan, leaves, treedef),
     )
 
-  init_fn.jaxprune_method = method
+  # method_of reads the declaration back; mypy does not model attributes set on functions.
+  init_fn.jaxprune_method = method  # type: ignore[attr-defined]
 
   def update_fn(updates, state, params=None, **extra_args):
     plan = plan_for(params)
@@ -332,7 +335,7 @@ def transformation(
         f"{name}: the score {score.name!r} reads the update arguments {missing}; pass "
         f"them as tx.update(grads, state, params, {missing[0]}=...)."
       )
-    p = treedef.flatten_up_to(params)
+    p = leaves_lib.flatten_up_to(treedef, params)
     count = state.count
     final, initial = unit_targets(plan)
     inputs = scores_lib.ScoreInputs(
@@ -347,10 +350,11 @@ def transformation(
       score_state = score.update(score_state, inputs)
       inputs = inputs._replace(state=score_state)
 
-    if method.initial_masks is not None:
+    initial_masks = method.initial_masks
+    if initial_masks is not None:
 
       def install():
-        start = method.initial_masks(plan, final, initial)
+        start = initial_masks(plan, final, initial)
         return [store(start[i]) for i in plan.masked]
 
       current = selection.cond(count == 0, install, lambda: [stored[i] for i in plan.masked])
@@ -385,6 +389,7 @@ def transformation(
       fields = hooks.on_update(info, old, result)
       new = [store(result.masks[i]) for i in plan.masked]
       if method.rule.separate_train:
+        assert result.train is not None  # a rule with separate_train returns them
         return new, [result.train[i] for i in plan.masked], fields
       return new, fields
 
@@ -437,7 +442,7 @@ def transformation(
       new_updates, inner_state = inner.update(
         jax.tree.unflatten(treedef, g), inner_state, params, **extra_args, **offered
       )
-      out = treedef.flatten_up_to(new_updates)
+      out = leaves_lib.flatten_up_to(treedef, new_updates)
       if fresh is not None:
         is_param = optax.tree_utils.tree_map_params(
           inner, lambda _: True, fresh, transform_non_params=lambda _: False

@@ -15,18 +15,19 @@ masks.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
 from jaxprune import leaves as leaves_lib
 from jaxprune import masks as masks_lib
+from jaxprune.typing import Masks, OptState, Params
 
 __all__ = ["masked_params"]
 
 
-def masked_params(params: Any, masks_or_state: Any, *, straight_through: bool = True) -> Any:
+def masked_params(
+  params: Params, masks_or_state: Masks | OptState, *, straight_through: bool = True
+) -> Params:
   """``params`` with the pruned entries zeroed in value, and a straight-through gradient.
 
   Args:
@@ -53,7 +54,8 @@ def masked_params(params: Any, masks_or_state: Any, *, straight_through: bool = 
     masks = masks_or_state
   treedef = jax.tree.structure(params)
   out = []
-  for p, m in zip(treedef.flatten_up_to(params), treedef.flatten_up_to(masks)):
+  flat_masks = leaves_lib.flatten_up_to(treedef, masks)
+  for p, m in zip(leaves_lib.flatten_up_to(treedef, params), flat_masks):
     if m is None:
       out.append(p)
       continue

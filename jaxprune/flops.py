@@ -23,7 +23,7 @@ import functools
 import itertools
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -32,6 +32,7 @@ from jax.extend import core as jex_core
 from jaxprune import summary as summary_lib
 from jaxprune.checks import JaxpruneWarning
 from jaxprune.leaves import path_str
+from jaxprune.typing import ArrayTree, Params
 
 __all__ = [
   "Equation",
@@ -141,7 +142,7 @@ def _sub_jaxprs(params: dict) -> list:
 
 def _walk(
   jaxpr: Any, tags: list, repeats: Optional[int], branch: tuple, choices: Iterator[int]
-) -> Iterator[Equation]:
+) -> Generator[Equation, None, list[Optional[str]]]:
   """Yields the equations of ``jaxpr`` (inputs holding the leaves ``tags``); returns the outputs' tags."""
   env = {var: tag for var, tag in zip(jaxpr.invars, tags) if tag is not None}
 
@@ -186,7 +187,7 @@ def _walk(
       subs = _sub_jaxprs(eqn.params)
       operands = in_tags[1:] if name == "cond" else in_tags
       choice = next(choices) if len(subs) > 1 else None
-      outs = []
+      outs: list[list[Optional[str]]] = []
       for i, sub in enumerate(subs):
         sub_tags = operands if len(sub.invars) == len(operands) else [None] * len(sub.invars)
         inner = branch if choice is None else branch + ((choice, i),)
@@ -197,7 +198,7 @@ def _walk(
 
 
 def equations(
-  fn: Callable[..., Any], params: Any, *inputs: Any, **kwargs: Any
+  fn: Callable[..., Any], params: Params, *inputs: Any, **kwargs: Any
 ) -> Iterator[Equation]:
   """Every equation of ``fn(params, *inputs, **kwargs)``, nested ones included, with its operands' leaves.
 
@@ -209,8 +210,8 @@ def equations(
 
   Args:
     fn: called as ``fn(params, *inputs, **kwargs)``.
-    params: the pytree of parameters (arrays or ``jax.ShapeDtypeStruct``s).
-    *inputs: example inputs (arrays or ``jax.ShapeDtypeStruct``s).
+    params: the pytree of parameters (arrays or ``jax.ShapeDtypeStruct`` values).
+    *inputs: example inputs (arrays or ``jax.ShapeDtypeStruct`` values).
     **kwargs: static keyword arguments of ``fn`` (bound with ``functools.partial``, not traced).
 
   Returns:
@@ -237,7 +238,7 @@ def equations(
 
 
 def weight_ops(
-  fn: Callable[..., Any], params: Any, *inputs: Any, **kwargs: Any
+  fn: Callable[..., Any], params: Params, *inputs: Any, **kwargs: Any
 ) -> Iterator[WeightOp]:
   """The matrix products and convolutions of ``fn(params, *inputs, **kwargs)`` and their dense MACs.
 
@@ -247,7 +248,7 @@ def weight_ops(
 
   Args:
     fn: called as ``fn(params, *inputs, **kwargs)``.
-    params: the pytree of parameters (arrays or ``jax.ShapeDtypeStruct``s).
+    params: the pytree of parameters (arrays or ``jax.ShapeDtypeStruct`` values).
     *inputs: example inputs (the counts are for their batch size).
     **kwargs: static keyword arguments of ``fn``.
 
@@ -287,7 +288,9 @@ def _costliest_branches(ops: list[WeightOp], depth: int = 0) -> list[WeightOp]:
   return chosen
 
 
-def count_macs(fn: Callable[..., Any], params: Any, *inputs: Any, **kwargs: Any) -> dict[str, Any]:
+def count_macs(
+  fn: Callable[..., Any], params: Params, *inputs: Any, **kwargs: Any
+) -> dict[str, Any]:
   """Counts the multiply-adds (MACs) of ``fn(params, *inputs, **kwargs)``, per weight leaf.
 
   Sums `weight_ops`: ``scan`` bodies count times their length, a ``cond`` its costliest branch and a
@@ -297,7 +300,7 @@ def count_macs(fn: Callable[..., Any], params: Any, *inputs: Any, **kwargs: Any)
   Args:
     fn: called as ``fn(params, *inputs, **kwargs)``, e.g. ``lambda p, x: model.apply({'params': p},
       x)``.
-    params: the pytree of parameters (arrays or ``jax.ShapeDtypeStruct``s, e.g. from
+    params: the pytree of parameters (arrays or ``jax.ShapeDtypeStruct`` values, e.g. from
       ``jax.eval_shape``).
     *inputs: example inputs (the counts are for their batch size).
     **kwargs: static keyword arguments of ``fn`` (e.g. ``train=False``).
@@ -341,7 +344,7 @@ def count_macs(fn: Callable[..., Any], params: Any, *inputs: Any, **kwargs: Any)
   }
 
 
-def _leaf_counts(tree: Any) -> dict[str, tuple[int, int]]:
+def _leaf_counts(tree: ArrayTree) -> dict[str, tuple[int, int]]:
   """``{name: (size, nonzero)}`` of a params or masks tree, or of a ``SparsitySummary``."""
   summary = (
     tree if isinstance(tree, summary_lib.SparsitySummary) else summary_lib.sparsity_summary(tree)
@@ -357,7 +360,7 @@ def _match(name: str, available: dict) -> Optional[str]:
   return candidates[0] if len(candidates) == 1 else None
 
 
-def sparse_macs(mac_counts: dict[str, Any], params_or_masks: Any) -> float:
+def sparse_macs(mac_counts: dict[str, Any], params_or_masks: ArrayTree) -> float:
   """The multiply-adds left when the zero (or pruned) weights are skipped.
 
   Each leaf's MACs in ``mac_counts['by_leaf']`` are scaled by the density of that leaf in
@@ -405,7 +408,7 @@ def sparse_macs(mac_counts: dict[str, Any], params_or_masks: Any) -> float:
   return sparse
 
 
-def theoretical_speedup(mac_counts: dict[str, Any], params_or_masks: Any) -> float:
+def theoretical_speedup(mac_counts: dict[str, Any], params_or_masks: ArrayTree) -> float:
   """Dense MACs over the MACs left when the zero weights are skipped (ShrinkBench's speedup).
 
   Args:
@@ -432,7 +435,7 @@ def theoretical_speedup(mac_counts: dict[str, Any], params_or_masks: Any) -> flo
   return dense / sparse
 
 
-def compression_ratio(params: Any) -> float:
+def compression_ratio(params: ArrayTree) -> float:
   """All entries over the nonzero entries of every leaf (biases included).
 
   Args:

@@ -6,18 +6,17 @@ from collections.abc import Mapping, Sequence
 
 import optax
 
-from jaxprune import allocation as allocation_lib
 from jaxprune import dst
-from jaxprune import leaves as leaves_lib
 from jaxprune import patterns as patterns_lib
 from jaxprune.checks import check_fraction
 from jaxprune.groups import Group
+from jaxprune.typing import Distribution, PathSelector, Sparsity
 
 __all__ = ["granet"]
 
 
 def granet(
-  sparsity: float,
+  sparsity: Sparsity,
   *,
   end_step: int,
   begin_step: int = 0,
@@ -25,10 +24,10 @@ def granet(
   initial_sparsity: float = 0.0,
   drop_fraction: float = 0.5,
   power: float = 3.0,
-  distribution: str | allocation_lib.Allocation = "erk",
+  distribution: Distribution = "erk",
   seed: int = 0,
   pattern: patterns_lib.Pattern | None = None,
-  prune: leaves_lib.Selector = None,
+  prune: PathSelector = None,
   overrides: Mapping[str, float] | None = None,
   groups: Sequence[Group] = (),
   packed_masks: bool = False,

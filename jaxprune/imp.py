@@ -26,6 +26,7 @@ from jaxprune import schedules as schedules_lib
 from jaxprune import scores as scores_lib
 from jaxprune.checks import check_bool, check_int, check_sparsity
 from jaxprune.groups import Group
+from jaxprune.typing import Masks, OptState, Params, PathSelector, Sparsity
 
 __all__ = ["CycleInfo", "IMPState", "get_cycle", "imp"]
 
@@ -48,16 +49,16 @@ class IMPState(NamedTuple):
     inner_state: the wrapped optimizer's state with ``inner=``, else ``optax.EmptyState()``.
   """
 
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax states do
   cycle: jax.Array
-  masks: Any
-  rewind_params: Any
+  masks: Masks
+  rewind_params: Params | None
   norm_drop: jax.Array
   pruned_fraction: jax.Array
   cycle_ends: jax.Array
   cycle_sparsity: jax.Array
   score_state: Any
-  inner_state: Any
+  inner_state: OptState
 
 
 class CycleInfo(NamedTuple):
@@ -158,7 +159,9 @@ def _planned_sparsity(
   return jnp.stack(rows)
 
 
-def _norm_drop(info: engine.StepInfo, old, result) -> dict[str, jax.Array]:
+def _norm_drop(
+  info: engine.StepInfo, old: Mapping[int, jax.Array], result: rules.MaskUpdate
+) -> dict[str, jax.Array]:
   """The relative norm drop and the pruned fraction of a prune (see `IMPState`)."""
   p, masked = info.params, info.plan.masked
   square = lambda x: jnp.sum(jnp.square(x.astype(jnp.float32)))
@@ -171,7 +174,7 @@ def _norm_drop(info: engine.StepInfo, old, result) -> dict[str, jax.Array]:
   return {"norm_drop": drop.astype(jnp.float32), "pruned_fraction": fraction.astype(jnp.float32)}
 
 
-def _offer(info: engine.StepInfo, fields) -> dict[str, jax.Array]:
+def _offer(info: engine.StepInfo, fields: Mapping[str, Any]) -> dict[str, jax.Array]:
   return {
     "imp_count": info.count,
     "imp_norm_drop": fields["norm_drop"],
@@ -179,7 +182,7 @@ def _offer(info: engine.StepInfo, fields) -> dict[str, jax.Array]:
   }
 
 
-def get_cycle(opt_state: Any) -> CycleInfo:
+def get_cycle(opt_state: OptState) -> CycleInfo:
   """The cycle an `imp` run is in, read from any optimizer state that contains one.
 
   A training loop can evaluate when ``at_end`` is true, without counting steps itself.
@@ -227,21 +230,21 @@ def get_cycle(opt_state: Any) -> CycleInfo:
 
 
 def imp(
-  sparsity: float | jax.Array | None = None,
+  sparsity: Sparsity | None = None,
   *,
   cycles: int,
   cycle_steps: int | Sequence[int],
-  rate: float | jax.Array | None = None,
+  rate: Sparsity | None = None,
   distribution: str = "global",
   leaf_rates: Mapping[str, float] | None = None,
   rewind: int | str | None = None,
   reset_optimizer: bool = False,
-  reinit: Callable[[jax.Array], Any] | None = None,
+  reinit: Callable[[jax.Array], Params] | None = None,
   random_masks: bool = False,
   seed: int = 0,
   score_fn: scores_lib.Score | scores_lib.ScoreFn | None = None,
   pattern: patterns_lib.Pattern | None = None,
-  prune: leaves_lib.Selector = None,
+  prune: PathSelector = None,
   overrides: Mapping[str, float] | None = None,
   groups: Sequence[Group] = (),
   packed_masks: bool = False,
@@ -425,15 +428,17 @@ def imp(
     del fields
     state = info.state
     out = {"cycle": state.cycle + info.is_update.astype(jnp.int32)}
-    if stores_rewind and rewind > 0:
+    if stores_rewind and rewind is not None and rewind > 0:
       copy = lambda: [
         None if r is None else x.astype(r.dtype)
-        for x, r in zip(info.params, info.treedef.flatten_up_to(state.rewind_params))
+        for x, r in zip(info.params, leaves_lib.flatten_up_to(info.treedef, state.rewind_params))
       ]
       out["rewind_params"] = jax.tree.unflatten(
         info.treedef,
         selection.cond(
-          info.count == rewind, copy, lambda: info.treedef.flatten_up_to(state.rewind_params)
+          info.count == rewind,
+          copy,
+          lambda: leaves_lib.flatten_up_to(info.treedef, state.rewind_params),
         ),
       )
     return out
@@ -454,7 +459,7 @@ def imp(
       # arithmetic, so steps between prunes only read the stored weights once more. (A cond
       # returning the updates blocks that fusion and cost ~20% of the step on a 10M MLP.)
       stored = fields.get("rewind_params", info.state.rewind_params)
-      moved = rewound(info, out, info.treedef.flatten_up_to(stored))
+      moved = rewound(info, out, leaves_lib.flatten_up_to(info.treedef, stored))
       return [jnp.where(info.is_update, m, u) for m, u in zip(moved, out)]
 
     def fresh():
@@ -465,7 +470,7 @@ def imp(
           f"imp: reinit returned a tree of structure {jax.tree.structure(drawn)}, "
           f"expected the params' structure {info.treedef}."
         )
-      return rewound(info, out, info.treedef.flatten_up_to(drawn))
+      return rewound(info, out, leaves_lib.flatten_up_to(info.treedef, drawn))
 
     return selection.cond(
       info.is_update, fresh, lambda: out

@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import jax
 import jax.numpy as jnp
+
+if TYPE_CHECKING:  # jaxprune.typing imports this module
+  from jaxprune.typing import ArrayTree, Params
 
 __all__ = [
   "Selector",
@@ -41,6 +44,7 @@ __all__ = [
   "KERNEL_NAMES",
   "path_str",
   "named_leaves",
+  "flatten_up_to",
   "natural_key",
   "is_kernel",
   "default_prunable",
@@ -98,7 +102,7 @@ class TreeSelector:
       )
     return flags
 
-  def select(self, tree: Any, *, owner: str = "select") -> list[bool]:
+  def select(self, tree: ArrayTree, *, owner: str = "select") -> list[bool]:
     """Which leaves of ``tree`` are selected, one flag per leaf in ``jax.tree.leaves`` order.
 
     Raises:
@@ -136,7 +140,7 @@ def unwrap_variable(x: Any) -> Any:
   return x.get_value() if is_variable(x) else x
 
 
-def unwrap_variables(tree: Any) -> Any:
+def unwrap_variables(tree: ArrayTree) -> ArrayTree:
   """``tree`` with every Flax nnx ``Variable`` replaced by the array it holds (other trees unchanged).
 
   ``nnx.Optimizer`` initialises optimizers with ``Variable``-wrapped params; state built from the
@@ -145,9 +149,19 @@ def unwrap_variables(tree: Any) -> Any:
   return jax.tree.map(unwrap_variable, tree, is_leaf=is_variable)
 
 
-def named_leaves(tree: Any) -> list[tuple[str, Any]]:
+def named_leaves(tree: ArrayTree) -> list[tuple[str, Any]]:
   """``(name, leaf)`` for every array leaf of ``tree``, in ``jax.tree.leaves`` order."""
   return [(path_str(p), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def flatten_up_to(treedef: Any, tree: ArrayTree) -> list[Any]:
+  """``treedef.flatten_up_to(tree)``: the subtrees of ``tree`` at the leaves of the structure
+  ``treedef`` (a ``jax.tree_util.PyTreeDef``), e.g. a masks tree's ``None`` entries.
+
+  jaxlib ships no type stubs for ``PyTreeDef``, so a type checker does not see its methods; the
+  library calls this one through here.
+  """
+  return treedef.flatten_up_to(tree)
 
 
 def _is_float_matrix(leaf: Any) -> bool:
@@ -181,7 +195,7 @@ def _default_flags(named: list[tuple[str, Any]]) -> list[bool]:
   return flags
 
 
-def default_selection(tree: Any) -> list[bool]:
+def default_selection(tree: ArrayTree) -> list[bool]:
   """The default selection (``prune=None``), one flag per leaf in ``jax.tree.leaves`` order.
 
   A leaf is selected iff it is floating point, has ``ndim >= 2`` and the last key of its path is in
@@ -204,7 +218,9 @@ def default_selection(tree: Any) -> list[bool]:
   return _default_flags(named_leaves(tree))
 
 
-def _as_predicate(prune: Selector, owner: str) -> tuple[Callable[[str, Any], bool], list[str]]:
+def _as_predicate(
+  prune: str | Sequence[str] | Callable[[str, Any], bool], owner: str
+) -> tuple[Callable[[str, Any], bool], list[str]]:
   if callable(prune):
     return prune, []
   patterns = [prune] if isinstance(prune, str) else list(prune)
@@ -224,7 +240,7 @@ def _as_predicate(prune: Selector, owner: str) -> tuple[Callable[[str, Any], boo
   return (lambda name, leaf: any(c.fullmatch(name) for c in compiled)), patterns
 
 
-def prunable_paths(params: Any, prune: Selector, *, owner: str) -> list[bool]:
+def prunable_paths(params: Params, prune: Selector, *, owner: str) -> list[bool]:
   """Which leaves of ``params`` are pruned, one flag per leaf in ``jax.tree.leaves`` order.
 
   Args:
@@ -264,7 +280,7 @@ def prunable_paths(params: Any, prune: Selector, *, owner: str) -> list[bool]:
 
 
 def selected_names(
-  params: Any, prune: Selector = None, *, owner: str = "selected_names"
+  params: Params, prune: Selector = None, *, owner: str = "selected_names"
 ) -> list[str]:
   """The names of the leaves of ``params`` that ``prune`` selects, in ``jax.tree.leaves`` order.
 

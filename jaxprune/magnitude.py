@@ -4,27 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import jax
 import optax
 
-from jaxprune import allocation as allocation_lib
-from jaxprune import leaves as leaves_lib
 from jaxprune import patterns as patterns_lib
 from jaxprune import schedules as schedules_lib
 from jaxprune import scores
 from jaxprune.groups import Group
 from jaxprune.pruning import pruning
+from jaxprune.typing import Distribution, PathSelector, Sparsity
 
 __all__ = ["magnitude_pruning"]
 
 
 def magnitude_pruning(
-  sparsity: float | jax.Array | None = None,
+  sparsity: Sparsity | None = None,
   *,
-  distribution: str | allocation_lib.Allocation = "uniform",
+  distribution: Distribution = "uniform",
   pattern: patterns_lib.Pattern | None = None,
   schedule: schedules_lib.Schedule | None = None,
-  prune: leaves_lib.Selector = None,
+  prune: PathSelector = None,
   overrides: Mapping[str, float] | None = None,
   groups: Sequence[Group] = (),
   packed_masks: bool = False,

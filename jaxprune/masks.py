@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -10,6 +11,7 @@ import numpy as np
 import optax
 
 from jaxprune import leaves as leaves_lib
+from jaxprune.typing import ArrayTree, Masks, OptState, Params
 
 __all__ = ["PackedMask", "apply_masks", "get_masks", "host_arrays", "pack", "unpack"]
 
@@ -63,14 +65,14 @@ def _is_pruning_state(x: Any) -> bool:
   )
 
 
-def find_states(opt_state: Any, is_state: Any) -> list[Any]:
+def find_states(opt_state: OptState, is_state: Callable[[Any], bool]) -> list[Any]:
   """The subtrees of an optimizer state (or of an ``nnx.Optimizer``) for which ``is_state`` holds."""
   if hasattr(opt_state, "opt_state") and hasattr(opt_state, "tx"):  # an nnx.Optimizer
     opt_state = opt_state.opt_state
   return [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
 
 
-def _mask_leaves(masks: Any):
+def _mask_leaves(masks: Masks) -> tuple[list[Any], Any]:
   """Leaves of a masks tree, a packed mask or an nnx ``Variable`` counting as one leaf."""
   is_leaf = lambda x: (
     x is None or isinstance(x, (PackedMask, optax.MaskedNode)) or leaves_lib.is_variable(x)
@@ -78,7 +80,7 @@ def _mask_leaves(masks: Any):
   return jax.tree.flatten(masks, is_leaf=is_leaf)
 
 
-def get_masks(opt_state: Any) -> Any:
+def get_masks(opt_state: OptState) -> Masks:
   """The pruning masks in an optimizer state, as a tree shaped like the params.
 
   Works on any state that contains a jaxprune pruner: inside ``optax.chain``,
@@ -124,10 +126,11 @@ def get_masks(opt_state: Any) -> Any:
     if len(leaves) != len(combined):
       raise ValueError("get_masks: the pruners in this state have masks of different structures.")
     combined = [a if b is None else b if a is None else a & b for a, b in zip(combined, leaves)]
+  assert combined is not None  # states is not empty
   return jax.tree.unflatten(treedef, combined)
 
 
-def host_arrays(tree: Any) -> dict[str, np.ndarray]:
+def host_arrays(tree: ArrayTree) -> dict[str, np.ndarray]:
   """Every array leaf of ``tree`` as a NumPy array keyed by its path, packed masks unpacked and nnx
   ``Variable`` values unwrapped; ``None`` leaves are skipped. For reporting, not for jitted code."""
   is_leaf = lambda x: isinstance(x, PackedMask) or leaves_lib.is_variable(x)
@@ -138,7 +141,7 @@ def host_arrays(tree: Any) -> dict[str, np.ndarray]:
   }
 
 
-def apply_masks(params: Any, masks: Any) -> Any:
+def apply_masks(params: Params, masks: Masks) -> Params:
   """``params`` with the pruned entries set to zero (``None`` masks leave a leaf unchanged).
 
   Pruners zero pruned weights through their updates; this is for params that have not been through
@@ -157,9 +160,9 @@ def apply_masks(params: Any, masks: Any) -> Any:
     Array([1., 0., 1.], dtype=float32)
   """
   treedef = jax.tree.structure(params)
-  leaves = treedef.flatten_up_to(params)
+  leaves = leaves_lib.flatten_up_to(treedef, params)
   out = [
     p if m is None else jnp.where(unpack(leaves_lib.unwrap_variable(m)), p, jnp.zeros((), p.dtype))
-    for p, m in zip(leaves, treedef.flatten_up_to(masks))
+    for p, m in zip(leaves, leaves_lib.flatten_up_to(treedef, masks))
   ]
   return jax.tree.unflatten(treedef, out)

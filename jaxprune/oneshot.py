@@ -16,26 +16,27 @@ from jaxprune import rules
 from jaxprune import schedules as schedules_lib
 from jaxprune import scores as scores_lib
 from jaxprune.groups import Group
+from jaxprune.typing import Distribution, Masks, Params, PathSelector, Scores, Sparsity, Updates
 
 __all__ = ["prune"]
 
 
 def prune(
-  params: Any,
-  sparsity: float | jax.Array | None = None,
+  params: Params,
+  sparsity: Sparsity | None = None,
   *,
   score: scores_lib.Score | scores_lib.ScoreFn = scores_lib.magnitude,
-  scores: Any = None,
-  grads: Any = None,
-  distribution: Any = "uniform",
+  scores: Scores | None = None,
+  grads: Updates | None = None,
+  distribution: Distribution = "uniform",
   pattern: patterns_lib.Pattern | None = None,
-  prune: leaves_lib.Selector = None,
+  prune: PathSelector = None,
   overrides: Mapping[str, float] | None = None,
   groups: Sequence[Group] = (),
-  keep: Any = None,
+  keep: Masks | None = None,
   name: str = "prune",
   **extra_args: Any,
-) -> Any:
+) -> Masks:
   """Masks keeping the highest scores of ``params``, with exactly the requested sparsity.
 
   The functional, one-shot form of the selection that every jaxprune transformation runs: the same
@@ -80,7 +81,7 @@ def prune(
   plan = plan_lib.make_plan(params, sel, name)
   final, initial = plan_lib.targets(plan, sel, sparsity)
   leaves, treedef = jax.tree.flatten(leaves_lib.unwrap_variables(params))
-  grad_leaves = [None] * len(leaves) if grads is None else treedef.flatten_up_to(grads)
+  grad_leaves = [None] * len(leaves) if grads is None else leaves_lib.flatten_up_to(treedef, grads)
   if scores is None:
     score = scores_lib.as_score(score, name)
     if score.reads_grads and grads is None:
@@ -94,8 +95,8 @@ def prune(
     scores = score(jax.tree.unflatten(treedef, leaves), grads, 0, **extra_args)
   elif score is not scores_lib.magnitude:
     raise ValueError(f"{name}: give score or scores, not both.")
-  score_leaves = treedef.flatten_up_to(scores)
-  kept = None if keep is None else treedef.flatten_up_to(keep)
+  score_leaves = leaves_lib.flatten_up_to(treedef, scores)
+  kept = None if keep is None else leaves_lib.flatten_up_to(treedef, keep)
   old = {
     i: jnp.ones(plan.shapes[i], bool)
     if kept is None or kept[i] is None
@@ -118,7 +119,7 @@ def prune(
       True,
     )
   )
-  out = [None] * len(leaves)
+  out: list[jax.Array | None] = [None] * len(leaves)
   for i, m in result.masks.items():
     out[i] = m
   return jax.tree.unflatten(treedef, out)

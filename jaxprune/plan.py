@@ -27,6 +27,7 @@ from jaxprune import leaves as leaves_lib
 from jaxprune import patterns as patterns_lib
 from jaxprune.checks import check_sparsity, number
 from jaxprune.groups import Group
+from jaxprune.typing import Distribution, Params, PathSelector, Sparsity
 
 __all__ = ["Plan", "Selection", "Unit", "make_plan", "make_selection", "num_pruned", "targets"]
 
@@ -36,9 +37,9 @@ _PATTERNS = (patterns_lib.Unstructured, patterns_lib.Block, patterns_lib.Channel
 class Selection(NamedTuple):
   """The selection options that every method accepts (see `make_selection`)."""
 
-  prune: leaves_lib.Selector
+  prune: PathSelector
   pattern: patterns_lib.Pattern
-  distribution: Any
+  distribution: Distribution
   overrides: dict[str, Any]
   groups: tuple[Group, ...]
 
@@ -50,10 +51,10 @@ class Selection(NamedTuple):
 def make_selection(
   owner: str,
   *,
-  sparsity: Any,
-  prune: leaves_lib.Selector = None,
+  sparsity: Sparsity | None,
+  prune: PathSelector = None,
   pattern: patterns_lib.Pattern | None = None,
-  distribution: Any = "uniform",
+  distribution: Distribution = "uniform",
   overrides: Mapping[str, Any] | None = None,
   groups: Sequence[Group] = (),
 ) -> Selection:
@@ -156,13 +157,17 @@ class Unit(NamedTuple):
     if self.pattern is not None:
       ((index, _),) = self.members
       score = leaves[index].astype(jnp.float32)
-      return score if self.is_nm else self.pattern.group_scores(score)
+      if isinstance(self.pattern, patterns_lib.NM):
+        return score
+      return self.pattern.group_scores(score)
     total = None
     for index, axis in self.members:
+      assert axis is not None  # a group's members name their axes
       s = leaves[index].astype(jnp.float32)
       other = tuple(a for a in range(s.ndim) if a != axis % s.ndim)
       per = jnp.mean(s, axis=other) if other else s
       total = per if total is None else total + per
+    assert total is not None  # a group has members
     return total
 
   def group_shape(self, shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
@@ -179,10 +184,12 @@ class Unit(NamedTuple):
       return self.pattern.group_scores(masks[index].astype(jnp.float32)) > 0
     out = None
     for index, axis in self.members:
+      assert axis is not None  # a group's members name their axes
       m = masks[index]
       other = tuple(a for a in range(m.ndim) if a != axis % m.ndim)
       per = jnp.any(m, axis=other) if other else m
       out = per if out is None else out | per
+    assert out is not None  # a group has members
     return out
 
   def expand(
@@ -196,6 +203,7 @@ class Unit(NamedTuple):
       return [(index, self.pattern.expand(group_mask, shapes[index]))]
     out = []
     for index, axis in self.members:
+      assert axis is not None  # a group's members name their axes
       shape = shapes[index]
       axis = axis % len(shape)
       other = tuple(a for a in range(len(shape)) if a != axis)
@@ -230,7 +238,9 @@ class Plan(NamedTuple):
     return out
 
 
-def _group_units(params_named, flags, groups: Sequence[Group], owner: str) -> list[Unit]:
+def _group_units(
+  params_named: list[tuple[str, Any]], flags: list[bool], groups: Sequence[Group], owner: str
+) -> list[Unit]:
   index_of = {name: i for i, (name, _) in enumerate(params_named)}
   seen: dict[tuple[int, int], str] = {}
   units = []
@@ -270,13 +280,14 @@ def _group_units(params_named, flags, groups: Sequence[Group], owner: str) -> li
       seen[(i, axis)] = g.name
       members.append((i, axis))
       flags[i] = False  # a group member is pruned by its groups, not by the leaf pattern
+    assert size is not None  # a group has members
     first_shape = tuple(jnp.shape(params_named[members[0][0]][1]))
     total = sum(math.prod(jnp.shape(params_named[i][1])) for i, _ in members)
     units.append(Unit(g.name, tuple(members), None, first_shape, size, total, None))
   return units
 
 
-def make_plan(params: Any, sel: Selection, owner: str) -> Plan:
+def make_plan(params: Params, sel: Selection, owner: str) -> Plan:
   """The plan of ``params`` under ``sel`` (see the module docstring).
 
   Raises:
@@ -336,14 +347,16 @@ def make_plan(params: Any, sel: Selection, owner: str) -> Plan:
   )
 
 
-def num_pruned(sparsity: Any, size: int) -> Any:
+def num_pruned(sparsity: Sparsity, size: int) -> int | jax.Array:
   """``round(sparsity * size)``: exact for Python numbers, float32 for arrays."""
   if isinstance(sparsity, (int, float)):
     return round(sparsity * size)
   return jnp.round(jnp.asarray(sparsity, jnp.float32) * size).astype(jnp.int32)
 
 
-def _allocate(plan: Plan, distribution: Any, sparsity: Any, units: Sequence[Unit]) -> list[Any]:
+def _allocate(
+  plan: Plan, distribution: Distribution, sparsity: Sparsity, units: Sequence[Unit]
+) -> list[Any]:
   """The distribution's per-unit shares of ``sparsity``, checked (``None`` each for global)."""
   return allocation_lib.allocate(
     distribution, sparsity, [u.shape for u in units], [u.name for u in units], owner=plan.owner
@@ -351,7 +364,7 @@ def _allocate(plan: Plan, distribution: Any, sparsity: Any, units: Sequence[Unit
 
 
 def targets(
-  plan: Plan, sel: Selection, sparsity: Any, initial_sparsity: Any = None
+  plan: Plan, sel: Selection, sparsity: Sparsity | None, initial_sparsity: Sparsity | None = None
 ) -> tuple[list[Any], list[Any]]:
   """Per-unit final and initial sparsities.
 

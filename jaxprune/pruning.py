@@ -5,12 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import jax
 import optax
 
-from jaxprune import allocation as allocation_lib
 from jaxprune import engine
-from jaxprune import leaves as leaves_lib
 from jaxprune import patterns as patterns_lib
 from jaxprune import plan as plan_lib
 from jaxprune import schedules as schedules_lib
@@ -18,18 +15,19 @@ from jaxprune import scores as scores_lib
 from jaxprune.checks import check_bool
 from jaxprune.engine import PruningState
 from jaxprune.groups import Group
+from jaxprune.typing import Distribution, PathSelector, Sparsity
 
 __all__ = ["PruningState", "pruning"]
 
 
 def pruning(
   score_fn: scores_lib.Score | scores_lib.ScoreFn,
-  sparsity: float | jax.Array | None = None,
+  sparsity: Sparsity | None = None,
   *,
-  distribution: str | allocation_lib.Allocation = "uniform",
+  distribution: Distribution = "uniform",
   pattern: patterns_lib.Pattern | None = None,
   schedule: schedules_lib.Schedule | None = None,
-  prune: leaves_lib.Selector = None,
+  prune: PathSelector = None,
   overrides: Mapping[str, float] | None = None,
   groups: Sequence[Group] = (),
   packed_masks: bool = False,

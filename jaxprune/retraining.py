@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from jaxprune.checks import check_int
+from jaxprune.typing import ArrayLike
 
 __all__ = ["AdaptiveLinear", "allr", "clr", "ft", "llr", "lrw", "silo", "slr"]
 
@@ -58,10 +59,10 @@ def _cycles(
     raise ValueError(
       f"{owner}: warmup_steps ({warmup_steps}) must be below original_steps ({original_steps})."
     )
-  lengths = [retrain_steps] if not isinstance(retrain_steps, Sequence) else list(retrain_steps)
-  if not lengths:
+  given = [retrain_steps] if not isinstance(retrain_steps, Sequence) else list(retrain_steps)
+  if not given:
     raise ValueError(f"{owner}: retrain_steps is empty.")
-  lengths = np.asarray([check_int("retrain_steps", r, 1, owner) for r in lengths], np.int64)
+  lengths = np.asarray([check_int("retrain_steps", r, 1, owner) for r in given], np.int64)
   starts = original_steps + np.concatenate([[0], np.cumsum(lengths)[:-1]])
   table = np.asarray(jax.device_get(jax.vmap(original)(jnp.arange(original_steps))), np.float64)
   if not np.all(np.isfinite(table)):
@@ -110,7 +111,10 @@ def _schedule(
   return schedule
 
 
-def _warmup_then(cycles: _Cycles, after: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]):
+_Retrain = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def _warmup_then(cycles: _Cycles, after: _Retrain) -> _Retrain:
   """Linear warm-up from 0 to ``lr_max`` over ``W = floor(0.1 R)`` steps, then ``after(cycle, j', M)``."""
 
   def retrain(cycle, j, length):
@@ -300,7 +304,7 @@ class AdaptiveLinear:
   def __init__(self, cycles: _Cycles, retrain: Callable[..., jax.Array], repeat: bool):
     self._schedule = _schedule(cycles, retrain, repeat_last=repeat)
 
-  def value(self, step: jax.Array, norm_drop: jax.Array, pruned_fraction: jax.Array) -> jax.Array:
+  def value(self, step: ArrayLike, norm_drop: ArrayLike, pruned_fraction: ArrayLike) -> jax.Array:
     """The learning rate at ``step`` when the latest prune removed ``pruned_fraction`` of the kept
     weights and dropped their norm by ``norm_drop`` (relative)."""
     return self._schedule(
@@ -310,7 +314,7 @@ class AdaptiveLinear:
   def init(self) -> jax.Array:
     return jnp.zeros([], jnp.int32)
 
-  def update(self, state: jax.Array, **extra_args) -> jax.Array:
+  def update(self, state: jax.Array, **extra_args: Any) -> jax.Array:
     del extra_args
     return optax.safe_increment(state)
 
@@ -321,7 +325,7 @@ class AdaptiveLinear:
     imp_count: jax.Array | None = None,
     imp_norm_drop: jax.Array | None = None,
     imp_pruned_fraction: jax.Array | None = None,
-    **extra_args,
+    **extra_args: Any,
   ) -> jax.Array:
     del extra_args
     step = state if imp_count is None else imp_count  # imp's count survives optimizer resets
@@ -386,5 +390,5 @@ def allr(
 
 
 for _f in (ft, lrw, slr, clr, llr, silo):
-  _f.__doc__ += _ARGS_DOC
+  _f.__doc__ = (_f.__doc__ or "") + _ARGS_DOC
 del _f

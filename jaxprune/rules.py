@@ -21,9 +21,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxprune import patterns as patterns_lib
 from jaxprune import schedules as schedules_lib
 from jaxprune import selection
-from jaxprune.plan import Plan, Selection, num_pruned
+from jaxprune.plan import Plan, Selection, Unit, num_pruned
 
 __all__ = [
   "MaskUpdate",
@@ -60,7 +61,7 @@ class RuleInputs(NamedTuple):
   sparsity: Any
   final: Sequence[Any]
   initial: Sequence[Any]
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax states do
   scores: Sequence[Any]
   params: Sequence[Any]
   grads: Sequence[Any]
@@ -100,7 +101,7 @@ def scheduled(x: RuleInputs, target: Any, initial: Any) -> Any:
   return x.schedule.sparsity(x.count, target, initial)
 
 
-def _masked_score(x: RuleInputs, unit) -> jax.Array:
+def _masked_score(x: RuleInputs, unit: Unit) -> jax.Array:
   score = unit.group_scores(x.scores)
   return jnp.where(unit.kept(x.old), score, -jnp.inf) if x.monotone else score
 
@@ -115,7 +116,7 @@ def _prune(x: RuleInputs) -> MaskUpdate:
     keeps.append(groups - num_pruned(scheduled(x, x.sparsity, x.initial[shared[0]]), groups))
   for j, unit in enumerate(units):
     score = _masked_score(x, unit)
-    if unit.is_nm:
+    if isinstance(unit.pattern, patterns_lib.NM):
       # Within a group of m fewer than n entries may be live; pruned ones (-inf) stay pruned.
       mask = unit.pattern.mask(score)
       unit_masks[j] = mask & unit.kept(x.old) if x.monotone else mask
@@ -200,7 +201,10 @@ def drop_and_grow(
     drop = [jnp.where(m, u.group_scores(x.scores), -jnp.inf) for u, m in zip(units, kept)]
     survivors = selection.top_k_masks(drop, active - k, segments=segments)
     if grow == "gradient":
-      magnitudes = [None if g is None else jnp.abs(g.astype(jnp.float32)) for g in x.grads]
+      # None for leaves without a unit, as in x.scores: units read their members only.
+      magnitudes: list[Any] = [
+        None if g is None else jnp.abs(g.astype(jnp.float32)) for g in x.grads
+      ]
       raw = [u.group_scores(magnitudes) for u in units]
     else:
       draw = jax.random.fold_in(jax.random.fold_in(key, x.count), len(units))

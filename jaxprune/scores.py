@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxprune.typing import ArrayLike, Params, Scores, Updates
+
 __all__ = [
   "Score",
   "ScoreInputs",
@@ -37,7 +39,7 @@ __all__ = [
   "saliency",
 ]
 
-ScoreFn = Callable[[Any, Any, jax.Array], Any]
+ScoreFn = Callable[[Params, Updates, jax.Array], Scores]
 """The plain-function form: ``(params, grads, count) -> scores``."""
 
 
@@ -53,9 +55,9 @@ class ScoreInputs(NamedTuple):
     extra: the declared extra arguments of ``update``, by name.
   """
 
-  params: Any
-  grads: Any
-  count: jax.Array
+  params: Params
+  grads: Updates | None
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax states do
   state: Any
   extra: Mapping[str, Any]
 
@@ -73,15 +75,21 @@ class Score(NamedTuple):
   """
 
   name: str
-  fn: Callable[[ScoreInputs], Any]
+  fn: Callable[[ScoreInputs], Scores]
   reads_grads: bool = False
   extra_args: tuple[str, ...] = ()
-  init: Callable[[Any], Any] | None = None
+  init: Callable[[Params], Any] | None = None
   update: Callable[[Any, ScoreInputs], Any] | None = None
 
   def __call__(
-    self, params: Any, grads: Any = None, count: Any = 0, *, state: Any = None, **extra: Any
-  ) -> Any:
+    self,
+    params: Params,
+    grads: Updates | None = None,
+    count: ArrayLike = 0,
+    *,
+    state: Any = None,
+    **extra: Any,
+  ) -> Scores:
     """The scores of ``params`` (for direct use, outside a pruner)."""
     if self.init is not None and state is None:
       state = self.init(params)
@@ -103,7 +111,7 @@ def from_function(fn: ScoreFn, *, name: str | None = None, reads_grads: bool = T
     The declaration.
   """
   return Score(
-    name or getattr(fn, "__name__", "score"),
+    name or str(getattr(fn, "__name__", "score")),
     lambda x: fn(x.params, x.grads, x.count),
     reads_grads=reads_grads,
   )
@@ -169,7 +177,7 @@ def random(seed: int | jax.Array = 0) -> Score:
   ):
     raise TypeError(f"random: seed must be an int, got {seed!r}.")
 
-  def fn(x: ScoreInputs) -> Any:
+  def fn(x: ScoreInputs) -> Scores:
     key = jax.random.fold_in(jax.random.key(seed), x.count)
     leaves, treedef = jax.tree.flatten(x.params)
     drawn = [
@@ -202,10 +210,10 @@ def movement() -> Score:
     <https://arxiv.org/abs/2005.07683>`_, NeurIPS 2020
   """
 
-  def init(params):
+  def init(params: Params) -> Scores:
     return jax.tree.map(lambda w: jnp.zeros(jnp.shape(w), jnp.float32), params)
 
-  def update(state, x: ScoreInputs):
+  def update(state: Scores, x: ScoreInputs) -> Scores:
     return jax.tree.map(lambda s, w, g: s - _f32(w) * _f32(g), state, x.params, x.grads)
 
   return Score("movement", lambda x: x.state, reads_grads=True, init=init, update=update)

@@ -26,11 +26,13 @@ has its sign bit set, so the rule is applied to both signs alike.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
+
+from jaxprune.typing import ArrayLike
 
 __all__ = ["ordered_key", "top_k_mask", "top_k_masks", "cond"]
 
@@ -38,8 +40,10 @@ _DIGIT_BITS = 16
 _NUM_BINS = 1 << _DIGIT_BITS
 _DIGIT_MASK = _NUM_BINS - 1
 
+T = TypeVar("T")
 
-def cond(pred, true_fn, false_fn):
+
+def cond(pred: ArrayLike, true_fn: Callable[[], T], false_fn: Callable[[], T]) -> T:
   """``lax.cond``, but a plain Python branch when ``pred`` is concrete (outside ``jit``).
 
   Outside ``jit``, ``lax.cond`` would trace and compile both branches at every call; the result is
@@ -113,16 +117,16 @@ def _kth_largest(
   k: jax.Array,
   segments: Sequence[int],
   num_segments: int,
-):
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Per segment: the k-th largest ``uint32`` key among the active entries, ``#(key > it)`` and
   ``#(key == it)``; ``k`` has one entry per segment."""
-  active = [None] * len(keys) if active is None else list(active)
+  weights: list[jax.Array | None] = [None] * len(keys) if active is None else list(active)
   high = [key >> _DIGIT_BITS for key in keys]
-  hist = _segment_histograms(high, active, segments, num_segments)
+  hist = _segment_histograms(high, weights, segments, num_segments)
   high_digit, above_high, _ = _select_digit(hist, k)
   high_key = high_digit.astype(jnp.uint32)
   in_bucket = [h == high_key[seg] for h, seg in zip(high, segments)]
-  in_bucket = [b if a is None else b & a for b, a in zip(in_bucket, active)]
+  in_bucket = [b if a is None else b & a for b, a in zip(in_bucket, weights)]
   hist = _segment_histograms([key & _DIGIT_MASK for key in keys], in_bucket, segments, num_segments)
   low_digit, above_low, ties = _select_digit(hist, k - above_high)
   threshold = (high_digit.astype(jnp.uint32) << _DIGIT_BITS) | low_digit.astype(jnp.uint32)
@@ -141,7 +145,7 @@ def _positions(shape: tuple[int, ...], offset: int) -> jax.Array:
 
 def top_k_masks(
   scores: Sequence[jax.Array],
-  k: Any,
+  k: ArrayLike | Sequence[ArrayLike],
   *,
   segments: Sequence[int] | None = None,
 ) -> list[jax.Array]:
@@ -214,6 +218,6 @@ def top_k_masks(
   ]
 
 
-def top_k_mask(scores: jax.Array, k: jax.Array | int) -> jax.Array:
+def top_k_mask(scores: jax.Array, k: ArrayLike) -> jax.Array:
   """Boolean mask of ``scores``' shape keeping exactly its ``k`` highest entries (see `top_k_masks`)."""
   return top_k_masks([scores], k)[0]

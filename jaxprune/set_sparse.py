@@ -7,12 +7,11 @@ from collections.abc import Mapping, Sequence
 
 import optax
 
-from jaxprune import allocation as allocation_lib
 from jaxprune import dst
-from jaxprune import leaves as leaves_lib
 from jaxprune import patterns as patterns_lib
 from jaxprune.checks import check_fraction
 from jaxprune.groups import Group
+from jaxprune.typing import Distribution, PathSelector, Sparsity
 
 __all__ = ["set_sparse"]
 
@@ -20,16 +19,16 @@ _NEVER = 2**31 - 2
 
 
 def set_sparse(
-  sparsity: float,
+  sparsity: Sparsity,
   *,
   drop_fraction: float = 0.3,
   frequency: int = 100,
   begin_step: int | None = None,
   end_step: int | None = None,
-  distribution: str | allocation_lib.Allocation = "erk",
+  distribution: Distribution = "erk",
   seed: int = 0,
   pattern: patterns_lib.Pattern | None = None,
-  prune: leaves_lib.Selector = None,
+  prune: PathSelector = None,
   overrides: Mapping[str, float] | None = None,
   groups: Sequence[Group] = (),
   packed_masks: bool = False,

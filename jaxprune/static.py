@@ -3,32 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-import jax
 import optax
 
-from jaxprune import allocation as allocation_lib
 from jaxprune import engine
-from jaxprune import leaves as leaves_lib
 from jaxprune import patterns as patterns_lib
 from jaxprune import plan as plan_lib
 from jaxprune import schedules as schedules_lib
 from jaxprune import scores as scores_lib
 from jaxprune.checks import check_bool
 from jaxprune.groups import Group
+from jaxprune.typing import Distribution, Masks, PathSelector, Sparsity
 
 __all__ = ["static_sparse"]
 
 
 def static_sparse(
-  sparsity: float | jax.Array | None = None,
+  sparsity: Sparsity | None = None,
   *,
-  masks: Any = None,
-  distribution: str | allocation_lib.Allocation = "erk",
+  masks: Masks | None = None,
+  distribution: Distribution = "erk",
   seed: int = 0,
   pattern: patterns_lib.Pattern | None = None,
-  prune: leaves_lib.Selector = None,
+  prune: PathSelector = None,
   overrides: Mapping[str, float] | None = None,
   groups: Sequence[Group] = (),
   packed_masks: bool = False,

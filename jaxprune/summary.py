@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from jaxprune import masks as masks_lib
+from jaxprune.typing import ArrayTree
 
 __all__ = ["LeafSparsity", "SparsitySummary", "sparsity_summary", "sparsity_table"]
 
@@ -37,7 +38,7 @@ class SparsitySummary(NamedTuple):
     return "\n".join(lines)
 
 
-def sparsity_summary(tree: Any) -> SparsitySummary:
+def sparsity_summary(tree: ArrayTree) -> SparsitySummary:
   """Counts the zeros of every leaf of ``tree`` and in total.
 
   For boolean leaves (masks, e.g. from `jaxprune.get_masks`) the pruned entries (``False``) are
@@ -68,7 +69,7 @@ def sparsity_summary(tree: Any) -> SparsitySummary:
   return SparsitySummary(leaves, size, zeros, zeros / size if size else 0.0)
 
 
-def sparsity_table(trees: Sequence[Any], *, labels: Sequence[str] | None = None) -> str:
+def sparsity_table(trees: Sequence[ArrayTree], *, labels: Sequence[str] | None = None) -> str:
   """A markdown table of per-leaf and total sparsity across several masks or params, one row each.
 
   Typical use: the masks at the end of every IMP cycle (rows) against the pruned leaves (columns).
