@@ -41,22 +41,22 @@ Array: TypeAlias = jax.Array
 """A JAX array, what jaxprune's functions return (``jax.Array``)."""
 
 ArrayLike: TypeAlias = jax.typing.ArrayLike
-"""What ``jnp.asarray`` accepts: JAX and NumPy arrays and scalars, Python numbers and bools."""
+"""What ``jnp.asarray`` accepts (JAX and NumPy arrays and scalars, Python numbers and bools)."""
 
 ArrayTree: TypeAlias = Any
-"""A pytree of arrays (dicts, lists, tuples, NamedTuples, ``nnx.State``): ``Any`` to mypy."""
+"""A pytree of arrays (dicts, lists, tuples, NamedTuples, ``nnx.State``), ``Any`` to mypy."""
 
 Params: TypeAlias = ArrayTree
-"""A model's parameters: a pytree of arrays (Flax nnx ``Variable`` leaves are unwrapped)."""
+"""A model's parameters, a pytree of arrays (Flax nnx ``Variable`` leaves are unwrapped)."""
 
 Updates: TypeAlias = ArrayTree
-"""Gradients or optimizer updates: a pytree shaped like the `Params`."""
+"""Gradients or optimizer updates, a pytree shaped like the `Params`."""
 
 OptState: TypeAlias = ArrayTree
 """An optax optimizer state (where a function says so, a Flax ``nnx.Optimizer`` too)."""
 
 Masks: TypeAlias = ArrayTree
-"""Shaped like the `Params`: a bool array (``True`` = kept) per pruned leaf, ``None`` elsewhere."""
+"""Shaped like the `Params`, a bool array (``True`` = kept) per pruned leaf, ``None`` elsewhere."""
 
 Scores: TypeAlias = ArrayTree
 """A pytree shaped like the `Params` of floating-point scores; the highest are kept."""
@@ -65,10 +65,10 @@ Shape: TypeAlias = tuple[int, ...]
 """An array's shape."""
 
 Sparsity: TypeAlias = Union[float, jax.Array]
-"""A fraction of the weights to prune, in ``[0, 1)``: a number or a scalar array (may be traced)."""
+"""A fraction of the weights to prune in ``[0, 1)``, a number or a scalar array (may be traced)."""
 
 PathSelector: TypeAlias = Selector
-"""What ``prune=`` takes: a `jaxprune.leaves.Selector` (``None``, regexes, a predicate, ...)."""
+"""What ``prune=`` takes, a `jaxprune.leaves.Selector` (``None``, regexes, a predicate, ...)."""
 
 Distribution: TypeAlias = Union[str, Allocation]
-"""What ``distribution=`` takes: ``"uniform"``, ``"erk"``, ``"er"``, ``"global"`` or a function."""
+"""What ``distribution=`` takes (``"uniform"``, ``"erk"``, ``"er"``, ``"global"`` or a function)."""
