@@ -5,9 +5,11 @@ Each notebook is executed with nbclient in a Jupyter kernel running this interpr
 offline MNIST in ``../shared/tensorflow_datasets``.
 """
 
+import importlib.util
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -124,8 +126,91 @@ def test_notebooks_are_clean(name):
   for cell in nb.cells:
     if cell.cell_type == "code":
       assert not cell.outputs and cell.execution_count is None, f"{name}: committed outputs"
-  install = nb.cells[1].source
-  assert "google.colab" in install and "pip" in install, "the first code cell installs jaxprune"
+
+
+def _sync_module():
+  spec = importlib.util.spec_from_file_location("colabs_sync", COLABS / "sync.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("name", ["quick_start.ipynb", "mnist_pruning.ipynb"])
+def test_install_cell_and_badge_follow_pyproject(name):
+  # The repository address is named once, in pyproject.toml; colabs/sync.py writes it here.
+  sync = _sync_module()
+  address = sync.repository()
+  nb = nbformat.read(COLABS / name, as_version=4)
+  assert nb.cells[1].source == sync.install_cell(address), "run `python colabs/sync.py`"
+  assert f"({sync.badge_url(address, name)})" in nb.cells[0].source
+  assert json.loads((COLABS / name).read_text()) == sync.synced(COLABS / name, address)
+
+
+def test_sync_reads_the_address_and_refuses_what_colab_cannot_open(tmp_path):
+  sync = _sync_module()
+  pyproject = tmp_path / "pyproject.toml"
+  pyproject.write_text(
+    '[project]\nname = "x"\n\n[project.urls]\nRepository = "https://github.com/a/b"\n'
+  )
+  assert sync.repository(pyproject) == "https://github.com/a/b"
+  assert sync.badge_url("https://github.com/a/b.git", "n.ipynb") == (
+    "https://colab.research.google.com/github/a/b/blob/main/colabs/n.ipynb"
+  )
+  with pytest.raises(ValueError, match="not a GitHub address"):
+    sync.badge_url("https://gitlab.com/a/b", "n.ipynb")
+  pyproject.write_text('[project]\nname = "x"\n')
+  with pytest.raises(ValueError, match="no Repository address"):
+    sync.repository(pyproject)
+
+
+def _install_cell_scope(monkeypatch, importable: bool) -> dict:
+  """Runs the install cell with jaxprune importable (it must do nothing), returns its namespace."""
+  calls = []
+  monkeypatch.setattr(subprocess, "run", _recording_run(calls))
+  scope = {}
+  exec(nbformat.read(COLABS / "quick_start.ipynb", as_version=4).cells[1].source, scope)
+  assert not [c for c in calls if "pip" in c], "jaxprune is importable: the cell must not install"
+  monkeypatch.undo()
+  if not importable:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+      importlib.util, "find_spec", lambda n, *a: None if n == "jaxprune" else real(n, *a)
+    )
+  return scope
+
+
+def _recording_run(calls):
+  real = subprocess.run
+
+  def run(args, *a, **k):
+    calls.append(list(args))
+    if "pip" in args:
+      raise AssertionError(f"the test must not install anything: {args}")
+    return real(args, *a, **k)
+
+  return run
+
+
+def test_install_cell_installs_the_checkout_it_sits_in(monkeypatch):
+  scope = _install_cell_scope(monkeypatch, importable=False)
+  monkeypatch.chdir(COLABS)
+  assert scope["install_source"]() == str(REPO)
+
+
+def test_install_cell_uses_the_repository_only_when_it_answers(monkeypatch, tmp_path):
+  scope = _install_cell_scope(monkeypatch, importable=False)
+  outside = tmp_path / "colab"
+  outside.mkdir()
+  monkeypatch.chdir(outside)
+  # A repository that answers (a local bare repository stands in for the published one) ...
+  published = tmp_path / "published.git"
+  subprocess.run(["git", "init", "-q", "--bare", str(published)], check=True)
+  scope["REPOSITORY"] = published.as_uri()
+  assert scope["install_source"]() == f"jaxprune @ git+{published.as_uri()}"
+  # ... and one that does not: a clear error naming it, not a failed pip install.
+  scope["REPOSITORY"] = (tmp_path / "nowhere.git").as_uri()
+  with pytest.raises(RuntimeError, match="nowhere.git.*does not answer"):
+    scope["install_source"]()
 
 
 def test_quick_start(kernel_env):
