@@ -19,6 +19,7 @@ from jaxprune import rules as rules
 from jaxprune import schedules as schedules
 from jaxprune import scores as scores
 from jaxprune import selection as selection
+from jaxprune import structured as structured
 from jaxprune import typing as typing
 from jaxprune.at_init import grasp as grasp
 from jaxprune.at_init import prune_at_init as prune_at_init
@@ -92,6 +93,7 @@ __all__ = [
   "sparsity_summary",
   "sparsity_table",
   "static_sparse",
+  "structured",
   "synflow",
   "typing",
 ]

@@ -1,0 +1,15 @@
+"""Structured pruning: channel groups read off a function's jaxpr, their importance, and slimming.
+
+`dependency_groups(fn, params, *args)` finds every set of channels of ``fn`` that can be removed
+together; `slim(fn, params, groups, keeps)` removes them, returning physically smaller params and
+the function that runs on them.
+"""
+
+from jaxprune.structured.channel_group import ChannelGroup as ChannelGroup
+from jaxprune.structured.channel_group import Member as Member
+from jaxprune.structured.channel_group import check_keeps as check_keeps
+from jaxprune.structured.channel_group import keep_masks as keep_masks
+from jaxprune.structured.discovery import dependency_groups as dependency_groups
+from jaxprune.structured.slim import slim as slim
+
+__all__ = ["ChannelGroup", "Member", "check_keeps", "dependency_groups", "keep_masks", "slim"]
