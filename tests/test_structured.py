@@ -259,6 +259,25 @@ def scanned():
   return fn, v, args, expected
 
 
+class _Pooled(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.max_pool(nn.relu(nn.Conv(6, (3, 3), name="c0")(x)), (2, 2), (2, 2))
+    x = nn.avg_pool(nn.relu(nn.Conv(8, (3, 3), name="c1")(x)), (2, 2), (2, 2), padding="SAME")
+    return nn.Dense(3, name="head")(x.reshape(x.shape[0], -1))
+
+
+def pooled():
+  fn, v, args = _linen(_Pooled(), jax.random.normal(jax.random.key(1), (2, 8, 8, 1)))
+  expected = [
+    ("params/c0/kernel:3", 6, [("params/c0/bias", 0, 1), ("params/c0/kernel", 3, 1),
+                               ("params/c1/kernel", 2, 1)]),
+    ("params/c1/kernel:3", 8, [("params/c1/bias", 0, 1), ("params/c1/kernel", 3, 1),
+                               ("params/head/kernel", 0, 4)]),
+  ]  # fmt: skip
+  return fn, v, args, expected
+
+
 class _NNX(nnx.Module):
   def __init__(self, rngs):
     self.a = nnx.Linear(4, 16, rngs=rngs)
@@ -290,6 +309,7 @@ ARCHITECTURES = {
     "concat_split_depthwise": concat,
     "attention_heads": attention,
     "scan_over_layers": scanned,
+    "max_and_avg_pooling": pooled,
     "nnx": nnx_model,
   }.items()
 }

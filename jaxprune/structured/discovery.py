@@ -332,6 +332,8 @@ def _rule(name: str, eqn: Any, has: Callable, cax: Callable, zof: Callable) -> l
       if name != "reduce_sum" or not zof(ins[0]):
         return None
     return [zof(ins[0]) and name not in ("argmax", "argmin")]
+  if name in ("reduce_window_max", "reduce_window_min", "reduce_window_sum"):
+    return [zof(ins[0])]  # windows only over axes that hold no channels (graph.py)
   if name == "broadcast_in_dim":
     operand = ins[0]
     dims = eqn.params["broadcast_dimensions"]

@@ -329,6 +329,32 @@ class _Walker:
   _reduce_sum = _reduce_max = _reduce_min = _reduce_prod = _reduce
   _reduce_and = _reduce_or = _argmax = _argmin = _reduce
 
+  def _reduce_window(self, frame, i, eqn, ins, out_shapes):
+    # Pooling: axes with a window of 1, stride 1 and no padding (batch, channels) keep their
+    # positions; the pooled (spatial) axes are not channels.
+    (operand,) = ins
+    (shape,) = out_shapes
+    p = eqn.params
+    out = []
+    for d, axis in enumerate(operand):
+      plain = (
+        p["window_dimensions"][d] == 1
+        and p["window_strides"][d] == 1
+        and tuple(p["padding"][d]) == (0, 0)
+        and p["base_dilation"][d] == 1
+        and p["window_dilation"][d] == 1
+      )
+      if plain:
+        out.append(axis)
+      else:
+        self.poison_all([axis])
+        new = self.nodes.new(shape[d])
+        self.poison_all([new])
+        out.append(new)
+    return [out]
+
+  _reduce_window_max = _reduce_window_min = _reduce_window_sum = _reduce_window
+
   def _cumulative(self, frame, i, eqn, ins, out_shapes):
     (operand,) = ins
     self.poison_all([operand[eqn.params["axis"]]])
