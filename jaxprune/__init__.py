@@ -43,6 +43,9 @@ from jaxprune.rigl import rigl as rigl
 from jaxprune.saliency import saliency_pruning as saliency_pruning
 from jaxprune.set_sparse import set_sparse as set_sparse
 from jaxprune.static import static_sparse as static_sparse
+from jaxprune.structured_pruning import keeps_from_state as keeps_from_state
+from jaxprune.structured_pruning import network_slimming_penalty as network_slimming_penalty
+from jaxprune.structured_pruning import structured_pruning as structured_pruning
 from jaxprune.summary import SparsitySummary as SparsitySummary
 from jaxprune.summary import sparsity_summary as sparsity_summary
 from jaxprune.summary import sparsity_table as sparsity_table
@@ -71,8 +74,10 @@ __all__ = [
   "groups",
   "imp",
   "leaves",
+  "keeps_from_state",
   "magnitude_pruning",
   "masks",
+  "network_slimming_penalty",
   "patterns",
   "plan",
   "progress",
@@ -94,6 +99,7 @@ __all__ = [
   "sparsity_table",
   "static_sparse",
   "structured",
+  "structured_pruning",
   "synflow",
   "typing",
 ]

@@ -370,6 +370,7 @@ def transformation(
       scores = _flatten_like(
         treedef, score.fn(inputs), params, name, f"the tree of scores of {score.name!r}"
       )
+      unit_scores = rules_lib.channel_scores(plan, score.channel_fn, inputs)
       result = method.rule.fn(
         rules_lib.RuleInputs(
           plan,
@@ -384,6 +385,7 @@ def transformation(
           grads,
           old,
           monotone,
+          unit_scores,
         )
       )
       fields = hooks.on_update(info, old, result)

@@ -10,7 +10,7 @@ restarts) or rewinds the kept weights to their values at initialisation or at an
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,9 @@ from jaxprune import scores as scores_lib
 from jaxprune.checks import check_bool, check_int, check_sparsity
 from jaxprune.groups import Group
 from jaxprune.typing import Masks, OptState, Params, PathSelector, Sparsity
+
+if TYPE_CHECKING:
+  from jaxprune.structured.channel_group import ChannelGroup
 
 __all__ = ["CycleInfo", "IMPState", "get_cycle", "imp"]
 
@@ -246,7 +249,7 @@ def imp(
   pattern: patterns_lib.Pattern | None = None,
   prune: PathSelector = None,
   overrides: Mapping[str, float] | None = None,
-  groups: Sequence[Group] = (),
+  groups: Sequence[Group | ChannelGroup] = (),
   packed_masks: bool = False,
   inner: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -301,7 +304,8 @@ def imp(
     prune: which leaves are pruned, as in `jaxprune.pruning`.
     overrides: the name every method uses for ``leaf_rates`` (per-cycle rates here); give one of
       the two.
-    groups: `jaxprune.groups.Group` units spanning several leaves, pruned whole.
+    groups: `jaxprune.groups.Group` (or `jaxprune.structured.ChannelGroup`) units spanning several
+      leaves, pruned whole.
     packed_masks: store masks as bits.
     inner: an optimizer to wrap; without it `imp` must be the last link of a chain.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +17,9 @@ from jaxprune import schedules as schedules_lib
 from jaxprune import scores as scores_lib
 from jaxprune.groups import Group
 from jaxprune.typing import Distribution, Masks, Params, PathSelector, Scores, Sparsity, Updates
+
+if TYPE_CHECKING:
+  from jaxprune.structured.channel_group import ChannelGroup
 
 __all__ = ["prune"]
 
@@ -32,7 +35,7 @@ def prune(
   pattern: patterns_lib.Pattern | None = None,
   prune: PathSelector = None,
   overrides: Mapping[str, float] | None = None,
-  groups: Sequence[Group] = (),
+  groups: Sequence[Group | ChannelGroup] = (),
   keep: Masks | None = None,
   name: str = "prune",
   **extra_args: Any,
@@ -82,6 +85,7 @@ def prune(
   final, initial = plan_lib.targets(plan, sel, sparsity)
   leaves, treedef = jax.tree.flatten(leaves_lib.unwrap_variables(params))
   grad_leaves = [None] * len(leaves) if grads is None else leaves_lib.flatten_up_to(treedef, grads)
+  unit_scores: tuple = ()
   if scores is None:
     score = scores_lib.as_score(score, name)
     if score.reads_grads and grads is None:
@@ -92,7 +96,15 @@ def prune(
         f"{name}: the score {score.name!r} reads the arguments {missing}; pass "
         f"{missing[0]}=... to prune."
       )
-    scores = score(jax.tree.unflatten(treedef, leaves), grads, 0, **extra_args)
+    tree = jax.tree.unflatten(treedef, leaves)
+    scores = score(tree, grads, 0, **extra_args)
+    if score.channel_fn is not None:  # channel groups scored directly (jaxprune.structured)
+      inputs = scores_lib.ScoreInputs(tree, grads, jnp.zeros([], jnp.int32), None, extra_args)
+      if score.init is not None:
+        inputs = inputs._replace(state=score.init(tree))
+      if score.update is not None:
+        inputs = inputs._replace(state=score.update(inputs.state, inputs))
+      unit_scores = rules.channel_scores(plan, score.channel_fn, inputs)
   elif score is not scores_lib.magnitude:
     raise ValueError(f"{name}: give score or scores, not both.")
   score_leaves = leaves_lib.flatten_up_to(treedef, scores)
@@ -117,6 +129,7 @@ def prune(
       grad_leaves,
       old,
       True,
+      unit_scores,
     )
   )
   out: list[jax.Array | None] = [None] * len(leaves)

@@ -2,8 +2,10 @@
 
 A `Plan` is read off the params once per trace: the leaves that carry masks and the *units* of
 selection. A unit is either one leaf under a pattern (its groups are entries, blocks, channels or
-N:M groups, see `jaxprune.patterns`) or a `jaxprune.groups.Group` of coupled slices of several
-leaves. Selection works on units: each has ``num_groups`` groups, one score per group, and a kept
+N:M groups, see `jaxprune.patterns`), a `jaxprune.groups.Group` of coupled slices of several
+leaves, or a `jaxprune.structured.ChannelGroup`, whose channel ``c`` is the positions ``index[c]``
+along the axis of each member (a dense kernel's rows ``c, C + c, ...`` after a flatten, part of an
+axis after a concatenation). Selection works on units: each has ``num_groups`` groups, one score per group, and a kept
 count per update; masks of leaves are the expansion of their units' group masks (the product, for a
 leaf in several groups).
 
@@ -17,10 +19,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxprune import allocation as allocation_lib
 from jaxprune import leaves as leaves_lib
@@ -28,6 +31,9 @@ from jaxprune import patterns as patterns_lib
 from jaxprune.checks import check_sparsity, number
 from jaxprune.groups import Group
 from jaxprune.typing import Distribution, Params, PathSelector, Sparsity
+
+if TYPE_CHECKING:  # imported where used: jaxprune.structured imports the engine's modules
+  from jaxprune.structured.channel_group import ChannelGroup
 
 __all__ = ["Plan", "Selection", "Unit", "make_plan", "make_selection", "num_pruned", "targets"]
 
@@ -41,7 +47,7 @@ class Selection(NamedTuple):
   pattern: patterns_lib.Pattern
   distribution: Distribution
   overrides: dict[str, Any]
-  groups: tuple[Group, ...]
+  groups: tuple[Group | ChannelGroup, ...]
 
   @property
   def is_nm(self) -> bool:
@@ -56,7 +62,7 @@ def make_selection(
   pattern: patterns_lib.Pattern | None = None,
   distribution: Distribution = "uniform",
   overrides: Mapping[str, Any] | None = None,
-  groups: Sequence[Group] = (),
+  groups: Sequence[Group | ChannelGroup] = (),
 ) -> Selection:
   """Validates the selection options of ``owner`` (a factory's name) and bundles them.
 
@@ -67,7 +73,8 @@ def make_selection(
     pattern: what is pruned together; unstructured by default.
     distribution: ``"uniform"``, ``"erk"``, ``"er"``, ``"global"`` or ``(sparsity, shapes) -> list``.
     overrides: ``{regex: sparsity}`` for units pruned to their own sparsity.
-    groups: `jaxprune.groups.Group` units spanning several leaves.
+    groups: `jaxprune.groups.Group` or `jaxprune.structured.ChannelGroup` units spanning several
+      leaves.
 
   Returns:
     A `Selection`.
@@ -96,10 +103,15 @@ def make_selection(
         f"to leave leaves unpruned, exclude them with prune=."
       )
     check_sparsity(value, f"{owner}: override sparsity for leaf {key!r}")
+  from jaxprune.structured.channel_group import ChannelGroup
+
   groups = tuple(groups)
   for g in groups:
-    if not isinstance(g, Group):
-      raise TypeError(f"{owner}: groups must be jaxprune.groups.Group values, got {g!r}.")
+    if not isinstance(g, (Group, ChannelGroup)):
+      raise TypeError(
+        f"{owner}: groups must be jaxprune.groups.Group or jaxprune.structured.ChannelGroup "
+        f"values, got {g!r}."
+      )
   if isinstance(pattern, patterns_lib.NM):
     if sparsity is not None or overrides:
       raise ValueError(
@@ -138,6 +150,9 @@ class Unit(NamedTuple):
     num_groups: the number of selectable groups (entries, blocks, channels, units).
     size: the entries its groups cover, over all members.
     override: its own target from ``overrides``, or ``None``.
+    channel_group: the `jaxprune.structured.ChannelGroup` of a channel-group unit (``members``
+      lists its members in order; their ``(size, k)`` index arrays say which positions along the
+      axis form each channel), else ``None``.
   """
 
   name: str
@@ -147,10 +162,28 @@ class Unit(NamedTuple):
   num_groups: int
   size: int
   override: Any
+  channel_group: ChannelGroup | None = None
 
   @property
   def is_nm(self) -> bool:
     return isinstance(self.pattern, patterns_lib.NM)
+
+  def _per_member(self, leaves: Any, reduce: Any) -> list[jax.Array]:
+    """``reduce(x, axes)`` of each member's leaf over everything but its channel (one value per
+    group; for a channel group over the positions ``index[c]`` of channel ``c``)."""
+    out = []
+    for m, (index, axis) in enumerate(self.members):
+      assert axis is not None  # a group's members name their axes
+      x = leaves[index]
+      axis = axis % x.ndim
+      if self.channel_group is not None:
+        positions = jnp.asarray(self.channel_group.members[m].index)
+        x = jnp.moveaxis(jnp.take(x, positions, axis=axis), (axis, axis + 1), (0, 1))
+        out.append(reduce(x, tuple(range(1, x.ndim))))
+        continue
+      other = tuple(a for a in range(x.ndim) if a != axis)
+      out.append(reduce(x, other) if other else x)
+    return out
 
   def group_scores(self, leaves: Sequence[jax.Array]) -> jax.Array:
     """One float32 score per group, from leaf-shaped score arrays (indexed like the params)."""
@@ -160,13 +193,10 @@ class Unit(NamedTuple):
       if isinstance(self.pattern, patterns_lib.NM):
         return score
       return self.pattern.group_scores(score)
+    mean = lambda x, axes: jnp.mean(x.astype(jnp.float32), axis=axes)
     total = None
-    for index, axis in self.members:
-      assert axis is not None  # a group's members name their axes
-      s = leaves[index].astype(jnp.float32)
-      other = tuple(a for a in range(s.ndim) if a != axis % s.ndim)
-      per = jnp.mean(s, axis=other) if other else s
-      total = per if total is None else total + per
+    for per in self._per_member(leaves, mean):
+      total = per.astype(jnp.float32) if total is None else total + per
     assert total is not None  # a group has members
     return total
 
@@ -183,11 +213,7 @@ class Unit(NamedTuple):
         return masks[index]
       return self.pattern.group_scores(masks[index].astype(jnp.float32)) > 0
     out = None
-    for index, axis in self.members:
-      assert axis is not None  # a group's members name their axes
-      m = masks[index]
-      other = tuple(a for a in range(m.ndim) if a != axis % m.ndim)
-      per = jnp.any(m, axis=other) if other else m
+    for per in self._per_member(masks, lambda x, axes: jnp.any(x, axis=axes)):
       out = per if out is None else out | per
     assert out is not None  # a group has members
     return out
@@ -202,12 +228,20 @@ class Unit(NamedTuple):
         return [(index, group_mask)]
       return [(index, self.pattern.expand(group_mask, shapes[index]))]
     out = []
-    for index, axis in self.members:
+    for m, (index, axis) in enumerate(self.members):
       assert axis is not None  # a group's members name their axes
       shape = shapes[index]
       axis = axis % len(shape)
       other = tuple(a for a in range(len(shape)) if a != axis)
-      out.append((index, jnp.broadcast_to(jnp.expand_dims(group_mask, other), shape)))
+      along = group_mask
+      if self.channel_group is not None:
+        # Position p along the axis takes the mask of the channel it belongs to (a gather with
+        # constant indices); positions of no channel of this group stay kept.
+        positions = np.asarray(self.channel_group.members[m].index)
+        owner = np.full(shape[axis], -1, np.int32)
+        owner[positions.ravel()] = np.repeat(np.arange(positions.shape[0]), positions.shape[1])
+        along = jnp.where(jnp.asarray(owner >= 0), group_mask[np.maximum(owner, 0)], True)
+      out.append((index, jnp.broadcast_to(jnp.expand_dims(along, other), shape)))
     return out
 
 
@@ -238,18 +272,62 @@ class Plan(NamedTuple):
     return out
 
 
+def _channel_positions(g: ChannelGroup, m: int, shape: tuple[int, ...], owner: str) -> frozenset:
+  """The positions of member ``m`` of a channel group, checked against the leaf's shape."""
+  member = g.members[m]
+  label = f"{owner}: group {g.name!r} (first member {g.members[0].path!r})"
+  index = np.asarray(member.index)
+  if not np.issubdtype(index.dtype, np.integer) or index.ndim != 2 or index.shape[0] != g.size:
+    raise ValueError(
+      f"{label}: the index of member {member.path!r} must be an integer array of shape "
+      f"({g.size}, k), got {index.dtype}{list(index.shape)}."
+    )
+  if index.shape[1] < 1:
+    raise ValueError(f"{label}: member {member.path!r} gives no position (k = 0) per channel.")
+  length = shape[member.axis % len(shape)]
+  if index.min() < 0 or index.max() >= length:
+    raise ValueError(
+      f"{label}: member {member.path!r} has positions outside [0, {length}) along axis "
+      f"{member.axis} (its leaf has shape {shape})."
+    )
+  positions = frozenset(index.ravel().tolist())
+  if len(positions) != index.size:
+    raise ValueError(
+      f"{label}: member {member.path!r} names a position along axis {member.axis} twice; each "
+      f"belongs to one channel."
+    )
+  return positions
+
+
 def _group_units(
-  params_named: list[tuple[str, Any]], flags: list[bool], groups: Sequence[Group], owner: str
+  params_named: list[tuple[str, Any]],
+  flags: list[bool],
+  groups: Sequence[Group | ChannelGroup],
+  owner: str,
 ) -> list[Unit]:
   index_of = {name: i for i, (name, _) in enumerate(params_named)}
-  seen: dict[tuple[int, int], str] = {}
+  # (leaf, axis) -> [(group name, its positions, None for the whole axis)]
+  seen: dict[tuple[int, int], list[tuple[str, frozenset | None]]] = {}
   units = []
   for g in groups:
-    members, size = [], None
-    for name, axis in g.members:
+    channel_group = None if isinstance(g, Group) else g
+    members, size, total = [], None, 0
+    pairs = [(m[0], m[1]) for m in g.members]
+    first = repr(pairs[0][0]) if pairs else "none"
+    if channel_group is not None:
+      if not pairs:
+        raise ValueError(f"{owner}: group {g.name!r} has no members.")
+      count = channel_group.size
+      if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise ValueError(
+          f"{owner}: group {g.name!r} (first member {first}): size must be a positive int, "
+          f"got {count!r}."
+        )
+    for m, (name, axis) in enumerate(pairs):
+      label = f"group {g.name!r}" + ("" if channel_group is None else f" (first member {first})")
       if name not in index_of:
         raise ValueError(
-          f"{owner}: group {g.name!r} names leaf {name!r}, which the params do not have; "
+          f"{owner}: {label} names leaf {name!r}, which the params do not have; "
           f"leaf names are {list(index_of)}."
         )
       i = index_of[name]
@@ -257,33 +335,46 @@ def _group_units(
       shape = tuple(jnp.shape(leaf))
       if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
         raise TypeError(
-          f"{owner}: group {g.name!r}: leaf {name!r} of dtype {jnp.result_type(leaf)} "
+          f"{owner}: {label}: leaf {name!r} of dtype {jnp.result_type(leaf)} "
           f"cannot be pruned (only floating-point leaves can)."
         )
       if not -len(shape) <= axis < len(shape):
         raise ValueError(
-          f"{owner}: group {g.name!r}: axis {axis} is out of range for leaf {name!r} "
-          f"of shape {shape}."
+          f"{owner}: {label}: axis {axis} is out of range for leaf {name!r} of shape {shape}."
         )
       axis = axis % len(shape)
-      if size is not None and shape[axis] != size:
-        raise ValueError(
-          f"{owner}: group {g.name!r}: leaf {name!r} has {shape[axis]} entries along "
-          f"axis {axis}, the group's first member {size}."
-        )
-      size = shape[axis] if size is None else size
-      if (i, axis) in seen:
-        raise ValueError(
-          f"{owner}: leaf {name!r} axis {axis} is in two groups, {seen[(i, axis)]!r} "
-          f"and {g.name!r}."
-        )
-      seen[(i, axis)] = g.name
+      positions = None
+      if channel_group is None:
+        if size is not None and shape[axis] != size:
+          raise ValueError(
+            f"{owner}: {label}: leaf {name!r} has {shape[axis]} entries along "
+            f"axis {axis}, the group's first member {size}."
+          )
+        size = shape[axis] if size is None else size
+        total += math.prod(shape)
+      else:
+        positions = _channel_positions(channel_group, m, shape, owner)
+        size = channel_group.size
+        total += len(positions) * math.prod(shape) // shape[axis]
+      for other, taken in seen.get((i, axis), []):
+        if taken is None or positions is None:
+          raise ValueError(
+            f"{owner}: leaf {name!r} axis {axis} is in two groups, {other!r} and {g.name!r}."
+          )
+        common = sorted(taken & positions)
+        if common:
+          raise ValueError(
+            f"{owner}: leaf {name!r} axis {axis}: positions {common[:4]} are in two groups, "
+            f"{other!r} and {g.name!r}; a position belongs to one channel."
+          )
+      seen.setdefault((i, axis), []).append((g.name, positions))
       members.append((i, axis))
       flags[i] = False  # a group member is pruned by its groups, not by the leaf pattern
     assert size is not None  # a group has members
     first_shape = tuple(jnp.shape(params_named[members[0][0]][1]))
-    total = sum(math.prod(jnp.shape(params_named[i][1])) for i, _ in members)
-    units.append(Unit(g.name, tuple(members), None, first_shape, size, total, None))
+    units.append(
+      Unit(g.name, tuple(members), None, first_shape, int(size), total, None, channel_group)
+    )
   return units
 
 

@@ -30,10 +30,12 @@ __all__ = [
   "MaskUpdate",
   "Rule",
   "RuleInputs",
+  "channel_scores",
   "drop_and_grow",
   "prune",
   "random_masks",
   "scheduled",
+  "scores_of",
 ]
 
 
@@ -53,6 +55,8 @@ class RuleInputs(NamedTuple):
     grads: the gradients' leaves (the incoming updates in a chain).
     old: the current masks, ``{leaf index: bool array}``.
     monotone: whether pruned weights must stay pruned.
+    unit_scores: per-unit scores from the score's ``channel_fn`` (`channel_scores`): one array per
+      unit, ``None`` for units it does not score; empty when it scores none. `scores_of` reads them.
   """
 
   plan: Plan
@@ -67,6 +71,46 @@ class RuleInputs(NamedTuple):
   grads: Sequence[Any]
   old: Mapping[int, jax.Array]
   monotone: bool
+  unit_scores: Sequence[Any] = ()
+
+
+def channel_scores(plan: Plan, channel_fn: Callable[..., Any] | None, inputs: Any) -> tuple:
+  """The `RuleInputs.unit_scores` of a score: ``channel_fn(inputs, groups)`` over the plan's channel
+  groups (`jaxprune.structured.ChannelGroup` units), ``None`` for the other units.
+
+  Returns ``()`` when there is no ``channel_fn`` or no channel group.
+
+  Raises:
+    ValueError: for a result with too few arrays, or an array not of shape ``(group.size,)``.
+  """
+  js = [j for j, u in enumerate(plan.units) if u.channel_group is not None]
+  if channel_fn is None or not js:
+    return ()
+  groups = [plan.units[j].channel_group for j in js]
+  got = list(channel_fn(inputs, groups))
+  if len(got) != len(groups):
+    raise ValueError(
+      f"{plan.owner}: the score's channel_fn returned {len(got)} arrays for {len(groups)} channel "
+      "groups; return one per group."
+    )
+  out: list[Any] = [None] * len(plan.units)
+  for j, g, s in zip(js, groups, got):
+    assert g is not None  # js are the channel-group units
+    if tuple(jnp.shape(s)) != (g.size,):
+      raise ValueError(
+        f"{plan.owner}: the score of group {g.name!r} (first member {g.members[0].path!r}) has "
+        f"shape {tuple(jnp.shape(s))}, expected ({g.size},)."
+      )
+    out[j] = jnp.asarray(s).astype(jnp.float32)
+  return tuple(out)
+
+
+def scores_of(x: RuleInputs, j: int) -> jax.Array:
+  """One float32 score per group of unit ``j``: its `RuleInputs.unit_scores` entry if there is one,
+  else `jaxprune.plan.Unit.group_scores` of the leaf scores."""
+  if x.unit_scores and x.unit_scores[j] is not None:
+    return x.unit_scores[j]
+  return x.plan.units[j].group_scores(x.scores)
 
 
 class MaskUpdate(NamedTuple):
@@ -101,8 +145,8 @@ def scheduled(x: RuleInputs, target: Any, initial: Any) -> Any:
   return x.schedule.sparsity(x.count, target, initial)
 
 
-def _masked_score(x: RuleInputs, unit: Unit) -> jax.Array:
-  score = unit.group_scores(x.scores)
+def _masked_score(x: RuleInputs, j: int, unit: Unit) -> jax.Array:
+  score = scores_of(x, j)
   return jnp.where(unit.kept(x.old), score, -jnp.inf) if x.monotone else score
 
 
@@ -115,7 +159,7 @@ def _prune(x: RuleInputs) -> MaskUpdate:
     groups = sum(units[j].num_groups for j in shared)
     keeps.append(groups - num_pruned(scheduled(x, x.sparsity, x.initial[shared[0]]), groups))
   for j, unit in enumerate(units):
-    score = _masked_score(x, unit)
+    score = _masked_score(x, j, unit)
     if isinstance(unit.pattern, patterns_lib.NM):
       # Within a group of m fewer than n entries may be live; pruned ones (-inf) stay pruned.
       mask = unit.pattern.mask(score)
@@ -198,7 +242,7 @@ def drop_and_grow(
       sizes - active,
     )
     kept = [u.kept(x.old) for u in units]
-    drop = [jnp.where(m, u.group_scores(x.scores), -jnp.inf) for u, m in zip(units, kept)]
+    drop = [jnp.where(m, scores_of(x, j), -jnp.inf) for j, m in enumerate(kept)]
     survivors = selection.top_k_masks(drop, active - k, segments=segments)
     if grow == "gradient":
       # None for leaves without a unit, as in x.scores: units read their members only.

@@ -19,7 +19,7 @@ step. A plain function ``(params, grads, count) -> scores`` is accepted wherever
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -72,6 +72,10 @@ class Score(NamedTuple):
     extra_args: the names of the extra update arguments it needs.
     init: ``params -> state`` for a score with state, else ``None``.
     update: ``(state, ScoreInputs) -> state``, run at every update, else ``None``.
+    channel_fn: ``(ScoreInputs, groups) -> scores``: one float32 array of length ``group.size`` per
+      `jaxprune.structured.ChannelGroup` of the selection (``jaxprune.structured.importance``), or
+      ``None``. When given, channel groups are scored by it; otherwise (and for every other unit)
+      by ``fn``'s scores, averaged over each channel's positions and summed over members.
   """
 
   name: str
@@ -80,6 +84,7 @@ class Score(NamedTuple):
   extra_args: tuple[str, ...] = ()
   init: Callable[[Params], Any] | None = None
   update: Callable[[Any, ScoreInputs], Any] | None = None
+  channel_fn: Callable[[ScoreInputs, Sequence[Any]], Sequence[jax.Array]] | None = None
 
   def __call__(
     self,

@@ -15,6 +15,8 @@ import numpy as np
 import optax
 
 import jaxprune
+from jaxprune.structured.channel_group import ChannelGroup, Member
+from jaxprune.structured_pruning import structured_pruning
 
 SPARSITY = 0.75
 
@@ -33,6 +35,8 @@ class Pruner:
   target: float = SPARSITY  # what the schedule is applied to: the final sparsity, or imp's rate
   leaf_targets: tuple[tuple[str, float], ...] = ()  # per-leaf targets (imp's leaf_rates)
   static_args: tuple[str, ...] = ()  # arguments inject_hyperparams must not trace
+  # (pruner, scheduled) -> exact zeros per leaf, for pruners whose counts the kinds do not describe
+  zeros: Callable[..., dict[str, int]] | None = None
 
   def make(self, **kwargs):
     return self.factory(**self.kwargs, **kwargs)
@@ -61,6 +65,22 @@ IMP_STATIC = ("cycles", "rewind", "seed")
 # Dynamic sparse training in the suite: mask updates at 1, 3 and 5 as well.
 DST_STEPS = {"frequency": 2, "begin_step": 1, "end_step": 5}
 DST_STATIC = ("frequency", "begin_step", "end_step", "seed")
+# structured_pruning in the suite: one channel group over the hidden features of the suite's MLP
+# (test_conformance.make_params): dense0's output columns and dense1's input rows, 32 channels. The
+# biases stay out of it, since the suite checks that only the kernels carry masks.
+_HIDDEN = np.arange(32)[:, None]
+STRUCTURED_STATIC = ("round_to", "min_keep", "cycles")
+HIDDEN = ChannelGroup(
+  "hidden", 32, (Member("dense0/kernel", 1, _HIDDEN), Member("dense1/kernel", 0, _HIDDEN))
+)
+
+
+def hidden_zeros(pruner: Pruner, scheduled) -> dict[str, int]:
+  """round(s * 32) channels removed: 16 entries each in dense0's kernel, 8 in dense1's."""
+  removed = _round(scheduled(pruner.target), 32)
+  return {"dense0/kernel": removed * 16, "dense1/kernel": removed * 8}
+
+
 PRUNERS = [
   Pruner("magnitude", jaxprune.magnitude_pruning, S, "layerwise"),
   Pruner("magnitude_global", jaxprune.magnitude_pruning, {**S, "distribution": "global"}, "global"),
@@ -169,6 +189,24 @@ PRUNERS = [
     target=0.4,
     static_args=IMP_STATIC,
   ),
+  Pruner(
+    "structured",
+    structured_pruning,
+    {**S, "groups": [HIDDEN]},
+    "layerwise",
+    static_args=STRUCTURED_STATIC,
+    zeros=hidden_zeros,
+  ),
+  Pruner(
+    "structured_cycles_taylor_reinit",
+    structured_pruning,
+    {**S, "groups": [HIDDEN], "importance": "taylor", "reinitialize": True},
+    "layerwise",
+    timing="cycles",
+    target=1 - 0.25 ** (1 / 3),
+    static_args=STRUCTURED_STATIC,
+    zeros=hidden_zeros,
+  ),
 ]
 
 
@@ -192,6 +230,8 @@ def expected_zeros(
 ) -> dict[str, int] | int:
   """Exact zero counts per leaf (or in total, for global), where ``scheduled(target)`` is the
   sparsity the schedule gives a leaf whose final target is ``target``."""
+  if pruner.zeros is not None:
+    return pruner.zeros(pruner, scheduled)
   if pruner.kind == "nm":
     return {k: math.prod(s) // 2 for k, s in shapes.items()}
   if pruner.kind == "global":

@@ -5,11 +5,22 @@ together; `slim(fn, params, groups, keeps)` removes them, returning physically s
 the function that runs on them.
 """
 
+from jaxprune.structured import importance as importance
 from jaxprune.structured.channel_group import ChannelGroup as ChannelGroup
 from jaxprune.structured.channel_group import Member as Member
 from jaxprune.structured.channel_group import check_keeps as check_keeps
 from jaxprune.structured.channel_group import keep_masks as keep_masks
 from jaxprune.structured.discovery import dependency_groups as dependency_groups
+from jaxprune.structured.importance import select as select
 from jaxprune.structured.slim import slim as slim
 
-__all__ = ["ChannelGroup", "Member", "check_keeps", "dependency_groups", "keep_masks", "slim"]
+__all__ = [
+  "ChannelGroup",
+  "Member",
+  "check_keeps",
+  "dependency_groups",
+  "importance",
+  "keep_masks",
+  "select",
+  "slim",
+]
