@@ -357,21 +357,17 @@ def network_slimming_penalty(
       for n, x in named
     ]
 
-  def init_fn(params: Any) -> optax.EmptyState:
-    del params
-    return optax.EmptyState()
-
-  def update_fn(updates, state, params=None, **extra_args):
-    del extra_args
+  def penalise(updates: Any, params: Any) -> Any:
     if params is None:
       raise ValueError(
         f"{owner}: params must be given to update (tx.update(updates, state, params))."
       )
-    flags = flags_of(params)
     treedef = jax.tree.structure(params)
     u = leaves_lib.flatten_up_to(treedef, updates)
     p = leaves_lib.flatten_up_to(treedef, params)
+    flags = flags_of(params)
     out = [g + (l1 * jnp.sign(w)).astype(g.dtype) if flag else g for g, w, flag in zip(u, p, flags)]
-    return jax.tree.unflatten(treedef, out), state
+    return jax.tree.unflatten(treedef, out)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  # A stateless gradient transformation: optax supplies the (empty) state and the extra arguments.
+  return optax.with_extra_args_support(optax.stateless(penalise))
