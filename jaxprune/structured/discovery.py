@@ -13,6 +13,8 @@ channels feeding it are not a group; a batch norm's statistics are per channel a
 
 from __future__ import annotations
 
+import collections
+
 import hashlib
 import warnings
 from collections.abc import Callable
@@ -136,14 +138,30 @@ def _groups(g: graph_lib.Graph, min_size: int) -> list[tuple[ChannelGroup, list[
   for gid, (places_key, roots, members) in enumerate(candidates):
     if not valid[gid]:
       continue
-    # Named after the layer that produces the channels: a kernel's last axis if one is a member.
-    producers = [m for m in members if len(named[m.path]) >= 2 and m.axis == len(named[m.path]) - 1]
-    producers.sort(key=lambda m: -len(named[m.path]))  # a kernel before its bias
-    first = (producers or members)[0]
+    first = _producer(ChannelGroup("", len(roots), tuple(members), print_), named)
     group = ChannelGroup(f"{first.path}:{first.axis}", len(roots), tuple(members), print_)
     found.append((places_key, group, roots))
   found.sort(key=lambda item: item[0])
-  return [(group, roots) for _, group, roots in found]
+  # Groups named after the same axis (its slices, a grouped convolution's feature groups and the
+  # channels within them) are told apart by their first channel's positions on it:
+  # ``Dense_0/kernel:1@2``, ``Conv_0/kernel:3@0,1,2,3``.
+  counts = collections.Counter(group.name for _, group, _ in found)
+  out = []
+  for _, group, roots in found:
+    if counts[group.name] > 1:
+      first = _producer(group, named).index[0]
+      group = group._replace(name=f"{group.name}@{','.join(str(int(i)) for i in first)}")
+    out.append((group, roots))
+  return out
+
+
+def _producer(group: ChannelGroup, ndims: dict[str, tuple]) -> Member:
+  """The member a group is named after: the layer that produces the channels (a kernel's last
+  axis, the kernel before its bias) if one is a member, else the first member."""
+  members = group.members
+  producers = [m for m in members if len(ndims[m.path]) >= 2 and m.axis == len(ndims[m.path]) - 1]
+  producers.sort(key=lambda m: -len(ndims[m.path]))
+  return (producers or list(members))[0]
 
 
 def _warn_unknown(g: graph_lib.Graph) -> None:
