@@ -13,11 +13,11 @@ from typing import Optional, Sequence
 import ml_collections
 
 from experiments import config as config_lib
-from experiments import lottery, models, sweep, train
+from experiments import dropnet, lottery, models, structured, sweep, train
 
 EXIT_STOPPED = 3
 # The runners, by ``config.experiment``: each has ``validate(config)`` and ``run(config)``.
-EXPERIMENTS = {"sweep": sweep, "lottery": lottery}
+EXPERIMENTS = {"sweep": sweep, "lottery": lottery, "structured": structured, "dropnet": dropnet}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +138,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       raise ValueError(f"Unknown experiment {experiment!r} ({', '.join(EXPERIMENTS)})")
     module.validate(config)
     models.get_model(config.model, 10)
-    config_lib.checkpoint_interval(config)
+    if "eval_every" in config or "checkpoint_every" in config:
+      config_lib.checkpoint_interval(config)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

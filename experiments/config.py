@@ -40,6 +40,8 @@ EXECUTION_FIELDS = (
   "published",
   "methods",
   "sparsities",
+  "ratios",
+  "remeasure",
   "seeds",
   "vmap_seeds",
   "vmap_sparsities",

@@ -22,6 +22,9 @@ Models:
 * ``ResNet20``: the CIFAR ResNet of He et al. (2016, Sec. 4.2) with n=3: 3 stages of 3
   basic blocks with 16/32/64 filters, identity shortcuts with zero padding when the shape
   changes ("option A"), global average pooling, dense classifier. 269,722 parameters.
+  ``resnet20_b`` has 1x1 projection shortcuts ("option B") and every block's inner width as a
+  field, for structured pruning.
+* ``vgg_mnist``: the VGG with half of ``vgg_small``'s widths (32, 64, 128), for CPU runs.
 
 Kernels use Glorot (Xavier) normal initialisation for the LeNets and the Conv-n nets, as
 in Frankle & Carbin (2019); the BatchNorm models use He (Kaiming) normal for convolutions.
@@ -58,16 +61,18 @@ class LeNet300100(nn.Module):
 
 class LeNet5(nn.Module):
   num_classes: int = 10
+  features: Sequence[int] = (20, 50)
+  hidden: int = 500
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train
-    for features in (20, 50):
+    for features in self.features:
       x = nn.Conv(features, (5, 5), padding="VALID", kernel_init=glorot_normal)(x)
       x = nn.relu(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = _flatten(x)
-    x = nn.relu(nn.Dense(500, kernel_init=glorot_normal)(x))
+    x = nn.relu(nn.Dense(self.hidden, kernel_init=glorot_normal)(x))
     return nn.Dense(self.num_classes, kernel_init=glorot_normal)(x)
 
 
@@ -133,21 +138,32 @@ VGG_CONFIGS = {
 
 
 class BasicBlock(nn.Module):
-  """Two 3x3 conv-BN layers; identity shortcut, zero-padded ("option A") on downsampling."""
+  """Two 3x3 conv-BN layers (``inner`` features after the first, ``features`` after the second).
+
+  The shortcut is the identity; where the shape changes it is zero-padded ("option A", the
+  default) or a 1x1 convolution with batch norm ("B", whose widths are all layer widths, which is
+  what structured pruning needs: zero padding ties the new channels to the old by position).
+  """
 
   features: int
   stride: int = 1
+  inner: int | None = None
+  shortcut: str = "A"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    def conv(s):
+    def conv(features, s):
       return nn.Conv(
-        self.features, (3, 3), strides=(s, s), padding="SAME", use_bias=False, kernel_init=he_normal
+        features, (3, 3), strides=(s, s), padding="SAME", use_bias=False, kernel_init=he_normal
       )
 
-    y = nn.relu(_batch_norm(train)(conv(self.stride)(x)))
-    y = _batch_norm(train)(conv(1)(y))
+    y = nn.relu(_batch_norm(train)(conv(self.inner or self.features, self.stride)(x)))
+    y = _batch_norm(train)(conv(self.features, 1)(y))
     shortcut = x
+    if self.shortcut == "B" and (self.stride != 1 or x.shape[-1] != self.features):
+      s = (self.stride, self.stride)
+      proj = nn.Conv(self.features, (1, 1), strides=s, use_bias=False, kernel_init=he_normal)
+      return nn.relu(y + _batch_norm(train)(proj(x)))
     if self.stride != 1:
       shortcut = shortcut[:, :: self.stride, :: self.stride, :]
     extra = self.features - shortcut.shape[-1]
@@ -158,24 +174,39 @@ class BasicBlock(nn.Module):
 
 
 class ResNet20(nn.Module):
+  """``widths``: the residual stream of each stage; ``inner``: the first conv of each block (by
+  default the stage's width; one entry per block); ``shortcut``: "A" or "B" (`BasicBlock`)."""
+
   num_classes: int = 10
   blocks_per_stage: int = 3
   widths: Sequence[int] = (16, 32, 64)
+  inner: Sequence[int] | None = None
+  shortcut: str = "A"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    inner = self.inner
+    if inner is None:
+      inner = [w for w in self.widths for _ in range(self.blocks_per_stage)]
+    if len(inner) != len(self.widths) * self.blocks_per_stage:
+      raise ValueError(
+        f"ResNet20: inner has {len(inner)} widths for {len(self.widths)} stages of "
+        f"{self.blocks_per_stage} blocks."
+      )
     x = nn.Conv(self.widths[0], (3, 3), padding="SAME", use_bias=False, kernel_init=he_normal)(x)
     x = nn.relu(_batch_norm(train)(x))
     for i, width in enumerate(self.widths):
       for j in range(self.blocks_per_stage):
         stride = 2 if (i > 0 and j == 0) else 1
-        x = BasicBlock(width, stride)(x, train=train)
+        block = BasicBlock(width, stride, inner[i * self.blocks_per_stage + j], self.shortcut)
+        x = block(x, train=train)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes)(x)
 
 
 _FACTORIES: dict[str, Callable[[int], nn.Module]] = {
   "lenet300_100": lambda n: LeNet300100(num_classes=n),
+  "mlp_40_40": lambda n: LeNet300100(num_classes=n, hidden=(40, 40)),  # DropNet's MNIST model A
   "lenet5": lambda n: LeNet5(num_classes=n),
   "conv2": lambda n: Conv2(num_classes=n),
   "conv4": lambda n: Conv4(num_classes=n),
@@ -184,6 +215,9 @@ _FACTORIES: dict[str, Callable[[int], nn.Module]] = {
     name: (lambda n, s=stages: VGG(num_classes=n, stages=s)) for name, stages in VGG_CONFIGS.items()
   },
   "resnet20": lambda n: ResNet20(num_classes=n),
+  # Structured pruning: every width a field (see experiments.structured).
+  "vgg_mnist": lambda n: VGG(num_classes=n, stages=((32, 32), (64, 64), (128, 128))),
+  "resnet20_b": lambda n: ResNet20(num_classes=n, inner=(16,) * 3 + (32,) * 3 + (64,) * 3, shortcut="B"),
 }
 
 _ALIASES = {
