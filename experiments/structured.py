@@ -19,7 +19,8 @@ slimmed function) and fine-tune the small network with its own training code
 * ``dropnet``: DropNet (Tan & Motani 2020): cycles that each remove ``dropnet.fraction`` (20%) of
   the remaining channels with the lowest mean post-activation over ``calibration_batches`` batches,
   one threshold over all layers ("min"), training ``finetune_steps / cycles`` steps after each;
-  the cycles run on the slimmed network, which shrinks at every cycle;
+  the cycles run on the slimmed network, which shrinks at every cycle; ``dropnet_layer``: the
+  same with every group losing ``dropnet.fraction`` of its own channels ("min_layer");
 * ``random``: random channels, every group at the ratio;
 * ``scratch_e`` / ``scratch_b``: Liu et al. (2019)'s control: the architecture ``l1`` gives, freshly
   initialised and trained for ``pretrain_steps`` (Scratch-E) or for as many multiply-adds as the
@@ -61,7 +62,9 @@ from jaxprune import flops, structured
 from jaxprune.progress import progress
 from jaxprune.structured import importance
 
-METHODS = ("l1", "slimming", "taylor", "dropnet", "random", "scratch_e", "scratch_b")
+METHODS = (
+  "l1", "slimming", "taylor", "dropnet", "dropnet_layer", "random", "scratch_e", "scratch_b"
+)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -379,11 +382,14 @@ class _Runner:
     return record
 
   def load(self, record) -> tuple:
-    """The slim network a run saved: its module (at the recorded widths) and variables."""
+    """The slim network a run saved: its module (at the recorded widths) and variables (for a
+    run that saved none, fresh ones of the same shapes, which run exactly as fast)."""
     module = self.module.clone(**_tuples(record.get("widths", {})))
-    template = module.init(jax.random.key(0), self.x1, train=False)
+    template = _fresh(module.init(jax.random.key(0), self.x1, train=False))
     path = self.out / "models" / f"{record['run']}.msgpack"
-    return module, flax.serialization.from_bytes(_fresh(template), path.read_bytes())
+    if not path.exists():
+      return module, template
+    return module, flax.serialization.from_bytes(template, path.read_bytes())
 
   def write(self, record, variables=None) -> dict:
     record["fingerprint"] = self.fingerprint
@@ -517,7 +523,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
           )
           small = (small_module, trained)
           rec["channels_removed"] = removed
-        elif method == "dropnet":
+        elif method in ("dropnet", "dropnet_layer"):
           small = dense
           cycles = max(1, round(math.log(1 - ratio) / math.log(1 - float(config.dropnet.fraction))))
           q = 1 - (1 - ratio) ** (1 / cycles)
@@ -527,7 +533,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
             fn_k = lambda v, x, m=small[0]: m.apply(v, x, train=False)
             groups_k = structured.dependency_groups(fn_k, small[1], r.x64)
             scores = dropnet_scores(small[0], small[1], groups_k, data, config, seed + k)
-            keeps = importance.select(groups_k, scores, q, scope="global", normalize=None)
+            scope = "global" if method == "dropnet" else "per_group"
+            keeps = importance.select(groups_k, scores, q, scope=scope, normalize=None)
             small_vars, small_fn = structured.slim(fn_k, small[1], groups_k, keeps)
             m = structured.resize_module(
               small[0], small_vars, r.x64, like=small_fn, train=False, rtol=1e-3, atol=1e-4

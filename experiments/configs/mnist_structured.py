@@ -21,7 +21,7 @@ import ml_collections
 BUDGETS = {
   "lenet5": (1500, 500),
   "vgg_mnist": (600, 200),
-  "resnet20_b": (600, 200),
+  "resnet20_b": (400, 150),
 }
 
 
@@ -48,7 +48,9 @@ def get_config(model: str = "lenet5") -> ml_collections.ConfigDict:
   config.calibration_batches = 8  # batches for Taylor's gradients and DropNet's activations
 
   config.ratios = (0.3, 0.5, 0.7)  # fraction of channels removed
-  config.methods = ("l1", "slimming", "taylor", "dropnet", "random", "scratch_e", "scratch_b")
+  config.methods = (
+    "l1", "slimming", "taylor", "dropnet", "dropnet_layer", "random", "scratch_e", "scratch_b"
+  )
 
   config.slimming = ml_collections.ConfigDict()
   config.slimming.penalty = 1e-4  # Liu et al. 2017: 1e-4 for VGG, 1e-5 for ResNets

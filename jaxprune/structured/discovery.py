@@ -357,7 +357,7 @@ def _rule(name: str, eqn: Any, has: Callable, cax: Callable, zof: Callable) -> l
     dims = eqn.params["broadcast_dimensions"]
     mapped = {dims[d] for d in cax(operand)}
     return [zof(operand) and mapped >= cax(out)]
-  if name in ("reshape", "expand_dims", "transpose", "squeeze", "rev", "slice", "copy", "copy_p"):
+  if name in ("reshape", "transpose", "squeeze", "rev", "slice", "copy", "copy_p"):
     return [zof(ins[0])]
   if name == "split":
     return [zof(ins[0])] * len(outs)

@@ -318,9 +318,6 @@ class _Walker:
     drop = {d % len(operand) for d in eqn.params["dimensions"]}
     return [[a for d, a in enumerate(operand) if d not in drop]]
 
-  def _expand_dims(self, frame, i, eqn, ins, out_shapes):
-    return self._reshape(frame, i, eqn, ins, out_shapes)
-
   def _reduce(self, frame, i, eqn, ins, out_shapes):
     (operand,) = ins
     axes = eqn.params["axes"]
