@@ -69,14 +69,19 @@ def prune_cycle(module, variables, init, method, config, data, seed, x):
   groups = structured.dependency_groups(fn, variables, x)
   q = float(config.fraction)
   if method == "random":
-    keeps = importance.select(groups, importance.random(groups, seed), q, scope="global", normalize=None)
+    keeps = importance.select(
+      groups, importance.random(groups, seed), q, scope="global", normalize=None
+    )
   else:
     scores = st.dropnet_scores(module, variables, groups, data, config, seed)
     scope = "global" if method == "dropnet" else "per_group"
     keeps = importance.select(groups, scores, q, scope=scope, normalize=None)
-  small, small_fn = structured.slim(fn, variables, groups, keeps)
-  small_init, _ = structured.slim(fn, init, groups, keeps)
-  resized = structured.resize_module(module, small, x, like=small_fn, train=False, rtol=1e-3, atol=1e-4)
+  bar = bool(config.progress)
+  small, small_fn = structured.slim(fn, variables, groups, keeps, progress_bar=bar)
+  small_init, _ = structured.slim(fn, init, groups, keeps, progress_bar=bar)
+  resized = structured.resize_module(
+    module, small, x, like=small_fn, train=False, rtol=1e-3, atol=1e-4
+  )
   return resized, _fresh(small), _fresh(small_init)
 
 
@@ -122,23 +127,40 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
           )
           start_vars = small_init if config.rewind else variables
         variables = st.train(
-          module, start_vars, data, steps=int(config.cycle_steps), lr=float(config.learning_rate),
-          seed=seed * 1000 + cycle, config=config, desc=f"{method} s{seed} cycle {cycle}",
+          module,
+          start_vars,
+          data,
+          steps=int(config.cycle_steps),
+          lr=float(config.learning_rate),
+          seed=seed * 1000 + cycle,
+          config=config,
+          desc=f"{method} s{seed} cycle {cycle}",
         )
         if not config.rewind:
           start_vars = variables
-        units = sum(int(np.shape(variables["params"][k]["kernel"])[-1]) for k in variables["params"])
+        units = sum(
+          int(np.shape(variables["params"][k]["kernel"])[-1]) for k in variables["params"]
+        )
         units -= data.num_classes  # the output layer's units are not pruned
         total = total or units
         acc = st.accuracy(module, variables, data)
-        curve.append({"cycle": cycle, "units": units, "units_left": units / total, "test_accuracy": acc})
-        st.tqdm_write(f"{method} s{seed} cycle {cycle}: {units} units ({100 * units / total:.1f}%), acc {100 * acc:.2f}%")
+        curve.append(
+          {"cycle": cycle, "units": units, "units_left": units / total, "test_accuracy": acc}
+        )
+        st.tqdm_write(
+          f"{method} s{seed} cycle {cycle}: {units} units ({100 * units / total:.1f}%), acc {100 * acc:.2f}%"
+        )
       record = {"method": method, "seed": seed, "curve": curve, "fingerprint": fingerprint}
       path.write_text(json.dumps(record, indent=1))
       records.append(record)
   rows = summarize(records)
   write_outputs(rows, out, config)
-  return {"records": records, "rows": rows, "wall_time_s": time.time() - start, "output_dir": str(out)}
+  return {
+    "records": records,
+    "rows": rows,
+    "wall_time_s": time.time() - start,
+    "output_dir": str(out),
+  }
 
 
 def summarize(records) -> list[dict]:
@@ -149,11 +171,16 @@ def summarize(records) -> list[dict]:
     for cycle in range(min(len(c) for c in runs)):
       acc = [c[cycle]["test_accuracy"] for c in runs]
       left = [c[cycle]["units_left"] for c in runs]
-      rows.append({
-        "method": method, "cycle": cycle, "units_left": float(np.mean(left)),
-        "test_accuracy": float(np.mean(acc)), "test_accuracy_std": float(np.std(acc)),
-        "seeds": len(runs),
-      })
+      rows.append(
+        {
+          "method": method,
+          "cycle": cycle,
+          "units_left": float(np.mean(left)),
+          "test_accuracy": float(np.mean(acc)),
+          "test_accuracy_std": float(np.std(acc)),
+          "seeds": len(runs),
+        }
+      )
   return rows
 
 
@@ -164,7 +191,9 @@ def write_outputs(rows, out: Path, config) -> None:
     w.writerows(rows)
   methods = list(dict.fromkeys(r["method"] for r in rows))
   cycles = sorted({r["cycle"] for r in rows})
-  head = "| cycle | units left | " + " | ".join(methods) + " |\n|---|---|" + "---|" * len(methods) + "\n"
+  head = (
+    "| cycle | units left | " + " | ".join(methods) + " |\n|---|---|" + "---|" * len(methods) + "\n"
+  )
   lines = []
   for c in cycles:
     cells = []
@@ -191,8 +220,12 @@ def write_outputs(rows, out: Path, config) -> None:
   for m in methods:
     pts = [r for r in rows if r["method"] == m]
     ax.errorbar(
-      [100 * r["units_left"] for r in pts], [100 * r["test_accuracy"] for r in pts],
-      yerr=[100 * r["test_accuracy_std"] for r in pts], marker="o", capsize=2, label=m,
+      [100 * r["units_left"] for r in pts],
+      [100 * r["test_accuracy"] for r in pts],
+      yerr=[100 * r["test_accuracy_std"] for r in pts],
+      marker="o",
+      capsize=2,
+      label=m,
     )
   ax.set_xscale("log")
   ax.invert_xaxis()

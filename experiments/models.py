@@ -217,7 +217,9 @@ _FACTORIES: dict[str, Callable[[int], nn.Module]] = {
   "resnet20": lambda n: ResNet20(num_classes=n),
   # Structured pruning: every width a field (see experiments.structured).
   "vgg_mnist": lambda n: VGG(num_classes=n, stages=((32, 32), (64, 64), (128, 128))),
-  "resnet20_b": lambda n: ResNet20(num_classes=n, inner=(16,) * 3 + (32,) * 3 + (64,) * 3, shortcut="B"),
+  "resnet20_b": lambda n: ResNet20(
+    num_classes=n, inner=(16,) * 3 + (32,) * 3 + (64,) * 3, shortcut="B"
+  ),
 }
 
 _ALIASES = {

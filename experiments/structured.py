@@ -63,7 +63,14 @@ from jaxprune.progress import progress
 from jaxprune.structured import importance
 
 METHODS = (
-  "l1", "slimming", "taylor", "dropnet", "dropnet_layer", "random", "scratch_e", "scratch_b"
+  "l1",
+  "slimming",
+  "taylor",
+  "dropnet",
+  "dropnet_layer",
+  "random",
+  "scratch_e",
+  "scratch_b",
 )
 
 
@@ -86,7 +93,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if int(config[name]) < 1:
       raise ValueError(f"structured: {name} must be at least 1, got {config[name]}")
   if not 0.0 < float(config.dropnet.fraction) < 1.0:
-    raise ValueError(f"structured: dropnet.fraction must lie in (0, 1), got {config.dropnet.fraction}")
+    raise ValueError(
+      f"structured: dropnet.fraction must lie in (0, 1), got {config.dropnet.fraction}"
+    )
   models.get_model(config.model, 10)
 
 
@@ -186,7 +195,9 @@ def accuracy(module: nn.Module, variables: Any, data: _Data, batch: int = 1000) 
   run = jax.jit(lambda v, x: jnp.argmax(module.apply(v, x, train=False), -1))
   correct = 0
   for i in range(0, len(data.test_y), batch):
-    correct += int(jnp.sum(run(variables, data.test_x[i : i + batch]) == data.test_y[i : i + batch]))
+    correct += int(
+      jnp.sum(run(variables, data.test_x[i : i + batch]) == data.test_y[i : i + batch])
+    )
   return correct / len(data.test_y)
 
 
@@ -234,7 +245,7 @@ def _layer_inputs(module, variables, data, config, seed) -> dict[str, np.ndarray
 
 
 def _member_shapes(variables) -> dict[str, tuple]:
-  return {n: np.shape(l) for n, l in jaxprune.leaves.named_leaves(variables)}
+  return {n: np.shape(leaf) for n, leaf in jaxprune.leaves.named_leaves(variables)}
 
 
 def dropnet_scores(module, variables, groups, data, config, seed) -> list[np.ndarray]:
@@ -243,9 +254,7 @@ def dropnet_scores(module, variables, groups, data, config, seed) -> list[np.nda
   shapes = _member_shapes(variables)
   out = []
   for g in groups:
-    reads = [
-      m for m in g.members if m.path in inputs and m.axis == len(shapes[m.path]) - 2
-    ]
+    reads = [m for m in g.members if m.path in inputs and m.axis == len(shapes[m.path]) - 2]
     if not reads:
       raise ValueError(f"dropnet: group {g.name} has no consuming Dense or Conv layer")
     per = [inputs[m.path][m.index].mean(axis=1) for m in reads]
@@ -254,15 +263,15 @@ def dropnet_scores(module, variables, groups, data, config, seed) -> list[np.nda
 
 
 def _only(groups, keep: Callable[[Any, tuple], bool], shapes) -> list:
-  return [g._replace(members=tuple(m for m in g.members if keep(m, shapes[m.path]))) for g in groups]
+  return [
+    g._replace(members=tuple(m for m in g.members if keep(m, shapes[m.path]))) for g in groups
+  ]
 
 
 def producers(groups, variables) -> list:
   """The groups restricted to their producing kernels (a kernel's last axis)."""
   shapes = _member_shapes(variables)
-  return _only(
-    groups, lambda m, s: m.path.endswith("/kernel") and m.axis == len(s) - 1, shapes
-  )
+  return _only(groups, lambda m, s: m.path.endswith("/kernel") and m.axis == len(s) - 1, shapes)
 
 
 def params_only(groups, variables) -> list:
@@ -330,8 +339,15 @@ def _dense(config, data, module, seed, name, penalty, ckpt: Path):
   if ckpt.exists():
     return flax.serialization.from_bytes(init, ckpt.read_bytes())
   trained = train(
-    module, init, data, steps=int(config.pretrain_steps), lr=float(config.learning_rate),
-    seed=seed, config=config, penalty=penalty, desc=f"{name} s{seed}",
+    module,
+    init,
+    data,
+    steps=int(config.pretrain_steps),
+    lr=float(config.learning_rate),
+    seed=seed,
+    config=config,
+    penalty=penalty,
+    desc=f"{name} s{seed}",
   )
   _save_variables(ckpt, trained)
   return trained
@@ -347,7 +363,9 @@ class _Runner:
 
   def cut(self, variables, groups, keeps):
     """Slim ``variables`` and rebuild the module at the new widths (checked to compute the same)."""
-    small, small_fn = structured.slim(self.fn, variables, groups, keeps)
+    small, small_fn = structured.slim(
+      self.fn, variables, groups, keeps, progress_bar=bool(self.config.progress)
+    )
     resized = structured.resize_module(
       self.module, small, self.x64, like=small_fn, train=False, rtol=1e-3, atol=1e-4
     )
@@ -377,7 +395,9 @@ class _Runner:
       return None
     if self.config.get("remeasure") and dense is not None:
       small = dense if record["method"] == "dense" else self.load(record)
-      record.update({k: v for k, v in self.measure(dense, small).items() if "latency" in k or "speedup" in k})
+      record.update(
+        {k: v for k, v in self.measure(dense, small).items() if "latency" in k or "speedup" in k}
+      )
       path.write_text(json.dumps(record, indent=1))
     return record
 
@@ -475,7 +495,15 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
   for seed in config.seeds:
     seed = int(seed)
-    dense_vars = _dense(config, data, module, seed, "dense", 0.0, out / "checkpoints" / f"dense_s{seed}_{r.fingerprint}.msgpack")
+    dense_vars = _dense(
+      config,
+      data,
+      module,
+      seed,
+      "dense",
+      0.0,
+      out / "checkpoints" / f"dense_s{seed}_{r.fingerprint}.msgpack",
+    )
     dense = (module, dense_vars)
     name = f"dense_s{seed}"
     rec = r.finished(name, dense)
@@ -487,9 +515,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     emit(rec)
     groups = structured.dependency_groups(r.fn, dense_vars, r.x64)
     slim_vars = None
-    has_scale = all(
-      any(m.path.rsplit("/", 1)[-1] == "scale" for m in g.members) for g in groups
-    )
+    has_scale = all(any(m.path.rsplit("/", 1)[-1] == "scale" for m in g.members) for g in groups)
     for ratio in config.ratios:
       ratio = float(ratio)
       arch = None  # the l1 architecture, for the scratch controls
@@ -518,8 +544,14 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
             factor = factor if cap is None else min(factor, float(cap))
             steps = int(round(steps * factor))
           trained = train(
-            small_module, fresh, data, steps=steps, lr=float(config.learning_rate),
-            seed=seed + 1, config=config, desc=name,
+            small_module,
+            fresh,
+            data,
+            steps=steps,
+            lr=float(config.learning_rate),
+            seed=seed + 1,
+            config=config,
+            desc=name,
           )
           small = (small_module, trained)
           rec["channels_removed"] = removed
@@ -535,15 +567,26 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
             scores = dropnet_scores(small[0], small[1], groups_k, data, config, seed + k)
             scope = "global" if method == "dropnet" else "per_group"
             keeps = importance.select(groups_k, scores, q, scope=scope, normalize=None)
-            small_vars, small_fn = structured.slim(fn_k, small[1], groups_k, keeps)
+            small_vars, small_fn = structured.slim(
+              fn_k, small[1], groups_k, keeps, progress_bar=bool(config.progress)
+            )
             m = structured.resize_module(
               small[0], small_vars, r.x64, like=small_fn, train=False, rtol=1e-3, atol=1e-4
             )
             small_vars = jax.tree.map(jnp.asarray, flax.core.unfreeze(small_vars))
-            small = (m, train(
-              m, small_vars, data, steps=per_cycle[k], lr=float(config.finetune_lr),
-              seed=seed + 100 + k, config=config, desc=f"{name} cycle {k + 1}/{cycles}",
-            ))
+            small = (
+              m,
+              train(
+                m,
+                small_vars,
+                data,
+                steps=per_cycle[k],
+                lr=float(config.finetune_lr),
+                seed=seed + 100 + k,
+                config=config,
+                desc=f"{name} cycle {k + 1}/{cycles}",
+              ),
+            )
           new_groups = structured.dependency_groups(
             lambda v, x: small[0].apply(v, x, train=False), small[1], r.x64
           )
@@ -554,7 +597,12 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
           if method == "slimming":
             if slim_vars is None:
               slim_vars = _dense(
-                config, data, module, seed, "slimming", float(config.slimming.penalty),
+                config,
+                data,
+                module,
+                seed,
+                "slimming",
+                float(config.slimming.penalty),
                 out / "checkpoints" / f"slimming_s{seed}_{r.fingerprint}.msgpack",
               )
             source = slim_vars
@@ -562,10 +610,19 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
           rec["channels_removed"] = _channels(groups, keeps)
           small = r.cut(source, groups, keeps)
           rec["accuracy_before_finetune"] = accuracy(*small, data)
-          small = (small[0], train(
-            small[0], small[1], data, steps=steps, lr=float(config.finetune_lr),
-            seed=seed + 100, config=config, desc=name,
-          ))
+          small = (
+            small[0],
+            train(
+              small[0],
+              small[1],
+              data,
+              steps=steps,
+              lr=float(config.finetune_lr),
+              seed=seed + 100,
+              config=config,
+              desc=name,
+            ),
+          )
           if method == "l1":
             arch = small[0], rec["channels_removed"]
         rec["train_steps"] = steps
@@ -574,7 +631,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
           f.name: getattr(small[0], f.name)
           for f in dataclasses.fields(small[0])
           if f.name not in ("parent", "name")
-          and any(structured.widths._is_width(v) for v in jax.tree.leaves(getattr(small[0], f.name)))
+          and any(
+            structured.widths._is_width(v) for v in jax.tree.leaves(getattr(small[0], f.name))
+          )
         }
         rec.update(r.measure(dense, small))
         rec["wall_s"] = time.time() - t0
@@ -582,7 +641,12 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   rows = summarize(records)
   write_outputs(rows, records, out, config)
   log.close()
-  return {"records": records, "rows": rows, "wall_time_s": time.time() - start, "output_dir": str(out)}
+  return {
+    "records": records,
+    "rows": rows,
+    "wall_time_s": time.time() - start,
+    "output_dir": str(out),
+  }
 
 
 def tqdm_write(msg: str) -> None:
@@ -597,8 +661,15 @@ def tqdm_write(msg: str) -> None:
 # --------------------------------------------------------------------------- outputs
 
 _FIELDS = (
-  "test_accuracy", "accuracy_before_finetune", "channels_removed", "params", "macs",
-  "latency_b1_ms", "latency_b64_ms", "speedup_b1", "speedup_b64",
+  "test_accuracy",
+  "accuracy_before_finetune",
+  "channels_removed",
+  "params",
+  "macs",
+  "latency_b1_ms",
+  "latency_b64_ms",
+  "speedup_b1",
+  "speedup_b64",
 )
 
 
@@ -645,17 +716,25 @@ def plot(rows: Sequence[dict], path: Path, title: str) -> None:
   import matplotlib.pyplot as plt
 
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.4), sharey=True)
-  panels = (("params", "parameters"), ("macs", "multiply-adds per image"), ("latency_b64_ms", "latency, batch 64 (ms)"))
+  panels = (
+    ("params", "parameters"),
+    ("macs", "multiply-adds per image"),
+    ("latency_b64_ms", "latency, batch 64 (ms)"),
+  )
   methods = list(dict.fromkeys(r["method"] for r in rows))
   markers = "*osD^vPX<>"
   for ax, (field, label) in zip(axes, panels):
     for i, m in enumerate(methods):
-      pts = sorted((r for r in rows if r["method"] == m), key=lambda r: r[field])
+      pts = sorted((r for r in rows if r["method"] == m), key=lambda r: r["ratio"])
       ax.errorbar(
-        [r[field] for r in pts], [100 * r["test_accuracy"] for r in pts],
+        [r[field] for r in pts],
+        [100 * r["test_accuracy"] for r in pts],
         yerr=[100 * r.get("test_accuracy_std", 0.0) for r in pts],
-        marker=markers[i % len(markers)], markersize=10 if m == "dense" else 6,
-        linestyle="none" if m == "dense" else "-", label=m, capsize=2,
+        marker=markers[i % len(markers)],
+        markersize=10 if m == "dense" else 6,
+        linestyle="none" if m == "dense" else "-",
+        label=m,
+        capsize=2,
       )
     ax.set_xscale("log")
     ax.set_xlabel(label)

@@ -116,7 +116,12 @@ def test_dropnet_scores_are_the_mean_activation_the_next_layer_reads(tiny):
   scores = st.dropnet_scores(module, variables, groups, tiny, config, seed=3)
   p = variables["params"]
   idx = st._batches(len(tiny.train_y), 16, 2, 3)
-  h1 = [jax.nn.relu(tiny.train_x[i].reshape(16, -1) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"][None]) for i in idx]
+  h1 = [
+    jax.nn.relu(
+      tiny.train_x[i].reshape(16, -1) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"][None]
+    )
+    for i in idx
+  ]
   h2 = [jax.nn.relu(h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"][None]) for h in h1]
   want = [np.mean([np.abs(h).mean(0) for h in hs], axis=0) for hs in (h1, h2)]
   for got, expected in zip(scores, want):
@@ -124,7 +129,8 @@ def test_dropnet_scores_are_the_mean_activation_the_next_layer_reads(tiny):
 
 
 @pytest.mark.parametrize(
-  "method,units", [("dropnet", [14, 11, 9]), ("dropnet_layer", [14, 11, 9]), ("random", [14, 11, 9])]
+  "method,units",
+  [("dropnet", [14, 11, 9]), ("dropnet_layer", [14, 11, 9]), ("random", [14, 11, 9])],
 )
 def test_dropnet_curve_removes_a_fifth_of_the_units_per_cycle(tiny, tmp_path, method, units):
   config = mnist_dropnet.get_config("tiny_mlp")
@@ -137,7 +143,9 @@ def test_dropnet_curve_removes_a_fifth_of_the_units_per_cycle(tiny, tmp_path, me
   assert [c["units"] for c in curve] == units
   assert [round(c["units_left"], 4) for c in curve] == [1.0, round(11 / 14, 4), round(9 / 14, 4)]
   assert "| 2 | 64.3% |" in (tmp_path / method / "summary.md").read_text()
-  assert json.loads((tmp_path / method / "runs" / f"{method}_s0.json").read_text())["curve"] == curve
+  assert (
+    json.loads((tmp_path / method / "runs" / f"{method}_s0.json").read_text())["curve"] == curve
+  )
 
 
 def test_dropnet_rewind_restarts_from_the_slimmed_initialisation(tiny):

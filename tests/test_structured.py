@@ -133,7 +133,11 @@ def cnn():
       ],
     ),  # fmt: skip
     # ... and the channels within a feature group, the same in both groups.
-    ("params/Conv_0/kernel:3@0,4", 4, [(p, a, 2) for p, a in bn] + [("params/Conv_1/kernel", 2, 1)]),
+    (
+      "params/Conv_0/kernel:3@0,4",
+      4,
+      [(p, a, 2) for p, a in bn] + [("params/Conv_1/kernel", 2, 1)],
+    ),
     # The output channels within each feature group, flattened into 5 x 5 x 2 rows of the dense.
     (
       "params/Conv_1/kernel:3",

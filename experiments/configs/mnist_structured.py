@@ -49,7 +49,14 @@ def get_config(model: str = "lenet5") -> ml_collections.ConfigDict:
 
   config.ratios = (0.3, 0.5, 0.7)  # fraction of channels removed
   config.methods = (
-    "l1", "slimming", "taylor", "dropnet", "dropnet_layer", "random", "scratch_e", "scratch_b"
+    "l1",
+    "slimming",
+    "taylor",
+    "dropnet",
+    "dropnet_layer",
+    "random",
+    "scratch_e",
+    "scratch_b",
   )
 
   config.slimming = ml_collections.ConfigDict()

@@ -14,10 +14,9 @@ channels feeding it are not a group; a batch norm's statistics are per channel a
 from __future__ import annotations
 
 import collections
-
 import hashlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -155,7 +154,7 @@ def _groups(g: graph_lib.Graph, min_size: int) -> list[tuple[ChannelGroup, list[
   return out
 
 
-def _producer(group: ChannelGroup, ndims: dict[str, tuple]) -> Member:
+def _producer(group: ChannelGroup, ndims: Mapping[str, Sequence[Any]]) -> Member:
   """The member a group is named after: the layer that produces the channels (a kernel's last
   axis, the kernel before its bias) if one is a member, else the first member."""
   members = group.members

@@ -26,7 +26,9 @@ __all__ = ["fit_widths", "resize_module"]
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   tree = leaves_lib.unwrap_variables(tree)
-  return {name: tuple(int(d) for d in np.shape(leaf)) for name, leaf in leaves_lib.named_leaves(tree)}
+  return {
+    name: tuple(int(d) for d in np.shape(leaf)) for name, leaf in leaves_lib.named_leaves(tree)
+  }
 
 
 def _is_width(value: Any) -> bool:
@@ -136,17 +138,18 @@ def fit_widths(
   for entry, diff in effects.items():
     own = [axis for axis in diff if owners[axis] == 1] or list(diff)
     old = _value(widths, entry)
-    values = set()
+    values: set[int | None] = set()
     for name, a in own:
       change, rest = divmod(want[name][a] - base[name][a], diff[(name, a)])
       values.add(None if rest else old + change)
-    if len(values) != 1 or None in values or min(v for v in values if v is not None) < 1:
+    value = values.pop() if len(values) == 1 else None
+    if value is None or value < 1:
       raise ValueError(
         f"{owner}: argument {_label(entry, widths)} (now {old}) sets axes "
         f"{[f'{n}:{a}' for n, a in own]}, whose target sizes "
         f"{[want[n][a] for n, a in own]} give no single positive value for it."
       )
-    new = _with(new, entry, values.pop())
+    new = _with(new, entry, value)
   got = _shapes(shapes_of(new))
   for name in want:
     if got[name] != want[name]:
@@ -223,7 +226,9 @@ def resize_module(
     ICLR 2019
   """
   owner = "resize_module"
-  names = [f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name") and f.init]
+  names = [
+    f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name") and f.init
+  ]
   if fields is None:
     fields = [n for n in names if any(_is_width(v) for v in jax.tree.leaves(getattr(module, n)))]
   else:
@@ -236,9 +241,7 @@ def resize_module(
   key = jax.random.key(0)
 
   def shapes_of(widths: dict[str, Any]) -> Any:
-    shapes = jax.eval_shape(
-      lambda: module.clone(**widths).init(key, *example_args, **init_kwargs)
-    )
+    shapes = jax.eval_shape(lambda: module.clone(**widths).init(key, *example_args, **init_kwargs))
     shapes = dict(shapes)
     if not wrapped:
       return shapes["params"]
