@@ -24,9 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -59,10 +57,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   models.get_model(config.model, 10)
 
 
-def _fresh(variables: Any) -> Any:
-  return jax.tree.map(jnp.asarray, flax.core.unfreeze(variables))
-
-
 def prune_cycle(module, variables, init, method, config, data, seed, x):
   """One DropNet cut: ``(module, trained variables, init variables)`` of the smaller network."""
   fn = lambda v, x: module.apply(v, x, train=False)
@@ -82,7 +76,7 @@ def prune_cycle(module, variables, init, method, config, data, seed, x):
   resized = structured.resize_module(
     module, small, x, like=small_fn, train=False, rtol=1e-3, atol=1e-4
   )
-  return resized, _fresh(small), _fresh(small_init)
+  return resized, st._fresh(small), st._fresh(small_init)
 
 
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -116,7 +110,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
       if path.exists() and json.loads(path.read_text()).get("fingerprint") == fingerprint:
         records.append(json.loads(path.read_text()))
         continue
-      init = _fresh(model.init(jax.random.key(seed), data.train_x[:2], train=False))
+      init = st._fresh(model.init(jax.random.key(seed), data.train_x[:2], train=False))
       total = None
       module, variables, start_vars = model, None, init
       curve = []

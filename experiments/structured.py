@@ -335,7 +335,7 @@ def _save_variables(path: Path, variables) -> None:
 def _dense(config, data, module, seed, name, penalty, ckpt: Path):
   """The trained dense variables of seed ``seed`` (reused from ``ckpt`` when there)."""
   init = module.init(jax.random.key(seed), data.train_x[:2], train=False)
-  init = jax.tree.map(jnp.asarray, flax.core.unfreeze(init))
+  init = _fresh(init)
   if ckpt.exists():
     return flax.serialization.from_bytes(init, ckpt.read_bytes())
   trained = train(
@@ -369,7 +369,7 @@ class _Runner:
     resized = structured.resize_module(
       self.module, small, self.x64, like=small_fn, train=False, rtol=1e-3, atol=1e-4
     )
-    return resized, jax.tree.map(jnp.asarray, flax.core.unfreeze(small))
+    return resized, _fresh(small)
 
   def measure(self, dense, small) -> dict:
     c = self.config
@@ -536,7 +536,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
             arch = r.cut(dense_vars, groups, keeps)[0], _channels(groups, keeps)
           small_module, removed = arch
           fresh = small_module.init(jax.random.key(seed), data.train_x[:2], train=False)
-          fresh = jax.tree.map(jnp.asarray, flax.core.unfreeze(fresh))
+          fresh = _fresh(fresh)
           steps = int(config.pretrain_steps)
           if method == "scratch_b":
             factor = _macs(module, dense_vars, r.x1) / _macs(small_module, fresh, r.x1)
@@ -573,7 +573,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
             m = structured.resize_module(
               small[0], small_vars, r.x64, like=small_fn, train=False, rtol=1e-3, atol=1e-4
             )
-            small_vars = jax.tree.map(jnp.asarray, flax.core.unfreeze(small_vars))
+            small_vars = _fresh(small_vars)
             small = (
               m,
               train(
@@ -587,10 +587,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
                 desc=f"{name} cycle {k + 1}/{cycles}",
               ),
             )
-          new_groups = structured.dependency_groups(
-            lambda v, x: small[0].apply(v, x, train=False), small[1], r.x64
-          )
-          rec["channels_removed"] = 1.0 - sum(g.size for g in new_groups) / sizes
+          # The last cut's keeps are the slim network's channels.
+          rec["channels_removed"] = 1.0 - sum(int(np.sum(k)) for k in keeps) / sizes
           rec["cycles"] = cycles
         else:
           source = dense_vars

@@ -18,6 +18,8 @@ is the paper's VGG value (1e-4); LeNet-5 has no batch norm, so slimming is skipp
 
 import ml_collections
 
+from experiments import structured
+
 # Steps per model on 2 CPU cores (dense training, then fine-tuning after each prune).
 BUDGETS = {
   "lenet5": (1500, 500),
@@ -49,16 +51,7 @@ def get_config(model: str = "lenet5") -> ml_collections.ConfigDict:
   config.calibration_batches = 8  # batches for Taylor's gradients and DropNet's activations
 
   config.ratios = (0.3, 0.5, 0.7)  # fraction of channels removed
-  config.methods = (
-    "l1",
-    "slimming",
-    "taylor",
-    "dropnet",
-    "dropnet_layer",
-    "random",
-    "scratch_e",
-    "scratch_b",
-  )
+  config.methods = structured.METHODS
 
   config.slimming = ml_collections.ConfigDict()
   config.slimming.penalty = 1e-4  # Liu et al. 2017: 1e-4 for VGG, 1e-5 for ResNets
