@@ -13,8 +13,10 @@ naming the transformation and the leaf at fault.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -24,7 +26,7 @@ import numpy as np
 if TYPE_CHECKING:  # jaxprune.typing imports this module
   from jaxprune.typing import Distribution, Sparsity
 
-__all__ = ["Allocation", "uniform", "erk", "er", "get_allocation", "allocate"]
+__all__ = ["Allocation", "Stacked", "uniform", "erk", "er", "stacked", "get_allocation", "allocate"]
 
 Allocation = Callable[[Any, Sequence[tuple[int, ...]]], list[Any]]
 
@@ -89,6 +91,95 @@ def er(sparsity: Sparsity, shapes: Sequence[tuple[int, ...]]) -> list[Any]:
 
 
 _ALLOCATIONS = {"uniform": uniform, "erk": erk, "er": er}
+
+
+@dataclasses.dataclass(frozen=True)
+class Stacked:
+  """A distribution over the layers of stacked leaves (see `stacked`); called like its inner one."""
+
+  distribution: Distribution
+  axes: tuple[tuple[str, int], ...]
+
+  def __call__(self, sparsity: Sparsity, shapes: Sequence[tuple[int, ...]]) -> list[Any]:
+    fn = get_allocation(self.distribution)
+    assert fn is not None  # `stacked` refuses "global"
+    return fn(sparsity, shapes)
+
+  @property
+  def __name__(self) -> str:  # for messages, like an allocation function's name
+    return f"stacked({self.distribution!r})"
+
+  def axis_of(self, name: str, ndim: int, owner: str) -> int | None:
+    """The stacked axis of leaf ``name`` (of ``ndim`` dims), or ``None`` for an ordinary leaf."""
+    hits = [(key, axis) for key, axis in self.axes if re.fullmatch(key, name)]
+    if len(hits) > 1:
+      raise ValueError(
+        f"{owner}: leaf {name!r} is matched by two stacked patterns, {hits[0][0]!r} and "
+        f"{hits[1][0]!r}."
+      )
+    if not hits:
+      return None
+    key, axis = hits[0]
+    if not -ndim <= axis < ndim or ndim < 2:
+      raise ValueError(
+        f"{owner}: stacked pattern {key!r} names axis {axis} of leaf {name!r}, which has {ndim} "
+        f"dims; the stacked axis must leave at least one dim per layer."
+      )
+    return axis % ndim
+
+
+def stacked(distribution: Distribution = "uniform", *, axes: Mapping[str, int]) -> Stacked:
+  """Treats each layer of a stacked leaf as a leaf of its own: for scan-over-layers models.
+
+  A model run with ``jax.lax.scan`` or ``flax.linen.scan`` over ``L`` layers keeps one leaf of shape
+  ``(L, ...)`` per parameter instead of ``L`` leaves. Under ``stacked(D, axes={regex: axis})`` every
+  leaf whose path matches a regex (in full) is split along ``axis`` into ``L`` units named
+  ``path[l]``: a layer-wise distribution prunes each layer to its own sparsity, ERK allocates by the
+  layer's shape, and overrides match either the leaf's path (every layer) or ``path[l]`` (one).
+  The masks stay one array per leaf, shaped like it.
+
+  Args:
+    distribution: the allocation over units (``"uniform"``, ``"erk"``, ``"er"`` or a function);
+      not ``"global"``, which has one threshold over all entries, stacked or not.
+    axes: ``{path regex: stacked axis}``.
+
+  Returns:
+    A distribution to pass as ``distribution=`` to any pruner.
+
+  Raises:
+    ValueError: for ``"global"``, an unknown name, bad regexes or axes.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, jaxprune
+    >>> params = {'layers': {'kernel': jnp.arange(24.0).reshape(3, 2, 4) - 10}}
+    >>> tx = jaxprune.magnitude_pruning(
+    ...   0.5, distribution=jaxprune.allocation.stacked(axes={'layers/.*': 0}), inner=optax.sgd(0.0))
+    >>> _, state = tx.update(params, tx.init(params), params)
+    >>> jaxprune.get_masks(state)['layers']['kernel'].sum(axis=(1, 2))  # half of every layer
+    Array([4, 4, 4], dtype=int32)
+  """
+  if isinstance(distribution, Stacked):
+    raise ValueError("stacked: the distribution is stacked already.")
+  if distribution == "global":
+    raise ValueError(
+      "stacked: distribution 'global' selects with one threshold over every entry, so layers "
+      "need no splitting; pass distribution='global' without stacked()."
+    )
+  get_allocation(distribution)  # unknown names fail here
+  if not isinstance(axes, Mapping) or not axes:
+    raise ValueError(f"stacked: axes must be a non-empty mapping {{regex: axis}}, got {axes!r}.")
+  for key, axis in axes.items():
+    if not isinstance(key, str):
+      raise ValueError(f"stacked: axes keys must be regular expressions (str), got {key!r}.")
+    try:
+      re.compile(key)
+    except re.error as e:
+      raise ValueError(
+        f"stacked: pattern {key!r} is not a valid regular expression: {e}."
+      ) from None
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+      raise ValueError(f"stacked: the axis of pattern {key!r} must be an int, got {axis!r}.")
+  return Stacked(distribution, tuple((k, int(a)) for k, a in axes.items()))
 
 
 def get_allocation(distribution: Distribution) -> Allocation | None:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxprune import allocation as allocation_lib
 from jaxprune import engine, rules, selection
 from jaxprune import leaves as leaves_lib
 from jaxprune import masks as masks_lib
@@ -118,18 +119,18 @@ def _cycle_schedule(prune_steps: np.ndarray) -> schedules_lib.Schedule:
 
 
 def _random_like(seed: int) -> rules.Rule:
-  """The ``random_masks`` control: each leaf keeps as many weights as the magnitude prune would,
-  chosen uniformly at random among those it keeps now."""
+  """The ``random_masks`` control: each unit (a leaf, a layer of a stacked leaf, a group) keeps as
+  many groups as the magnitude prune would, chosen uniformly at random among those it keeps now."""
   draw = scores_lib.random(seed)
 
   def fn(x: rules.RuleInputs) -> rules.MaskUpdate:
     new = rules.prune.fn(x).masks
     drawn = draw.fn(scores_lib.ScoreInputs(list(x.params), None, x.count, None, {}))
-    masked = x.plan.masked
-    scores = [jnp.where(x.old[i], drawn[i], -jnp.inf) for i in masked]
-    keeps = jnp.stack([jnp.sum(new[i], dtype=jnp.int32) for i in masked])
-    chosen = selection.top_k_masks(scores, keeps, segments=list(range(len(masked))))
-    return rules.MaskUpdate(dict(zip(masked, chosen)))
+    units = x.plan.units
+    scores = [jnp.where(u.kept(x.old), u.group_scores(drawn), -jnp.inf) for u in units]
+    keeps = jnp.stack([jnp.sum(u.kept(new), dtype=jnp.int32) for u in units])
+    chosen = selection.top_k_masks(scores, keeps, segments=list(range(len(units))))
+    return rules.MaskUpdate(x.plan.combine(chosen))
 
   return rules.Rule("random_like_magnitude", fn)
 
@@ -361,8 +362,14 @@ def imp(
       rate = 1.0 - (1.0 - jnp.asarray(sparsity, jnp.float32)) ** (1.0 / cycles)
   else:
     check_sparsity(rate, "imp: rate")
-  if distribution not in ("global", "uniform"):
-    raise ValueError(f"imp: distribution must be 'global' or 'uniform', got {distribution!r}.")
+  layered = (
+    isinstance(distribution, allocation_lib.Stacked) and distribution.distribution == "uniform"
+  )
+  if distribution not in ("global", "uniform") and not layered:
+    raise ValueError(
+      f"imp: distribution must be 'global' or 'uniform' (or jaxprune.allocation.stacked("
+      f"'uniform', ...)), got {distribution!r}."
+    )
   if isinstance(pattern, patterns_lib.NM):
     raise ValueError("imp: N:M patterns fix the sparsity; use magnitude_pruning with n_m instead.")
   if rewind == "init":

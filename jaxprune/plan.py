@@ -153,6 +153,8 @@ class Unit(NamedTuple):
     channel_group: the `jaxprune.structured.ChannelGroup` of a channel-group unit (``members``
       lists its members in order; their ``(size, k)`` index arrays say which positions along the
       axis form each channel), else ``None``.
+    layer: ``(axis, l)`` for layer ``l`` of a stacked leaf (`jaxprune.allocation.stacked`): the
+      unit is the slice ``l`` along ``axis``, and ``shape`` is the slice's; else ``None``.
   """
 
   name: str
@@ -163,10 +165,18 @@ class Unit(NamedTuple):
   size: int
   override: Any
   channel_group: ChannelGroup | None = None
+  layer: tuple[int, int] | None = None
 
   @property
   def is_nm(self) -> bool:
     return isinstance(self.pattern, patterns_lib.NM)
+
+  def _own(self, x: jax.Array) -> jax.Array:
+    """The part of a leaf-shaped array that this unit covers (its layer, for a stacked leaf)."""
+    if self.layer is None:
+      return x
+    axis, index = self.layer
+    return jax.lax.index_in_dim(x, index, axis, keepdims=False)
 
   def _per_member(self, leaves: Any, reduce: Any) -> list[jax.Array]:
     """``reduce(x, axes)`` of each member's leaf over everything but its channel (one value per
@@ -189,7 +199,7 @@ class Unit(NamedTuple):
     """One float32 score per group, from leaf-shaped score arrays (indexed like the params)."""
     if self.pattern is not None:
       ((index, _),) = self.members
-      score = leaves[index].astype(jnp.float32)
+      score = self._own(leaves[index]).astype(jnp.float32)
       if isinstance(self.pattern, patterns_lib.NM):
         return score
       return self.pattern.group_scores(score)
@@ -209,9 +219,10 @@ class Unit(NamedTuple):
     """Which groups are kept under leaf masks ``masks`` (a group is kept if any entry is)."""
     if self.pattern is not None:
       ((index, _),) = self.members
+      own = self._own(masks[index])
       if isinstance(self.pattern, (patterns_lib.Unstructured, patterns_lib.NM)):
-        return masks[index]
-      return self.pattern.group_scores(masks[index].astype(jnp.float32)) > 0
+        return own
+      return self.pattern.group_scores(own.astype(jnp.float32)) > 0
     out = None
     for per in self._per_member(masks, lambda x, axes: jnp.any(x, axis=axes)):
       out = per if out is None else out | per
@@ -221,12 +232,13 @@ class Unit(NamedTuple):
   def expand(
     self, group_mask: jax.Array, shapes: Sequence[tuple[int, ...]]
   ) -> list[tuple[int, jax.Array]]:
-    """``(leaf index, leaf-shaped mask)`` for each member, from a mask over groups."""
+    """``(leaf index, leaf-shaped mask)`` for each member, from a mask over groups (for a layer of
+    a stacked leaf, the layer's mask: `Plan.combine` stacks them)."""
     if self.pattern is not None:
       ((index, _),) = self.members
       if isinstance(self.pattern, patterns_lib.NM):
         return [(index, group_mask)]
-      return [(index, self.pattern.expand(group_mask, shapes[index]))]
+      return [(index, self.pattern.expand(group_mask, self.shape))]
     out = []
     for m, (index, axis) in enumerate(self.members):
       assert axis is not None  # a group's members name their axes
@@ -266,9 +278,16 @@ class Plan(NamedTuple):
     """Leaf masks (index -> bool array) from one group mask per unit; a leaf in several units
     keeps what all of them keep."""
     out: dict[int, jax.Array] = {}
+    layers: dict[int, dict[int, jax.Array]] = {}
     for unit, group_mask in zip(self.units, unit_masks):
       for index, mask in unit.expand(group_mask, self.shapes):
-        out[index] = mask if index not in out else out[index] & mask
+        if unit.layer is not None:
+          layers.setdefault(index, {})[unit.layer[1]] = mask
+        else:
+          out[index] = mask if index not in out else out[index] & mask
+    for index, parts in layers.items():
+      axis = next(u.layer[0] for u in self.units if u.layer and u.members[0][0] == index)
+      out[index] = jnp.stack([parts[layer] for layer in range(len(parts))], axis=axis)
     return out
 
 
@@ -392,26 +411,56 @@ def make_plan(params: Params, sel: Selection, owner: str) -> Plan:
     )
   named = leaves_lib.named_leaves(leaves_lib.unwrap_variables(params))
   flags = leaves_lib.prunable_paths(params, sel.prune, owner=owner)
+  stacked = sel.distribution if isinstance(sel.distribution, allocation_lib.Stacked) else None
   group_units = _group_units(named, flags, sel.groups, owner)
+  if stacked is not None:
+    for unit in group_units:
+      for i, _ in unit.members:
+        name, leaf = named[i]
+        if stacked.axis_of(name, jnp.ndim(leaf), owner) is not None:
+          raise ValueError(
+            f"{owner}: leaf {name!r} is in group {unit.name!r} and matches a stacked pattern; a "
+            f"grouped leaf is pruned by its groups, so it cannot also be split into layers."
+          )
   units = []
   for i, ((name, leaf), selected) in enumerate(zip(named, flags)):
     if not selected:
       continue
     shape = tuple(jnp.shape(leaf))
+    axis = None if stacked is None else stacked.axis_of(name, len(shape), owner)
+    own = shape if axis is None else shape[:axis] + shape[axis + 1 :]
     try:
-      sel.pattern.validate(name, shape)
+      sel.pattern.validate(name, own)
     except ValueError as e:
       raise ValueError(f"{owner}: {e}") from None
     groups = (
-      math.prod(shape)
-      if isinstance(sel.pattern, patterns_lib.NM)
-      else sel.pattern.num_groups(shape)
+      math.prod(own) if isinstance(sel.pattern, patterns_lib.NM) else sel.pattern.num_groups(own)
     )
-    units.append(Unit(name, ((i, None),), sel.pattern, shape, groups, math.prod(shape), None))
+    if axis is None:
+      units.append(Unit(name, ((i, None),), sel.pattern, shape, groups, math.prod(shape), None))
+      continue
+    for layer in range(shape[axis]):
+      units.append(
+        Unit(
+          f"{name}[{layer}]",
+          ((i, None),),
+          sel.pattern,
+          own,
+          groups,
+          math.prod(own),
+          None,
+          layer=(axis, layer),
+        )
+      )
   units += group_units
   matched_by: dict[str, str] = {}
   for key in sel.overrides:
-    hits = [u.name for u in units if re.fullmatch(key, u.name)]
+    hits = [
+      u.name
+      for u in units
+      if re.fullmatch(key, u.name)
+      or (u.layer is not None and re.fullmatch(key, named[u.members[0][0]][0]))
+    ]
     if not hits:
       raise ValueError(
         f"{owner}: override pattern {key!r} matches no pruned leaf; pruned leaves "

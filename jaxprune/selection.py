@@ -1,9 +1,11 @@
 """Exact top-k selection by counting: a radix select, without sorting.
 
 The k-th largest score is found digit by digit on an order-preserving ``uint32`` key of each score.
-Each pass is one reduction: a histogram of one 16-bit digit over the entries still in play (a
-scatter-add into 65,536 bins). Two passes give the exact threshold, so the cost is O(size) per leaf,
-nothing is sorted, and no array larger than a leaf is built. Because every pass is a reduction, the
+Each pass is one reduction: a histogram of one digit over the entries still in play (a scatter-add).
+Two passes of 16-bit digits (65,536 bins) give the exact threshold, so the cost is O(size) per leaf,
+nothing is sorted, and no array larger than a leaf is built. With many independent selections in
+one call (segments: one per leaf for layer-wise pruning) the digits narrow (12, 8, then 4 bits, so
+three, four or eight passes), keeping the histograms of all segments within ``2**20`` bins. Because every pass is a reduction, the
 same code runs when the scores are sharded across devices (each device counts its shard and XLA adds
 the histograms), and a global selection over many leaves adds up per-leaf histograms: the scores of
 different leaves are never concatenated.
@@ -36,9 +38,7 @@ from jaxprune.typing import ArrayLike
 
 __all__ = ["ordered_key", "top_k_mask", "top_k_masks", "cond"]
 
-_DIGIT_BITS = 16
-_NUM_BINS = 1 << _DIGIT_BITS
-_DIGIT_MASK = _NUM_BINS - 1
+_MAX_BINS = 1 << 20  # histogram bins of all segments together, per pass
 
 T = TypeVar("T")
 
@@ -82,23 +82,41 @@ def ordered_key(scores: jax.Array) -> jax.Array:
   return jnp.where(magnitude > jnp.uint32(0x7F800000), jnp.uint32(1), key)
 
 
+def _digit_widths(num_segments: int) -> tuple[int, ...]:
+  """The digit widths of the radix select, most significant first, summing to 32 bits.
+
+  16-bit digits (two passes) while the histograms of all segments fit in ``2**20`` bins (4 MiB of
+  counts); narrower digits, and more passes, as segments are added, so the histograms' memory stays
+  bounded instead of growing by 65,536 bins per segment (one segment per leaf for layer-wise
+  pruning, one per layer of a stacked leaf).
+  """
+  bits = 16
+  while bits > 4 and num_segments << bits > _MAX_BINS:
+    bits -= 4
+  widths = [bits] * (32 // bits)
+  if 32 % bits:
+    widths.append(32 % bits)
+  return tuple(widths)
+
+
 def _segment_histograms(
   digits: Sequence[jax.Array],
   weights: Sequence[jax.Array | None],
   segments: Sequence[int],
   num_segments: int,
+  num_bins: int,
 ) -> jax.Array:
-  """Counts of each 16-bit digit value per segment, shape ``(num_segments, 65536)``.
+  """Counts of each digit value per segment, shape ``(num_segments, num_bins)``.
 
   Every array adds its (boolean-weighted) counts into its segment's row of one buffer; no array
   larger than a leaf is built.
   """
-  hist = jnp.zeros(num_segments * _NUM_BINS, jnp.int32)
+  hist = jnp.zeros(num_segments * num_bins, jnp.int32)
   for d, w, seg in zip(digits, weights, segments):
     ones = jnp.ones(d.shape, jnp.int32) if w is None else w.astype(jnp.int32)
-    index = d.astype(jnp.int32) + jnp.int32(seg * _NUM_BINS)
+    index = d.astype(jnp.int32) + jnp.int32(seg * num_bins)
     hist = hist.at[index].add(ones, mode="promise_in_bounds")
-  return hist.reshape(num_segments, _NUM_BINS)
+  return hist.reshape(num_segments, num_bins)
 
 
 def _select_digit(hist: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -119,18 +137,32 @@ def _kth_largest(
   num_segments: int,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Per segment: the k-th largest ``uint32`` key among the active entries, ``#(key > it)`` and
-  ``#(key == it)``; ``k`` has one entry per segment."""
+  ``#(key == it)``; ``k`` has one entry per segment.
+
+  One histogram pass per digit (`_digit_widths`), each over the entries whose higher digits equal
+  those of the threshold found so far.
+  """
   weights: list[jax.Array | None] = [None] * len(keys) if active is None else list(active)
-  high = [key >> _DIGIT_BITS for key in keys]
-  hist = _segment_histograms(high, weights, segments, num_segments)
-  high_digit, above_high, _ = _select_digit(hist, k)
-  high_key = high_digit.astype(jnp.uint32)
-  in_bucket = [h == high_key[seg] for h, seg in zip(high, segments)]
-  in_bucket = [b if a is None else b & a for b, a in zip(in_bucket, weights)]
-  hist = _segment_histograms([key & _DIGIT_MASK for key in keys], in_bucket, segments, num_segments)
-  low_digit, above_low, ties = _select_digit(hist, k - above_high)
-  threshold = (high_digit.astype(jnp.uint32) << _DIGIT_BITS) | low_digit.astype(jnp.uint32)
-  return threshold, above_high + above_low, ties
+  prefix = jnp.zeros(num_segments, jnp.uint32)  # the threshold's digits found so far
+  above = jnp.zeros(num_segments, jnp.int32)  # #(key > prefix's bucket)
+  count = jnp.zeros(num_segments, jnp.int32)
+  done = 0  # bits of the threshold found
+  for bits in _digit_widths(num_segments):
+    shift = 32 - done - bits
+    digits = [(key >> shift) & jnp.uint32((1 << bits) - 1) for key in keys]
+    if done:
+      in_bucket = [(key >> (32 - done)) == prefix[seg] for key, seg in zip(keys, segments)]
+      w_pass: list[jax.Array | None] = [
+        b if a is None else b & a for b, a in zip(in_bucket, weights)
+      ]
+    else:
+      w_pass = list(weights)
+    hist = _segment_histograms(digits, w_pass, segments, num_segments, 1 << bits)
+    digit, above_digit, count = _select_digit(hist, k - above)
+    above = above + above_digit
+    prefix = (prefix << bits) | digit.astype(jnp.uint32) if done else digit.astype(jnp.uint32)
+    done += bits
+  return prefix, above, count
 
 
 def _positions(shape: tuple[int, ...], offset: int) -> jax.Array:

@@ -82,6 +82,39 @@ def test_top_k_on_continuous_values(values, data):
   np.testing.assert_array_equal(mask, reference_top_k([values], k)[0])
 
 
+def test_digit_widths_keep_the_histograms_bounded():
+  assert selection._digit_widths(1) == (16, 16)
+  assert selection._digit_widths(16) == (16, 16)
+  assert selection._digit_widths(17) == (12, 12, 8)
+  assert selection._digit_widths(256) == (12, 12, 8)
+  assert selection._digit_widths(257) == (8, 8, 8, 8)
+  assert selection._digit_widths(5000) == (4,) * 8
+  for segments in (1, 16, 17, 256, 257, 4096, 4097, 65536):
+    assert sum(selection._digit_widths(segments)) == 32
+    assert segments << max(selection._digit_widths(segments)) <= max(
+      selection._MAX_BINS, segments * 16
+    )
+
+
+@pytest.mark.parametrize("max_bins", [1 << 20, 1 << 13, 1 << 10, 1 << 5])  # 16, 12, 8, 4-bit digits
+def test_segmented_selection_is_exact_at_every_digit_width(max_bins, monkeypatch):
+  # Three segments over five arrays, with ties, signed zeros, infinities and NaNs; the narrower
+  # digits run 3, 4 or 8 passes and must keep exactly the same entries as two 16-bit passes.
+  monkeypatch.setattr(selection, "_MAX_BINS", max_bins)
+  rng = np.random.default_rng(0)
+  palette = np.array([0.0, -0.0, 1.0, -1.0, 0.5, 1e-30, np.inf, -np.inf, 7.25], np.float32)
+  arrays = [palette[rng.integers(0, palette.size, s)] for s in [(5, 7), (11,), (3, 4), (6,), (9,)]]
+  arrays.append(rng.normal(size=(4, 5)).astype(np.float32))
+  segments = [0, 1, 0, 2, 1, 2]
+  ks = [20, 7, 13]
+  masks = selection.top_k_masks([jnp.asarray(a) for a in arrays], ks, segments=segments)
+  for seg, k in enumerate(ks):
+    members = [i for i, s in enumerate(segments) if s == seg]
+    want = reference_top_k([arrays[i] for i in members], k)
+    for i, w in zip(members, want):
+      np.testing.assert_array_equal(np.asarray(masks[i]), w)
+
+
 def test_out_of_range_k_is_clipped_to_the_size():
   x = jnp.arange(5.0)
   assert int(selection.top_k_mask(x, -3).sum()) == 0
