@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprune.checks import check_regex
+
 if TYPE_CHECKING:  # jaxprune.typing imports this module
   from jaxprune.typing import Distribution, Sparsity
 
@@ -148,6 +150,7 @@ def stacked(distribution: Distribution = "uniform", *, axes: Mapping[str, int]) 
 
   Raises:
     ValueError: for ``"global"``, an unknown name, bad regexes or axes.
+    TypeError: for a key that is not a string.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, jaxprune
@@ -169,14 +172,7 @@ def stacked(distribution: Distribution = "uniform", *, axes: Mapping[str, int]) 
   if not isinstance(axes, Mapping) or not axes:
     raise ValueError(f"stacked: axes must be a non-empty mapping {{regex: axis}}, got {axes!r}.")
   for key, axis in axes.items():
-    if not isinstance(key, str):
-      raise ValueError(f"stacked: axes keys must be regular expressions (str), got {key!r}.")
-    try:
-      re.compile(key)
-    except re.error as e:
-      raise ValueError(
-        f"stacked: pattern {key!r} is not a valid regular expression: {e}."
-      ) from None
+    check_regex(key, "stacked", "axes")
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
       raise ValueError(f"stacked: the axis of pattern {key!r} must be an int, got {axis!r}.")
   return Stacked(distribution, tuple((k, int(a)) for k, a in axes.items()))

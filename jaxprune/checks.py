@@ -7,6 +7,7 @@ pass; every concrete value is checked where it is given.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import jax
@@ -17,6 +18,7 @@ __all__ = [
   "check_bool",
   "check_fraction",
   "check_int",
+  "check_regex",
   "check_sparsity",
   "is_traced",
   "number",
@@ -97,3 +99,18 @@ def check_bool(name: str, value: Any, owner: str) -> bool:
   if not isinstance(value, bool):
     raise TypeError(f"{owner}: {name} must be a bool, got {value!r}.")
   return value
+
+
+def check_regex(key: Any, owner: str, what: str) -> None:
+  """``TypeError`` unless ``key`` is a string, ``ValueError`` unless it compiles as a regex.
+
+  ``what`` names the mapping the key belongs to (``"override"``, ``"stacked axes"``).
+  """
+  if not isinstance(key, str):
+    raise TypeError(f"{owner}: {what} keys must be regular expressions (str), got {key!r}.")
+  try:
+    re.compile(key)
+  except re.error as e:
+    raise ValueError(
+      f"{owner}: {what} pattern {key!r} is not a valid regular expression: {e}."
+    ) from None

@@ -28,7 +28,7 @@ import numpy as np
 from jaxprune import allocation as allocation_lib
 from jaxprune import leaves as leaves_lib
 from jaxprune import patterns as patterns_lib
-from jaxprune.checks import check_sparsity, number
+from jaxprune.checks import check_regex, check_sparsity, number
 from jaxprune.groups import Group
 from jaxprune.typing import Distribution, Params, PathSelector, Sparsity
 
@@ -89,14 +89,7 @@ def make_selection(
     raise TypeError(f"{owner}: overrides must be a mapping {{regex: sparsity}}, got {overrides!r}.")
   overrides = dict(overrides or {})
   for key, value in overrides.items():
-    if not isinstance(key, str):
-      raise TypeError(f"{owner}: override keys must be regular expressions (str), got {key!r}.")
-    try:
-      re.compile(key)
-    except re.error as e:
-      raise ValueError(
-        f"{owner}: override pattern {key!r} is not a valid regular expression: {e}."
-      ) from None
+    check_regex(key, owner, "override")
     if value is None:
       raise ValueError(
         f"{owner}: override {key!r} has no sparsity (None). Give a number in [0, 1); "
@@ -278,16 +271,15 @@ class Plan(NamedTuple):
     """Leaf masks (index -> bool array) from one group mask per unit; a leaf in several units
     keeps what all of them keep."""
     out: dict[int, jax.Array] = {}
-    layers: dict[int, dict[int, jax.Array]] = {}
+    layers: dict[int, tuple[int, list[jax.Array]]] = {}  # leaf -> (stacked axis, layer masks)
     for unit, group_mask in zip(self.units, unit_masks):
       for index, mask in unit.expand(group_mask, self.shapes):
-        if unit.layer is not None:
-          layers.setdefault(index, {})[unit.layer[1]] = mask
+        if unit.layer is not None:  # a stacked leaf's layers come in order, one unit each
+          layers.setdefault(index, (unit.layer[0], []))[1].append(mask)
         else:
           out[index] = mask if index not in out else out[index] & mask
-    for index, parts in layers.items():
-      axis = next(u.layer[0] for u in self.units if u.layer and u.members[0][0] == index)
-      out[index] = jnp.stack([parts[layer] for layer in range(len(parts))], axis=axis)
+    for index, (axis, parts) in layers.items():
+      out[index] = jnp.stack(parts, axis=axis)
     return out
 
 
@@ -436,21 +428,10 @@ def make_plan(params: Params, sel: Selection, owner: str) -> Plan:
     groups = (
       math.prod(own) if isinstance(sel.pattern, patterns_lib.NM) else sel.pattern.num_groups(own)
     )
-    if axis is None:
-      units.append(Unit(name, ((i, None),), sel.pattern, shape, groups, math.prod(shape), None))
-      continue
-    for layer in range(shape[axis]):
+    for layer in [None] if axis is None else [(axis, n) for n in range(shape[axis])]:
+      label = name if layer is None else f"{name}[{layer[1]}]"
       units.append(
-        Unit(
-          f"{name}[{layer}]",
-          ((i, None),),
-          sel.pattern,
-          own,
-          groups,
-          math.prod(own),
-          None,
-          layer=(axis, layer),
-        )
+        Unit(label, ((i, None),), sel.pattern, own, groups, math.prod(own), None, layer=layer)
       )
   units += group_units
   matched_by: dict[str, str] = {}

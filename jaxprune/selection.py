@@ -5,8 +5,8 @@ Each pass is one reduction: a histogram of one digit over the entries still in p
 Two passes of 16-bit digits (65,536 bins) give the exact threshold, so the cost is O(size) per leaf,
 nothing is sorted, and no array larger than a leaf is built. With many independent selections in
 one call (segments: one per leaf for layer-wise pruning) the digits narrow (12, 8, then 4 bits, so
-three, four or eight passes), keeping the histograms of all segments within ``2**20`` bins. Because every pass is a reduction, the
-same code runs when the scores are sharded across devices (each device counts its shard and XLA adds
+three, four or eight passes), keeping the histograms of all segments within ``2**20`` bins.
+Because every pass is a reduction, the same code runs when the scores are sharded across devices (each device counts its shard and XLA adds
 the histograms), and a global selection over many leaves adds up per-leaf histograms: the scores of
 different leaves are never concatenated.
 
@@ -145,7 +145,7 @@ def _kth_largest(
   weights: list[jax.Array | None] = [None] * len(keys) if active is None else list(active)
   prefix = jnp.zeros(num_segments, jnp.uint32)  # the threshold's digits found so far
   above = jnp.zeros(num_segments, jnp.int32)  # #(key > prefix's bucket)
-  count = jnp.zeros(num_segments, jnp.int32)
+  count = above  # #(key in the threshold's bucket), set by every pass
   done = 0  # bits of the threshold found
   for bits in _digit_widths(num_segments):
     shift = 32 - done - bits
@@ -160,7 +160,7 @@ def _kth_largest(
     hist = _segment_histograms(digits, w_pass, segments, num_segments, 1 << bits)
     digit, above_digit, count = _select_digit(hist, k - above)
     above = above + above_digit
-    prefix = (prefix << bits) | digit.astype(jnp.uint32) if done else digit.astype(jnp.uint32)
+    prefix = (prefix << bits) | digit.astype(jnp.uint32)
     done += bits
   return prefix, above, count
 
