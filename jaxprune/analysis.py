@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import jax
 import numpy as np
 
 from jaxprune import masks as masks_lib
@@ -45,8 +46,8 @@ def _overlap(kept_a: int, kept_b: int, both: int) -> LeafOverlap:
   )
 
 
-def _named_masks(masks: Masks) -> dict[str, np.ndarray]:
-  out = masks_lib.host_arrays(masks)
+def _named_masks(masks: Masks) -> dict[str, jax.Array]:
+  out = masks_lib.device_arrays(masks)
   for name, array in out.items():
     if array.dtype != bool:
       raise TypeError(
@@ -71,6 +72,9 @@ def mask_overlap(a: Masks, b: Masks) -> MaskOverlap:
     ValueError: if the trees prune different leaves or a leaf's shapes differ (naming the leaf).
     TypeError: for a non-boolean leaf.
 
+  The counts are reduced on the devices holding the masks (see `jaxprune.masks.count_true`), so
+  masks sharded over several processes are compared where they are.
+
   Example:
     >>> import jax.numpy as jnp, jaxprune
     >>> a = {'w': jnp.array([True, True, False, False])}
@@ -90,7 +94,8 @@ def mask_overlap(a: Masks, b: Masks) -> MaskOverlap:
       raise ValueError(
         f"mask_overlap: leaf {name!r} has shape {ma.shape} in a and {mb.shape} in b."
       )
-    leaves[name] = _overlap(int(ma.sum()), int(mb.sum()), int((ma & mb).sum()))
+    count = masks_lib.count_true
+    leaves[name] = _overlap(count(ma), count(mb), count(ma & mb))
   total = _overlap(
     sum(v.kept_a for v in leaves.values()),
     sum(v.kept_b for v in leaves.values()),

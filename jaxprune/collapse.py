@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import numpy as np
+import jax
+import jax.numpy as jnp
 
 from jaxprune import masks as masks_lib
 from jaxprune.typing import Masks
@@ -52,11 +53,11 @@ class CollapseReport(NamedTuple):
     return "; ".join(parts) if parts else "no collapse"
 
 
-def _connectivity(mask: np.ndarray) -> np.ndarray:
+def _connectivity(mask: jax.Array) -> jax.Array:
   """``[in, out]``: whether input unit i reaches output unit o through the leaf (any spatial tap)."""
   if mask.ndim == 2:
     return mask
-  return np.any(mask.reshape(-1, mask.shape[-2], mask.shape[-1]), axis=0)  # conv: (..., in, out)
+  return jnp.any(mask.reshape(-1, mask.shape[-2], mask.shape[-1]), axis=0)  # conv: (..., in, out)
 
 
 def layer_collapse(masks: Masks, order: Sequence[str] | None = None) -> CollapseReport:
@@ -69,7 +70,8 @@ def layer_collapse(masks: Masks, order: Sequence[str] | None = None) -> Collapse
   outputs (a channels-last flatten between a convolution and a dense layer), input ``i`` is fed by
   channel ``i % C``. The chain stops at the first kernel whose input size fits neither way;
   ``chain`` says how far it went. Residual connections are not modelled: for such networks read
-  ``empty_leaves`` and ``dead_outputs``.
+  ``empty_leaves`` and ``dead_outputs``. Everything is reduced on the devices holding the masks
+  (only counts reach the host), so masks sharded over several processes are checked where they are.
 
   Args:
     masks: a tree of boolean masks (``None`` for unpruned leaves), e.g. from `jaxprune.get_masks`.
@@ -84,7 +86,7 @@ def layer_collapse(masks: Masks, order: Sequence[str] | None = None) -> Collapse
     >>> jaxprune.collapse.layer_collapse(masks).empty_leaves
     ['b']
   """
-  arrays = {k: v.astype(bool) for k, v in masks_lib.host_arrays(masks).items()}
+  arrays = {k: v.astype(bool) for k, v in masks_lib.device_arrays(masks).items()}
   kernels = {k: v for k, v in arrays.items() if v.ndim >= 2}
   names = list(kernels) if order is None else list(order)
   missing = [n for n in names if n not in kernels]
@@ -93,21 +95,21 @@ def layer_collapse(masks: Masks, order: Sequence[str] | None = None) -> Collapse
       f"layer_collapse: order names {missing}, which are not kernel masks; the masks "
       f"have {list(kernels)}."
     )
-  empty = [k for k, v in arrays.items() if v.size and not v.any()]
+  count = masks_lib.count_true
+  empty = [k for k, v in arrays.items() if v.size and not count(v)]
   dead_out, dead_in = {}, {}
   for k, v in kernels.items():
     c = _connectivity(v)
-    dead_out[k] = int((~c.any(axis=0)).sum())
-    dead_in[k] = int((~c.any(axis=1)).sum())
+    dead_out[k] = count(~c.any(axis=0))
+    dead_in[k] = count(~c.any(axis=1))
   reach, chain = None, []
   for name in names:
     c = _connectivity(kernels[name])
     if reach is not None and c.shape[0] != reach.size:
       if c.shape[0] % reach.size:
         break
-      reach = np.tile(reach, c.shape[0] // reach.size)  # a channels-last flatten
-    reach_in = np.ones(c.shape[0], bool) if reach is None else reach
-    reach = (reach_in[:, None] & c).any(axis=0)
+      reach = jnp.tile(reach, c.shape[0] // reach.size)  # a channels-last flatten
+    reach = c.any(axis=0) if reach is None else (reach[:, None] & c).any(axis=0)
     chain.append(name)
-  connected = bool(reach is not None and reach.any())
+  connected = reach is not None and count(reach) > 0
   return CollapseReport(empty, dead_out, dead_in, connected, chain)

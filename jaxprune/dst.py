@@ -150,14 +150,13 @@ def dynamic_sparse(
     schedule = schedules_lib.polynomial(
       begin_step, end_step, frequency, sparsity_power, initial_sparsity=initial_sparsity
     )
-  key = jax.random.key(seed)
 
   def initial_masks(plan, final, initial):
     """Random with the starting sparsities, or all kept (a dense start)."""
     start = final if initial_sparsity is None else initial
     if all(isinstance(s, (int, float)) and s == 0 for s in start):
       return {i: jnp.ones(plan.shapes[i], bool) for i in plan.masked}
-    return rules.random_masks(plan, start, key)
+    return rules.random_masks(plan, start, jax.random.key(seed))  # made in the step
 
   method = engine.Method(
     name,

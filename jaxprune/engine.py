@@ -42,6 +42,7 @@ from jaxprune import rules as rules_lib
 from jaxprune import schedules as schedules_lib
 from jaxprune import scores as scores_lib
 from jaxprune import selection
+from jaxprune import sharding as sharding_lib
 from jaxprune.typing import Masks, OptState, Sparsity
 
 __all__ = ["Hooks", "Method", "PruningState", "StepInfo", "method_of", "transformation"]
@@ -271,7 +272,16 @@ def transformation(
   monotone = persistent if method.monotone is None else method.monotone
   if inner is not None:
     inner = optax.with_extra_args_support(inner)
-  store = masks_lib.pack if method.packed_masks else (lambda m: m)
+
+  def store(mask, like):
+    """The mask as the state keeps it: packed along ``like``'s axis (a param: the axis it is not
+    sharded on; a stored mask: the axis it was packed along), or as it is."""
+    if not method.packed_masks:
+      return mask
+    if isinstance(like, masks_lib.PackedMask):
+      return masks_lib.pack(mask, masks_lib.packed_axis(like))
+    return masks_lib.pack(mask, masks_lib.pack_axis(like))
+
   given = None
   if method.given_masks is not None:  # host copies: constants of the run, not traced inputs
     given = jax.tree.map(
@@ -300,7 +310,8 @@ def transformation(
     fixed = None if given is None else leaves_lib.flatten_up_to(treedef, given)
     for i in plan.masked:
       masks[i] = store(
-        jnp.asarray(fixed[i]) if fixed is not None else jnp.ones(plan.shapes[i], dtype=bool)
+        jnp.asarray(fixed[i]) if fixed is not None else jnp.ones_like(leaves[i], dtype=bool),
+        leaves[i],
       )
     score_state = None if score.init is None else score.init(jax.tree.unflatten(treedef, leaves))
     inner_state = optax.EmptyState() if inner is None else inner.init(params)
@@ -315,7 +326,7 @@ def transformation(
   # method_of reads the declaration back; mypy does not model attributes set on functions.
   init_fn.jaxprune_method = method  # type: ignore[attr-defined]
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_impl(updates, state, params, extra_args):
     plan = plan_for(params)
     treedef = jax.tree.structure(params)
     grads = _flatten_like(treedef, updates, params, name, "the updates (gradients) tree")
@@ -355,7 +366,7 @@ def transformation(
 
       def install():
         start = initial_masks(plan, final, initial)
-        return [store(start[i]) for i in plan.masked]
+        return [store(start[i], stored[i]) for i in plan.masked]
 
       current = selection.cond(count == 0, install, lambda: [stored[i] for i in plan.masked])
       for i, m in zip(plan.masked, current):
@@ -389,7 +400,7 @@ def transformation(
         )
       )
       fields = hooks.on_update(info, old, result)
-      new = [store(result.masks[i]) for i in plan.masked]
+      new = [store(result.masks[i], stored[i]) for i in plan.masked]
       if method.rule.separate_train:
         assert result.train is not None  # a rule with separate_train returns them
         return new, [result.train[i] for i in plan.masked], fields
@@ -467,5 +478,18 @@ def transformation(
       **fields,
     )
     return jax.tree.unflatten(treedef, out), new_state
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is None:
+      return update_impl(updates, state, params, extra_args)
+    # On a mesh with explicit axes the work runs in auto mode; outputs keep the inputs' shardings.
+    return sharding_lib.run_in_auto_mode(
+      update_impl,
+      lambda: sharding_lib.shardings((updates, state), params),
+      updates,
+      state,
+      params,
+      extra_args,
+    )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -223,7 +223,6 @@ def drop_and_grow(
   """
   if grow not in ("gradient", "random"):
     raise ValueError(f"drop_and_grow: grow must be 'gradient' or 'random', got {grow!r}.")
-  key = jax.random.key(seed)
 
   def fn(x: RuleInputs) -> MaskUpdate:
     units = x.plan.units
@@ -251,7 +250,9 @@ def drop_and_grow(
       ]
       raw = [u.group_scores(magnitudes) for u in units]
     else:
-      draw = jax.random.fold_in(jax.random.fold_in(key, x.count), len(units))
+      # The key is made in the traced step, not closed over: a constant key made under
+      # jax.set_mesh would carry that mesh's explicit axes into the step's auto-mode work.
+      draw = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), x.count), len(units))
       raw = [
         jax.random.uniform(jax.random.fold_in(draw, j), jnp.shape(s))
         for j, s in enumerate(survivors)

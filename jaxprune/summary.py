@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import numpy as np
-
 from jaxprune import masks as masks_lib
 from jaxprune.typing import ArrayTree
 
@@ -42,7 +40,9 @@ def sparsity_summary(tree: ArrayTree) -> SparsitySummary:
   """Counts the zeros of every leaf of ``tree`` and in total.
 
   For boolean leaves (masks, e.g. from `jaxprune.get_masks`) the pruned entries (``False``) are
-  counted; for numeric leaves (params) the entries equal to zero. ``None`` leaves are skipped.
+  counted; for numeric leaves (params) the entries equal to zero. ``None`` leaves are skipped. The
+  counting runs on the devices that hold the arrays (only scalars reach the host), so sharded and
+  multi-process arrays are summarised where they are.
 
   Args:
     tree: a pytree of arrays: params, masks, an ``nnx.State``.
@@ -57,13 +57,9 @@ def sparsity_summary(tree: ArrayTree) -> SparsitySummary:
     (0.5, 2)
   """
   leaves = {}
-  for name, array in masks_lib.host_arrays(tree).items():
-    zeros = (
-      int(np.count_nonzero(~array))
-      if array.dtype == bool
-      else int(array.size - np.count_nonzero(array))
-    )
-    leaves[name] = LeafSparsity(int(array.size), zeros, zeros / array.size if array.size else 0.0)
+  for name, array in masks_lib.device_arrays(tree).items():
+    zeros = array.size - masks_lib.count_true(array)
+    leaves[name] = LeafSparsity(array.size, zeros, zeros / array.size if array.size else 0.0)
   size = sum(leaf.size for leaf in leaves.values())
   zeros = sum(leaf.zeros for leaf in leaves.values())
   return SparsitySummary(leaves, size, zeros, zeros / size if size else 0.0)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import jaxprune
 
@@ -218,6 +219,42 @@ def test_packed_masks_use_one_bit_per_weight_and_match_unpacked():
   assert isinstance(bits, jaxprune.PackedMask) and bits.bits.dtype == jnp.uint8
   assert bits.bits.shape == (64, 13) and bits.padding.shape == (5,)
   np.testing.assert_array_equal(jaxprune.get_masks(packed)["w"], jaxprune.get_masks(plain)["w"])
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 10), (2, 9, 16), (4, 1, 3)])
+def test_pack_along_every_axis_round_trips(shape):
+  mask = jax.random.bernoulli(jax.random.key(1), 0.4, shape)
+  for axis in range(-len(shape), len(shape)):
+    packed = jaxprune.masks.pack(mask, axis)
+    a = axis % len(shape)
+    assert packed.bits.shape == shape[:a] + (-(-shape[a] // 8),) + shape[a + 1 :]
+    assert jaxprune.masks.packed_axis(packed) == a
+    np.testing.assert_array_equal(jaxprune.masks.unpack(packed), mask)
+  with pytest.raises(ValueError, match="axis 3 is not an axis"):
+    jaxprune.masks.pack(jnp.ones((2, 2, 2), bool), 3)
+
+
+def test_pack_axis_keeps_the_params_sharding():
+  from jax.sharding import Mesh, NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
+  put = lambda shape, spec: jax.device_put(jnp.zeros(shape), NamedSharding(mesh, spec))
+  assert jaxprune.masks.pack_axis(jnp.zeros((16, 32))) == 1  # unsharded: the last axis
+  assert jaxprune.masks.pack_axis(put((16, 32), P(None, "model"))) == 0  # the unsharded rows
+  assert jaxprune.masks.pack_axis(put((16, 4), P())) == 0  # >= 8 entries: no padding per row
+  # Both axes split: the one whose shards hold whole bytes (32 / 2 = 16 columns, 16 / 4 = 4 rows).
+  assert jaxprune.masks.pack_axis(put((16, 32), P("data", "model"))) == 1
+  assert jaxprune.masks.pack_axis(put((64, 4), P("data", "model"))) == 0
+  assert jaxprune.masks.pack_axis(jnp.zeros(())) == -1
+
+
+def test_count_true_in_blocks_is_exact():
+  x = jax.random.bernoulli(jax.random.key(2), 0.3, (7, 5, 6))
+  want = int(np.asarray(x).sum())
+  for limit in (1, 4, 29, 30, 31, 209, 210, 10**6):
+    assert jaxprune.masks.count_true(x, limit=limit) == want, limit
+  assert jaxprune.masks.count_true(np.float32(2.0)) == 1
 
 
 def test_get_masks_inside_partition():

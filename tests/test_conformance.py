@@ -301,10 +301,7 @@ def test_flax_nnx_optimizer(pruner):
   assert (~np.asarray(masks["dense0"]["kernel"])).sum() > 0
 
 
-@forms
-def test_sharded_equals_single_device(pruner, form):
-  assert jax.device_count() == 8
-  mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
+def _check_sharded_equals_single_device(pruner, form, mesh):
   specs = {
     "dense0": {"kernel": P("data", "model"), "bias": P("model")},
     "dense1": {"kernel": P("data", "model"), "bias": P()},
@@ -325,15 +322,40 @@ def test_sharded_equals_single_device(pruner, form):
     jax.tree.map(np.testing.assert_array_equal, params, ref_params)
     jax.tree.map(np.testing.assert_array_equal, masks, ref_masks)
   assert params["dense0"]["kernel"].sharding.is_equivalent_to(shardings["dense0"]["kernel"], 2)
-  if not pruner.kwargs.get("packed_masks"):
+  [pruner_state] = pruning_states(state)
+  for layer in ("dense0", "dense1"):
+    stored = pruner_state.masks[layer]["kernel"]
+    if pruner.kwargs.get("packed_masks"):
+      # Both axes are sharded: the bits are packed along the one whose shards hold whole bytes
+      # (dense0's 32 columns in 2 shards, dense1's 32 rows in 4), so they keep both shardings.
+      stored = stored.bits
+      assert stored.shape == {"dense0": (16, 4), "dense1": (4, 8)}[layer]
     # Masks take the params' sharding.
-    [pruner_state] = pruning_states(state)
-    stored = pruner_state.masks
-    for layer in ("dense0", "dense1"):
-      assert stored[layer]["kernel"].sharding.is_equivalent_to(shardings[layer]["kernel"], 2), (
-        layer,
-        stored[layer]["kernel"].sharding,
-      )
+    assert stored.sharding.is_equivalent_to(shardings[layer]["kernel"], 2), (
+      layer,
+      stored.sharding,
+    )
+
+
+@forms
+def test_sharded_equals_single_device(pruner, form):
+  assert jax.device_count() == 8
+  mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
+  _check_sharded_equals_single_device(pruner, form, mesh)
+
+
+_FIRST_FORMS = [(p, "chain" if p.chain else "inner") for p in PRUNERS]
+
+
+@pytest.mark.parametrize(
+  "pruner,form", _FIRST_FORMS, ids=[f"{p.name}-{f}" for p, f in _FIRST_FORMS]
+)
+def test_sharded_explicit_axes_equals_single_device(pruner, form):
+  # jax.make_mesh gives Explicit axes: array types carry shardings and ops whose output sharding
+  # is ambiguous refuse to trace; the pruners run their work in auto mode there.
+  mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+  with jax.set_mesh(mesh):
+    _check_sharded_equals_single_device(pruner, form, mesh)
 
 
 def test_registry_covers_every_exported_pruner():

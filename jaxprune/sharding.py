@@ -1,0 +1,109 @@
+"""Meshes with explicit axes: the library's computations run in auto mode inside them.
+
+``jax.make_mesh`` gives a mesh whose axes are ``Explicit``: every array's type then carries its
+sharding, and operations whose output sharding JAX cannot infer without collectives (the
+selection's scatter-add histograms, gathers, the reshapes of N:M and block patterns, bit packing)
+refuse to trace. The pruners run their work under ``jax.sharding.auto_axes`` when the arrays they
+get have explicit axes, so XLA's partitioner places the intermediates as it does for an ``Auto``
+mesh, and hand back every output with the sharding the user gave it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+__all__ = [
+  "explicit",
+  "replicated",
+  "resized",
+  "run_in_auto_mode",
+  "sharding_of",
+  "shardings",
+]
+
+
+def sharding_of(x: Any) -> Any:
+  """``x``'s sharding: a concrete array's own (on its concrete mesh), a traced array's from its type;
+  ``None`` where there is none."""
+  if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+    return x.sharding
+  try:
+    return getattr(jax.typeof(x), "sharding", None)
+  except TypeError:  # not an array type (e.g. a Python object in a pytree)
+    return None
+
+
+def _is_explicit(sharding: Any) -> bool:
+  if not isinstance(sharding, jax.sharding.NamedSharding):
+    return False
+  types = getattr(sharding.mesh, "axis_types", ())
+  return any(t == jax.sharding.AxisType.Explicit for t in types)
+
+
+def _explicit_mesh(tree: Any) -> Any:
+  for x in jax.tree.leaves(tree):
+    sharding = sharding_of(x)
+    if _is_explicit(sharding):
+      return sharding.mesh
+  return None
+
+
+def explicit(tree: Any) -> bool:
+  """Whether some array of ``tree`` is sharded over a mesh with an ``Explicit`` axis."""
+  return _explicit_mesh(tree) is not None
+
+
+def run_in_auto_mode(fn: Callable[..., Any], out_sharding: Callable[[], Any], *args: Any) -> Any:
+  """``fn(*args)``, run in auto mode if the arguments have explicit mesh axes.
+
+  Args:
+    fn: the computation.
+    out_sharding: builds the tree of shardings for ``fn``'s outputs (called only in explicit mode),
+      e.g. ``lambda: shardings(inputs, mesh)`` for outputs that replace their inputs.
+    *args: the arguments.
+
+  Returns:
+    ``fn(*args)``, in explicit mode resharded to ``out_sharding()``.
+  """
+  if not explicit(args):
+    return fn(*args)
+  return jax.sharding.auto_axes(fn, out_sharding=out_sharding())(*args)
+
+
+def shardings(tree: Any, like: Any) -> Any:
+  """The sharding of every array of ``tree`` (a tree of the same structure) on the explicit mesh of
+  ``like``'s arrays: an array placed elsewhere (a step counter made on one device) is replicated
+  over that mesh."""
+  mesh = _explicit_mesh(like)
+  replicate = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def one(x: Any) -> Any:
+    sharding = sharding_of(x)
+    if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh == mesh:
+      return sharding
+    return replicate
+
+  return jax.tree.map(one, tree)
+
+
+def replicated(x: Any) -> Any:
+  """A sharding replicated over ``x``'s mesh."""
+  return sharding_of(x).update(spec=jax.sharding.PartitionSpec())
+
+
+def resized(x: Any, axis: int, length: int) -> Any:
+  """``x``'s sharding for an array whose axis ``axis`` has ``length`` entries instead: that axis
+  keeps its mesh axes if ``length`` divides among them and is replicated otherwise."""
+  sharding = sharding_of(x)
+  spec = list(sharding.spec) + [None] * (jax.numpy.ndim(x) - len(sharding.spec))
+  entry = spec[axis]
+  names = entry if isinstance(entry, tuple) else (entry,)
+  sizes = dict(sharding.mesh.shape)
+  split = math.prod(sizes[n] for n in names if n is not None)
+  if length % split:
+    spec[axis] = None
+  return sharding.update(spec=jax.sharding.PartitionSpec(*spec))
