@@ -35,6 +35,13 @@ def _leaf_paths(tree: Any) -> list[str]:
   return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
+def _target(x: Any) -> Any:
+  """The restore target of a template leaf: a device array's shape, dtype and sharding."""
+  if isinstance(x, jax.Array):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  return np.zeros(np.shape(x), jnp.result_type(x))
+
+
 class RunCheckpoints:
   """The orbax checkpoints of one run.
 
@@ -73,8 +80,9 @@ class RunCheckpoints:
         state: the run's training state (a pytree of arrays).
         meta: JSON-serialisable progress record; ``step`` and ``leaves`` are added.
     """
-    leaves = [np.asarray(jax.device_get(x)) for x in jax.tree.leaves(state)]
-    items = {f"{i:04d}": x for i, x in enumerate(leaves)}
+    # Arrays are saved as they are: each device writes its own shards (no gather to the host, so
+    # a state sharded over several processes saves too).
+    items = {f"{i:04d}": x for i, x in enumerate(jax.tree.leaves(state))}
     meta = {**meta, "step": int(step), "leaves": _leaf_paths(state)}
     self.manager.save(
       int(step),
@@ -96,11 +104,12 @@ class RunCheckpoints:
     return dict(restored.meta)
 
   def restore(self, step: int, template: Any) -> tuple[Any, dict]:
-    """Restores the checkpoint of ``step`` into the structure and dtypes of ``template``.
+    """Restores the checkpoint of ``step`` into the structure, dtypes and shardings of ``template``.
 
     Args:
         step: a saved step.
-        template: a state of the same structure (e.g. a freshly initialised run).
+        template: a state of the same structure (e.g. a freshly initialised run); each of its
+            device arrays gives the restored leaf its sharding (any mesh, whatever mesh saved it).
 
     Returns:
         ``(state, meta)``: the restored state (device arrays) and its JSON record.
@@ -109,7 +118,7 @@ class RunCheckpoints:
         ValueError: if the checkpoint's leaves do not match the template's.
     """
     leaves, treedef = jax.tree.flatten(template)
-    targets = {f"{i:04d}": np.zeros(np.shape(x), jnp.result_type(x)) for i, x in enumerate(leaves)}
+    targets = {f"{i:04d}": _target(x) for i, x in enumerate(leaves)}
     restored = self.manager.restore(
       int(step),
       args=ocp.args.Composite(state=ocp.args.StandardRestore(targets), meta=ocp.args.JsonRestore()),
@@ -123,13 +132,15 @@ class RunCheckpoints:
       )
     arrays = []
     for i, x in enumerate(leaves):
-      value = np.asarray(restored.state[f"{i:04d}"])
-      if value.shape != np.shape(x):
+      value = restored.state[f"{i:04d}"]
+      if np.shape(value) != np.shape(x):
         raise ValueError(
           f"Checkpoint {self.directory}/{step}: leaf {paths[i]} has shape "
-          f"{value.shape}, expected {np.shape(x)}"
+          f"{np.shape(value)}, expected {np.shape(x)}"
         )
-      arrays.append(jnp.asarray(value, dtype=jnp.result_type(x)))
+      arrays.append(
+        value if isinstance(value, jax.Array) else jnp.asarray(value, jnp.result_type(x))
+      )
     return jax.tree.unflatten(treedef, arrays), meta
 
   def clear(self) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 
 __all__ = [
+  "abstract",
   "explicit",
   "replicated",
   "resized",
@@ -107,3 +108,39 @@ def resized(x: Any, axis: int, length: int) -> Any:
   if length % split:
     spec[axis] = None
   return sharding.update(spec=jax.sharding.PartitionSpec(*spec))
+
+
+def abstract(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """``tree``'s arrays as ``jax.ShapeDtypeStruct`` placed on ``mesh``: the targets that restore a
+  checkpoint of a sharded state onto that mesh (of any size).
+
+  An array sharded over ``mesh`` keeps its sharding; one placed elsewhere (an optimizer's step
+  counter, made on the default device) is replicated over ``mesh``, so every restored leaf lives on
+  the same devices and the restored state feeds one jitted step.
+
+  Args:
+    tree: a template of the state, e.g. ``tx.init(params)`` for params placed on ``mesh``.
+    mesh: the mesh to restore onto.
+
+  Returns:
+    A tree of ``jax.ShapeDtypeStruct`` of ``tree``'s structure.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, jaxprune
+    >>> mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    >>> tx = optax.chain(optax.adam(1e-3), jaxprune.magnitude_pruning(0.5))
+    >>> state = tx.init({"w": jnp.ones((4, 4))})
+    >>> target = jaxprune.sharding.abstract(state, mesh)
+    >>> jaxprune.masks.find_states(target, lambda s: hasattr(s, "masks"))[0].count.sharding.spec
+    PartitionSpec()
+  """
+  replicate = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def one(x: Any) -> Any:
+    sharding = sharding_of(x)
+    on_mesh = isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh == mesh
+    return jax.ShapeDtypeStruct(
+      jax.numpy.shape(x), x.dtype, sharding=sharding if on_mesh else replicate
+    )
+
+  return jax.tree.map(one, tree)
