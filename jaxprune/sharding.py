@@ -132,7 +132,7 @@ def abstract(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     >>> state = tx.init({"w": jnp.ones((4, 4))})
     >>> target = jaxprune.sharding.abstract(state, mesh)
     >>> jaxprune.masks.find_states(target, lambda s: hasattr(s, "masks"))[0].count.sharding.spec
-    PartitionSpec()
+    P()
   """
   replicate = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
