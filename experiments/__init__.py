@@ -28,5 +28,7 @@ Modules:
   multiply-adds counted by `jaxprune.flops`);
 * `experiments.outputs`: per-run and summary JSON/CSV, the tables, the log;
 * `experiments.plots`: accuracy-vs-sparsity, training-curve, learning-rate and lottery PNGs;
-* `experiments.data`, `experiments.models`: datasets and Flax models.
+* `experiments.data`, `experiments.models`: datasets and Flax models;
+* `experiments.pipeline`: the training batches streamed by grain from ``tfds.data_source``
+  (the in-memory path's order, restartable, one shard per process) for data beyond memory.
 """
