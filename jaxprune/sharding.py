@@ -80,15 +80,15 @@ def shardings(tree: Any, like: Any) -> Any:
   ``like``'s arrays: an array placed elsewhere (a step counter made on one device) is replicated
   over that mesh."""
   mesh = _explicit_mesh(like)
-  replicate = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.tree.map(lambda x: _on_mesh(x, mesh), tree)
 
-  def one(x: Any) -> Any:
-    sharding = sharding_of(x)
-    if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh == mesh:
-      return sharding
-    return replicate
 
-  return jax.tree.map(one, tree)
+def _on_mesh(x: Any, mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """``x``'s sharding if it is sharded over ``mesh``, else replicated over ``mesh``."""
+  sharding = sharding_of(x)
+  if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh == mesh:
+    return sharding
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
 def replicated(x: Any) -> Any:
@@ -134,13 +134,6 @@ def abstract(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     >>> jaxprune.masks.find_states(target, lambda s: hasattr(s, "masks"))[0].count.sharding.spec
     P()
   """
-  replicate = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-  def one(x: Any) -> Any:
-    sharding = sharding_of(x)
-    on_mesh = isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh == mesh
-    return jax.ShapeDtypeStruct(
-      jax.numpy.shape(x), x.dtype, sharding=sharding if on_mesh else replicate
-    )
-
-  return jax.tree.map(one, tree)
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(jax.numpy.shape(x), x.dtype, sharding=_on_mesh(x, mesh)), tree
+  )

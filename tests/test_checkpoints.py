@@ -116,8 +116,9 @@ def test_checkpoint_restores_onto_another_mesh_and_training_continues(
   # The target mesh's template: a fresh init there gives every state leaf its sharding.
   template_params = place(host_params(), dst)
   template = {"params": template_params, "opt_state": tx.init(template_params)}
+  targets = jaxprune.sharding.abstract(template, dst)
   with ocp.StandardCheckpointer() as ckpt:
-    restored = ckpt.restore(tmp_path / "ckpt", jaxprune.sharding.abstract(template, dst))
+    restored = ckpt.restore(tmp_path / "ckpt", targets)
   assert_equal_on(restored, saved, dst)
   kernel = restored["params"]["dense0"]["kernel"]
   assert kernel.sharding.mesh == dst and kernel.sharding.spec == SPECS["dense0"]["kernel"]
@@ -129,7 +130,6 @@ def test_checkpoint_restores_onto_another_mesh_and_training_continues(
 
   resumed = train(tx, restored["params"], restored["opt_state"], SAVE_AT, STEPS)
   # Exactly what the same state moved to the target mesh without a checkpoint computes.
-  targets = jaxprune.sharding.abstract(template, dst)
   moved = jax.device_put(saved, jax.tree.map(lambda x: x.sharding, targets))
   without = train(tx, moved["params"], moved["opt_state"], SAVE_AT, STEPS)
   jax.tree.map(np.testing.assert_array_equal, resumed, without)
