@@ -344,7 +344,7 @@ def test_sharded_equals_single_device(pruner, form):
   _check_sharded_equals_single_device(pruner, form, mesh)
 
 
-_FIRST_FORMS = [(p, "chain" if p.chain else "inner") for p in PRUNERS]
+_FIRST_FORMS = [(p, default_form(p)) for p in PRUNERS]
 
 
 @pytest.mark.parametrize(
