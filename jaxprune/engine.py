@@ -397,6 +397,7 @@ def transformation(
           old,
           monotone,
           unit_scores,
+          score.entry,
         )
       )
       fields = hooks.on_update(info, old, result)

@@ -86,6 +86,7 @@ def prune(
   leaves, treedef = jax.tree.flatten(leaves_lib.unwrap_variables(params))
   grad_leaves = [None] * len(leaves) if grads is None else leaves_lib.flatten_up_to(treedef, grads)
   unit_scores: tuple = ()
+  given_scores = scores is not None
   if scores is None:
     score = scores_lib.as_score(score, name)
     if score.reads_grads and grads is None:
@@ -109,12 +110,15 @@ def prune(
     raise ValueError(f"{name}: give score or scores, not both.")
   score_leaves = leaves_lib.flatten_up_to(treedef, scores)
   kept = None if keep is None else leaves_lib.flatten_up_to(treedef, keep)
+  # Without keep, nothing is pruned yet: the rule then reads no old masks (monotone=False), so
+  # streamed scores carry no all-ones operand.
   old = {
     i: jnp.ones(plan.shapes[i], bool)
     if kept is None or kept[i] is None
     else masks_lib.unpack(leaves_lib.unwrap_variable(kept[i]))
     for i in plan.masked
   }
+  streamed_score = score if isinstance(score, scores_lib.Score) and not given_scores else None
   result = rules.prune.fn(
     rules.RuleInputs(
       plan,
@@ -128,8 +132,9 @@ def prune(
       leaves,
       grad_leaves,
       old,
-      True,
+      keep is not None,
       unit_scores,
+      None if streamed_score is None else streamed_score.entry,
     )
   )
   out: list[jax.Array | None] = [None] * len(leaves)

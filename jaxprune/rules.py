@@ -34,6 +34,7 @@ __all__ = [
   "drop_and_grow",
   "prune",
   "random_masks",
+  "ranked_scores",
   "scheduled",
   "scores_of",
 ]
@@ -57,6 +58,8 @@ class RuleInputs(NamedTuple):
     monotone: whether pruned weights must stay pruned.
     unit_scores: per-unit scores from the score's ``channel_fn`` (`channel_scores`): one array per
       unit, ``None`` for units it does not score; empty when it scores none. `scores_of` reads them.
+    entry: the score's elementwise form ``(param, grad) -> score`` (`jaxprune.scores.Score.entry`),
+      or ``None``. With it, `ranked_scores` streams the scores of units of single entries.
   """
 
   plan: Plan
@@ -72,6 +75,7 @@ class RuleInputs(NamedTuple):
   old: Mapping[int, jax.Array]
   monotone: bool
   unit_scores: Sequence[Any] = ()
+  entry: Callable[[jax.Array, Any], jax.Array] | None = None
 
 
 def channel_scores(plan: Plan, channel_fn: Callable[..., Any] | None, inputs: Any) -> tuple:
@@ -145,9 +149,37 @@ def scheduled(x: RuleInputs, target: Any, initial: Any) -> Any:
   return x.schedule.sparsity(x.count, target, initial)
 
 
-def _masked_score(x: RuleInputs, j: int, unit: Unit) -> jax.Array:
-  score = scores_of(x, j)
-  return jnp.where(unit.kept(x.old), score, -jnp.inf) if x.monotone else score
+def _streamable(x: RuleInputs, j: int, unit: Unit) -> bool:
+  return (
+    x.entry is not None
+    and isinstance(unit.pattern, patterns_lib.Unstructured)
+    and not (x.unit_scores and x.unit_scores[j] is not None)
+  )
+
+
+def ranked_scores(x: RuleInputs, j: int, *, masked: bool) -> jax.Array | selection.Streamed:
+  """Unit ``j``'s group scores as `jaxprune.selection.top_k_masks` takes them, with the groups
+  not kept in ``x.old`` at ``-inf`` when ``masked``.
+
+  For a unit of single entries scored elementwise (``x.entry``), a `jaxprune.selection.Streamed`
+  of the param, the gradient and the old mask: the selection then computes the scores a piece at a
+  time and never holds them at the leaf's size. Otherwise the array of `scores_of`.
+  """
+  unit = x.plan.units[j]
+  if not _streamable(x, j, unit):
+    score = scores_of(x, j)
+    return jnp.where(unit.kept(x.old), score, -jnp.inf) if masked else score
+  entry = x.entry
+  assert entry is not None  # _streamable
+  ((index, _),) = unit.members
+  grad = x.grads[index] if x.grads else None
+
+  def fn(w, g, *old):
+    score = entry(w, g).astype(jnp.float32)
+    return jnp.where(old[0], score, -jnp.inf) if old else score
+
+  operands = (x.params[index], grad) + ((x.old[index],) if masked else ())
+  return selection.Streamed(fn, operands, unit.layer)
 
 
 def _prune(x: RuleInputs) -> MaskUpdate:
@@ -159,9 +191,10 @@ def _prune(x: RuleInputs) -> MaskUpdate:
     groups = sum(units[j].num_groups for j in shared)
     keeps.append(groups - num_pruned(scheduled(x, x.sparsity, x.initial[shared[0]]), groups))
   for j, unit in enumerate(units):
-    score = _masked_score(x, j, unit)
+    score = ranked_scores(x, j, masked=x.monotone)
     if isinstance(unit.pattern, patterns_lib.NM):
       # Within a group of m fewer than n entries may be live; pruned ones (-inf) stay pruned.
+      assert isinstance(score, jax.Array)  # only units of single entries stream
       mask = unit.pattern.mask(score)
       unit_masks[j] = mask & unit.kept(x.old) if x.monotone else mask
       continue
@@ -205,6 +238,10 @@ def random_masks(plan: Plan, sparsities: Sequence[Any], key: jax.Array) -> dict[
   return plan.combine(chosen)
 
 
+def _grow_gradient(g: jax.Array, survivor: jax.Array) -> jax.Array:
+  return jnp.where(survivor, -jnp.inf, jnp.abs(g.astype(jnp.float32)))
+
+
 def drop_and_grow(
   *, grow: str, drop_fraction: Callable[[jax.Array], jax.Array], seed: int = 0
 ) -> Rule:
@@ -240,15 +277,21 @@ def drop_and_grow(
       jnp.round(drop_fraction(x.count) * active.astype(jnp.float32)).astype(jnp.int32),
       sizes - active,
     )
-    kept = [u.kept(x.old) for u in units]
-    drop = [jnp.where(m, scores_of(x, j), -jnp.inf) for j, m in enumerate(kept)]
+    drop = [ranked_scores(x, j, masked=True) for j in range(len(units))]
     survivors = selection.top_k_masks(drop, active - k, segments=segments)
     if grow == "gradient":
       # None for leaves without a unit, as in x.scores: units read their members only.
       magnitudes: list[Any] = [
         None if g is None else jnp.abs(g.astype(jnp.float32)) for g in x.grads
       ]
-      raw = [u.group_scores(magnitudes) for u in units]
+      growth: list[Any] = []
+      for u, s in zip(units, survivors):
+        if isinstance(u.pattern, patterns_lib.Unstructured) and u.layer is None:
+          ((index, _),) = u.members  # streamed: |g| is never held at the leaf's size
+          growth.append(selection.Streamed(_grow_gradient, (x.grads[index], s)))
+        else:
+          growth.append(jnp.where(s, -jnp.inf, u.group_scores(magnitudes)))
+      grown = selection.top_k_masks(growth, k, segments=segments)
     else:
       # The key is made in the traced step, not closed over: a constant key made under
       # jax.set_mesh would carry that mesh's explicit axes into the step's auto-mode work.
@@ -257,9 +300,9 @@ def drop_and_grow(
         jax.random.uniform(jax.random.fold_in(draw, j), jnp.shape(s))
         for j, s in enumerate(survivors)
       ]
-    grown = selection.top_k_masks(
-      [jnp.where(s, -jnp.inf, r) for s, r in zip(survivors, raw)], k, segments=segments
-    )
+      grown = selection.top_k_masks(
+        [jnp.where(s, -jnp.inf, r) for s, r in zip(survivors, raw)], k, segments=segments
+      )
     new = [s | g for s, g in zip(survivors, grown)]
     return MaskUpdate(x.plan.combine(new), x.plan.combine(survivors))
 

@@ -76,6 +76,11 @@ class Score(NamedTuple):
       `jaxprune.structured.ChannelGroup` of the selection (``jaxprune.structured.importance``), or
       ``None``. When given, channel groups are scored by it; otherwise (and for every other unit)
       by ``fn``'s scores, averaged over each channel's positions and summed over members.
+    entry: ``(param, grad) -> score``, the same score as ``fn`` computed elementwise on any piece
+      of one leaf and its gradient (``grad`` is ``None`` unless ``reads_grads``), or ``None``.
+      When given, the pruners compute the scores of unstructured leaves a piece at a time inside
+      the selection (`jaxprune.selection.Streamed`) instead of materialising them: the mask update
+      then needs memory for a few pieces, not for a copy of the params.
   """
 
   name: str
@@ -85,6 +90,7 @@ class Score(NamedTuple):
   init: Callable[[Params], Any] | None = None
   update: Callable[[Any, ScoreInputs], Any] | None = None
   channel_fn: Callable[[ScoreInputs, Sequence[Any]], Sequence[jax.Array]] | None = None
+  entry: Callable[[jax.Array, Any], jax.Array] | None = None
 
   def __call__(
     self,
@@ -138,13 +144,23 @@ def _f32(x: jax.Array) -> jax.Array:
   return x.astype(jnp.float32)
 
 
-magnitude = Score("magnitude", lambda x: jax.tree.map(lambda w: jnp.abs(_f32(w)), x.params))
+def _abs(w: jax.Array, g: Any = None) -> jax.Array:
+  del g
+  return jnp.abs(_f32(w))
+
+
+def _abs_product(w: jax.Array, g: jax.Array) -> jax.Array:
+  return jnp.abs(_f32(w) * _f32(g))
+
+
+magnitude = Score("magnitude", lambda x: jax.tree.map(_abs, x.params), entry=_abs)
 """``|w|``: magnitude pruning (Han et al. 2015, Zhu & Gupta 2017)."""
 
 saliency = Score(
   "saliency",
-  lambda x: jax.tree.map(lambda w, g: jnp.abs(_f32(w) * _f32(g)), x.params, x.grads),
+  lambda x: jax.tree.map(_abs_product, x.params, x.grads),
   reads_grads=True,
+  entry=_abs_product,
 )
 """``|w * g|``: first-order Taylor estimate of the loss change when ``w`` is removed.
 

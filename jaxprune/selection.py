@@ -6,9 +6,16 @@ Two passes of 16-bit digits (65,536 bins) give the exact threshold, so the cost 
 nothing is sorted, and no array larger than a leaf is built. With many independent selections in
 one call (segments: one per leaf for layer-wise pruning) the digits narrow (12, 8, then 4 bits, so
 three, four or eight passes), keeping the histograms of all segments within ``2**20`` bins.
-Because every pass is a reduction, the same code runs when the scores are sharded across devices (each device counts its shard and XLA adds
-the histograms), and a global selection over many leaves adds up per-leaf histograms: the scores of
-different leaves are never concatenated.
+Because every pass is a reduction, the same code runs when the scores are sharded across devices
+(each device counts its shard and XLA adds the histograms), and a global selection over many leaves
+adds up per-leaf histograms: the scores of different leaves are never concatenated.
+
+Memory. Each pass walks every array in pieces of at most ``PIECE_SIZE`` entries (a ``fori_loop``
+over strided slices along one axis), so the keys, digits and bin indices of a pass exist one piece
+at a time. Scores given as `Streamed` (an elementwise function of the params, gradients and masks:
+the pruners pass magnitude and saliency this way) are computed inside the loop too, and the masks
+come out of one fused elementwise expression: the selection then holds nothing at the params' size
+but its inputs and the masks it returns.
 
 Ties at the threshold are broken by position (lower flat index first; in a global selection, earlier
 leaves first) with the same radix select run on the positions of the tied entries, so the number of
@@ -28,17 +35,21 @@ has its sign bit set, so the rule is applied to both signs alike.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
 
 from jaxprune.typing import ArrayLike
 
-__all__ = ["ordered_key", "top_k_mask", "top_k_masks", "cond"]
+__all__ = ["PIECE_SIZE", "Streamed", "cond", "ordered_key", "top_k_mask", "top_k_masks"]
 
 _MAX_BINS = 1 << 20  # histogram bins of all segments together, per pass
+PIECE_SIZE = 1 << 20
+"""Entries of one piece of a `Streamed` score (4 MiB of float32 scores, as many uint32 keys)."""
 
 T = TypeVar("T")
 
@@ -99,23 +110,128 @@ def _digit_widths(num_segments: int) -> tuple[int, ...]:
   return tuple(widths)
 
 
-def _segment_histograms(
-  digits: Sequence[jax.Array],
-  weights: Sequence[jax.Array | None],
+class Streamed(NamedTuple):
+  """Scores ``fn(*operands)`` that the selection computes a piece at a time.
+
+  ``fn`` must be elementwise: the score of an entry depends only on the same entry of each operand
+  (``jnp.abs(w)``, ``jnp.where(mask, jnp.abs(w * g), -jnp.inf)``). The selection then never holds
+  the scores, their keys or their digits at the operands' size: every histogram pass slices the
+  operands into pieces of at most ``piece_size`` entries (a ``fori_loop``), and the final masks are
+  one fused elementwise expression of the operands.
+
+  Attributes:
+    fn: the elementwise score, called with one piece of each operand (``None`` operands as ``None``).
+    operands: arrays of one shape (or ``None``).
+    layer: ``(axis, l)``: the scores are those of slice ``l`` along ``axis`` of the operands (a layer
+      of a stacked leaf), taken inside the loop so that the slice is never copied; else ``None``.
+  """
+
+  fn: Callable[..., jax.Array]
+  operands: tuple[jax.Array | None, ...]
+  layer: tuple[int, int] | None = None
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    full = next(o for o in self.operands if o is not None).shape
+    if self.layer is None:
+      return tuple(full)
+    axis = self.layer[0] % len(full)
+    return tuple(full[:axis]) + tuple(full[axis + 1 :])
+
+  @property
+  def size(self) -> int:
+    return math.prod(self.shape)
+
+  def take(self, axis: int, n: int, i: jax.Array | int) -> jax.Array:
+    """The scores of piece ``i`` of ``n`` along ``axis`` (`_piece`), as float32."""
+    parts = []
+    for o in self.operands:
+      if o is not None and self.layer is not None:
+        o = jax.lax.index_in_dim(o, self.layer[1], self.layer[0], keepdims=False)
+      parts.append(None if o is None else _piece(o, axis, n, i))
+    return self.fn(*parts)
+
+
+def _piece_layout(shape: tuple[int, ...], piece_size: int) -> tuple[int, int]:
+  """``(axis, n)``: cut ``shape`` into ``n`` pieces along ``axis``, each at most ``piece_size``
+  entries if a divisor of one axis allows (the fewest such pieces, earliest axis first), else as
+  many pieces as the longest axis has entries. ``n = 1`` for arrays within ``piece_size``."""
+  size = math.prod(shape)
+  if size <= piece_size or not shape:
+    return 0, 1
+  best: tuple[int, int] | None = None
+  for axis, dim in enumerate(shape):
+    need = -(-size // piece_size)
+    n = next((d for d in range(need, dim + 1) if dim % d == 0), None)
+    if n is not None and (best is None or n < best[1]):
+      best = (axis, n)
+  if best is None:
+    axis = max(range(len(shape)), key=lambda a: shape[a])
+    best = (axis, shape[axis])
+  return best
+
+
+def _piece(x: jax.Array, axis: int, n: int, i: jax.Array | int) -> jax.Array:
+  """Piece ``i`` of ``n`` of ``x`` along ``axis``: the entries whose index along ``axis`` is
+  ``i mod n`` (strided, so that every device of an axis sharded in contiguous blocks slices its own
+  block; the axis keeps ``shape[axis] // n`` entries)."""
+  if n == 1:
+    return x
+  shape = x.shape
+  y = x.reshape(shape[:axis] + (shape[axis] // n, n) + shape[axis + 1 :])
+  return jax.lax.dynamic_index_in_dim(y, i, axis + 1, keepdims=False)
+
+
+def _piece_positions(
+  shape: tuple[int, ...], axis: int, n: int, i: jax.Array | int, offset: int
+) -> jax.Array:
+  """Flat index (plus ``offset``) in an array of ``shape`` of every entry of its piece ``i``."""
+  pshape = tuple(d // n if a == axis else d for a, d in enumerate(shape))
+  pos = jnp.full(pshape, offset, jnp.uint32)
+  stride = 1
+  for a in reversed(range(len(shape))):
+    index = jax.lax.broadcasted_iota(jnp.uint32, pshape, a)
+    if a == axis and n > 1:
+      index = index * jnp.uint32(n) + jnp.asarray(i, jnp.uint32)
+    pos = pos + index * jnp.uint32(stride)
+    stride *= shape[a]
+  return pos
+
+
+# A source of keys: (number of pieces, piece index -> (uint32 keys, bool weights or None)).
+_Source = tuple[int, Callable[[Any], tuple[jax.Array, jax.Array | None]]]
+
+
+def _histograms(
+  sources: Sequence[_Source],
   segments: Sequence[int],
   num_segments: int,
-  num_bins: int,
+  bits: int,
+  done: int,
+  prefix: jax.Array,
 ) -> jax.Array:
-  """Counts of each digit value per segment, shape ``(num_segments, num_bins)``.
+  """Counts of the next ``bits``-bit digit per segment, shape ``(num_segments, 2**bits)``, over the
+  entries whose ``done`` leading bits equal ``prefix[segment]``.
 
-  Every array adds its (boolean-weighted) counts into its segment's row of one buffer; no array
-  larger than a leaf is built.
+  Every source adds its (weighted) counts into its segment's row of one buffer, a piece at a time.
   """
+  num_bins = 1 << bits
+  shift = 32 - done - bits
+
+  def add(piece, seg, i, hist):
+    key, weight = piece(i)
+    digit = (key >> shift) & jnp.uint32(num_bins - 1)
+    if done:
+      in_bucket = (key >> (32 - done)) == prefix[seg]
+      weight = in_bucket if weight is None else in_bucket & weight
+    ones = jnp.ones(key.shape, jnp.int32) if weight is None else weight.astype(jnp.int32)
+    index = digit.astype(jnp.int32) + jnp.int32(seg * num_bins)
+    return hist.at[index].add(ones, mode="promise_in_bounds")
+
   hist = jnp.zeros(num_segments * num_bins, jnp.int32)
-  for d, w, seg in zip(digits, weights, segments):
-    ones = jnp.ones(d.shape, jnp.int32) if w is None else w.astype(jnp.int32)
-    index = d.astype(jnp.int32) + jnp.int32(seg * num_bins)
-    hist = hist.at[index].add(ones, mode="promise_in_bounds")
+  for (n, piece), seg in zip(sources, segments):
+    body = functools.partial(add, piece, seg)
+    hist = body(0, hist) if n == 1 else jax.lax.fori_loop(0, n, body, hist)
   return hist.reshape(num_segments, num_bins)
 
 
@@ -130,34 +246,23 @@ def _select_digit(hist: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array, 
 
 
 def _kth_largest(
-  keys: Sequence[jax.Array],
-  active: Sequence[jax.Array] | None,
+  sources: Sequence[_Source],
   k: jax.Array,
   segments: Sequence[int],
   num_segments: int,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Per segment: the k-th largest ``uint32`` key among the active entries, ``#(key > it)`` and
-  ``#(key == it)``; ``k`` has one entry per segment.
+  """Per segment: the k-th largest ``uint32`` key among the (weighted) entries of its sources,
+  ``#(key > it)`` and ``#(key == it)``; ``k`` has one entry per segment.
 
   One histogram pass per digit (`_digit_widths`), each over the entries whose higher digits equal
   those of the threshold found so far.
   """
-  weights: list[jax.Array | None] = [None] * len(keys) if active is None else list(active)
   prefix = jnp.zeros(num_segments, jnp.uint32)  # the threshold's digits found so far
   above = jnp.zeros(num_segments, jnp.int32)  # #(key > prefix's bucket)
   count = above  # #(key in the threshold's bucket), set by every pass
   done = 0  # bits of the threshold found
   for bits in _digit_widths(num_segments):
-    shift = 32 - done - bits
-    digits = [(key >> shift) & jnp.uint32((1 << bits) - 1) for key in keys]
-    if done:
-      in_bucket = [(key >> (32 - done)) == prefix[seg] for key, seg in zip(keys, segments)]
-      w_pass: list[jax.Array | None] = [
-        b if a is None else b & a for b, a in zip(in_bucket, weights)
-      ]
-    else:
-      w_pass = list(weights)
-    hist = _segment_histograms(digits, w_pass, segments, num_segments, 1 << bits)
+    hist = _histograms(sources, segments, num_segments, bits, done, prefix)
     digit, above_digit, count = _select_digit(hist, k - above)
     above = above + above_digit
     prefix = (prefix << bits) | digit.astype(jnp.uint32)
@@ -167,19 +272,19 @@ def _kth_largest(
 
 def _positions(shape: tuple[int, ...], offset: int) -> jax.Array:
   """Flat index of every entry plus ``offset``, from per-axis iotas (no reshape: sharding is kept)."""
-  pos = jnp.full(shape, offset, jnp.uint32)
-  stride = 1
-  for axis in reversed(range(len(shape))):
-    pos = pos + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
-    stride *= shape[axis]
-  return pos
+  return _piece_positions(shape, 0, 1, 0, offset)
+
+
+def _identity(x: jax.Array) -> jax.Array:
+  return x
 
 
 def top_k_masks(
-  scores: Sequence[jax.Array],
+  scores: Sequence[jax.Array | Streamed],
   k: ArrayLike | Sequence[ArrayLike],
   *,
   segments: Sequence[int] | None = None,
+  piece_size: int | None = None,
 ) -> list[jax.Array]:
   """Boolean masks keeping exactly the ``k`` highest scores of each segment.
 
@@ -189,12 +294,18 @@ def top_k_masks(
   them shares the bookkeeping, so the program has a handful of operations per array instead of a
   selection's worth.
 
+  Scores given as `Streamed` are never materialised: the histogram passes compute them (and their
+  keys and digits) a piece of at most ``piece_size`` entries at a time, so the selection's memory
+  beyond its inputs and the masks it returns is a few pieces and the histograms.
+
   Args:
-    scores: floating-point arrays of any shapes.
+    scores: floating-point arrays of any shapes, or `Streamed` scores.
     k: how many entries to keep: an int or integer scalar array for one segment, else a sequence or
       1-D array with one entry per segment (may be traced). Values below 0 keep nothing and values
       above the segment's size keep everything.
     segments: the segment of each array; ``None`` puts all arrays in segment 0.
+    piece_size: the most entries of a piece of a `Streamed` score (``None``: `PIECE_SIZE`,
+      read at call time). Arrays are cut along one axis, by a divisor of its length.
 
   Returns:
     One boolean mask per input, of the input's shape. Each segment keeps ``clip(k, 0, size)``
@@ -205,20 +316,25 @@ def top_k_masks(
     ``k`` exceeds the number of entries of its segment scored above ``-inf`` (NaNs included).
 
   Raises:
-    ValueError: if a segment holds ``2**31`` or more entries, or ``segments`` does not match.
+    ValueError: if a segment holds ``2**31`` or more entries, ``segments`` does not match, or
+      ``piece_size`` is not positive.
   """
   if not scores:
     return []
+  piece_size = PIECE_SIZE if piece_size is None else int(piece_size)
+  if piece_size < 1:
+    raise ValueError(f"top_k_masks: piece_size must be positive, got {piece_size}.")
   segments = [0] * len(scores) if segments is None else [int(s) for s in segments]
   if len(segments) != len(scores):
     raise ValueError(f"top_k_masks: {len(segments)} segment indices for {len(scores)} arrays.")
   num_segments = max(segments) + 1
-  sizes = [int(s.size) for s in scores]
+  streams = [s if isinstance(s, Streamed) else Streamed(_identity, (s,)) for s in scores]
+  shapes = [s.shape for s in streams]
   totals = [0] * num_segments
   offsets = []
-  for size, seg in zip(sizes, segments):
+  for shape, seg in zip(shapes, segments):
     offsets.append(totals[seg])
-    totals[seg] += size
+    totals[seg] += math.prod(shape)
   if max(totals) >= 2**31:
     raise ValueError(
       f"top_k_masks supports fewer than 2**31 entries per segment, got {max(totals)}."
@@ -230,24 +346,39 @@ def top_k_masks(
   )
   k = jnp.broadcast_to(k.reshape(-1), (num_segments,))
   k = jnp.clip(k, 0, jnp.asarray(totals, jnp.int32))
-  keys = [ordered_key(s) for s in scores]
-  threshold, num_greater, num_ties = _kth_largest(keys, None, k, segments, num_segments)
+  layouts = [_piece_layout(shape, piece_size) for shape in shapes]
+
+  def keys_of(stream, axis, n):
+    return lambda i: (ordered_key(stream.take(axis, n, i)), None)
+
+  sources = [(n, keys_of(s, a, n)) for s, (a, n) in zip(streams, layouts)]
+  threshold, num_greater, num_ties = _kth_largest(sources, k, segments, num_segments)
   needed = k - num_greater  # ties to keep per segment: 0 <= needed <= num_ties.
-  ties = [key == threshold[seg] for key, seg in zip(keys, segments)]
 
   def tie_cut() -> jax.Array:
     # Keep each segment's `needed` tied entries of smallest position: the largest keys of ~position.
-    flipped = [~_positions(key.shape, off) for key, off in zip(keys, offsets)]
-    cut, _, _ = _kth_largest(flipped, ties, needed, segments, num_segments)
+    def tied_of(stream, shape, axis, n, off, seg):
+      def piece(i):
+        tie = ordered_key(stream.take(axis, n, i)) == threshold[seg]
+        return ~_piece_positions(shape, axis, n, i, off), tie
+
+      return piece
+
+    tied = [
+      (n, tied_of(s, shape, a, n, off, seg))
+      for s, shape, (a, n), off, seg in zip(streams, shapes, layouts, offsets, segments)
+    ]
+    cut, _, _ = _kth_largest(tied, needed, segments, num_segments)
     return ~cut  # per segment, the largest position kept
 
   last_kept = cond(jnp.any(needed < num_ties), tie_cut, lambda: jnp.asarray(totals, jnp.uint32))
   keep_any_tie = needed > 0
-  return [
-    (key > threshold[seg])
-    | (tie & keep_any_tie[seg] & (_positions(key.shape, off) <= last_kept[seg]))
-    for key, tie, off, seg in zip(keys, ties, offsets, segments)
-  ]
+  masks = []
+  for s, shape, off, seg in zip(streams, shapes, offsets, segments):
+    key = ordered_key(s.take(0, 1, 0))
+    tie = (key == threshold[seg]) & keep_any_tie[seg] & (_positions(shape, off) <= last_kept[seg])
+    masks.append((key > threshold[seg]) | tie)
+  return masks
 
 
 def top_k_mask(scores: jax.Array, k: ArrayLike) -> jax.Array:
