@@ -47,6 +47,8 @@ EXECUTION_FIELDS = (
   "vmap_sparsities",
   "eval_batch_size",
   "reinit_rounds",
+  # The in-memory path and the grain stream read the same batches in the same order.
+  "data_pipeline",
 )
 
 _TRUE = {"true", "t", "yes", "y", "1", "on"}

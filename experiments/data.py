@@ -32,7 +32,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -63,14 +63,68 @@ class Split:
   def __len__(self) -> int:
     return len(self.labels)
 
+  @property
+  def image_shape(self) -> tuple:
+    """The shape ``(H, W, C)`` of one image."""
+    return tuple(self.images.shape[1:])
+
+  def take(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The images and labels of the examples ``indices``."""
+    return self.images[indices], self.labels[indices]
+
+
+class SourceSplit:
+  """A split left in its prepared files: its size and image shape, and random access to its
+  normalised examples (`take`) without decoding the whole split.
+
+  `load_dataset` returns the training split this way with ``lazy_train=True``, for runs that stream
+  their batches with `experiments.pipeline` (``config.data_pipeline = "grain"``).
+
+  Attributes:
+    name: the TFDS dataset, as given to `load_dataset`.
+    split: the TFDS split.
+    data_dir: the resolved data directory.
+    mean: per-channel means of the normalisation.
+    std: per-channel standard deviations.
+    image_shape: the shape ``(H, W, C)`` of one image.
+  """
+
+  def __init__(
+    self,
+    name: str,
+    split: str,
+    data_dir: Optional[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+  ):
+    self.name, self.split, self.data_dir = name, split, data_dir
+    self.mean, self.std = tuple(mean), tuple(std)
+    builder = _builder(name, data_dir)
+    self.keys = _feature_keys(builder)
+    self.image_shape = tuple(builder.info.features[self.keys[0]].shape)
+    if None in self.image_shape:
+      raise ValueError(f"{name}: images of variable shape {self.image_shape} are not supported")
+    self.source = open_source(name, split, data_dir, self.keys[0])
+    self._size = len(self.source)
+
+  def __len__(self) -> int:
+    return self._size
+
+  def take(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The images (read, decoded and normalised as `load_dataset` does) and labels of the
+    examples ``indices`` (a 1-D sequence of ints)."""
+    images, labels = read_records(self.source, self.keys, self.image_shape, indices)
+    return normalize(images, self.mean, self.std), labels
+
 
 @dataclasses.dataclass
 class Dataset:
-  """Normalised train and test splits plus the metadata the runner needs."""
+  """Normalised train and test splits plus the metadata the runner needs (the training split
+  is a `SourceSplit`, left on disk, when loaded with ``lazy_train=True``)."""
 
   name: str
   version: str
-  train: Split
+  train: Split | SourceSplit
   test: Split
   num_classes: int
   mean: tuple
@@ -78,7 +132,7 @@ class Dataset:
 
   @property
   def image_shape(self) -> tuple:
-    return tuple(self.train.images.shape[1:])
+    return self.train.image_shape
 
 
 # --------------------------------------------------------------------------- locations
@@ -178,21 +232,63 @@ def _decode_image(value, shape: tuple) -> np.ndarray:
   return np.asarray(value, np.uint8).reshape(shape)
 
 
-def _decode_split(name: str, split: str, data_dir: Optional[str], builder, progress: bool):
+def open_source(name: str, split: str, data_dir: Optional[str], image_key: str) -> Any:
+  """``tfds.data_source`` of a prepared split, its images left encoded (see `read_records`).
+
+  Args:
+    name: the TFDS dataset.
+    split: the split.
+    data_dir: the resolved data directory.
+    image_key: the image feature, whose decoding is skipped.
+
+  Returns:
+    The random-access source.
+  """
   tfds = _tfds()
-  image_key, label_key = _feature_keys(builder)
-  shape = tuple(builder.info.features[image_key].shape)
-  if None in shape:
-    raise ValueError(f"{name}: images of variable shape {shape} are not supported")
   # Skip tfds' own image decoding and decode the PNG/JPEG bytes with Pillow directly:
   # the same pixels, about twice as fast.
-  source = tfds.data_source(
+  return tfds.data_source(
     name,
     split=split,
     data_dir=data_dir,
     download=False,
     decoders={image_key: tfds.decode.SkipDecoding()},
   )
+
+
+def read_records(
+  source: Any, keys: Sequence[str], shape: tuple, indices: Sequence[int] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+  """The decoded ``uint8`` images and ``int32`` labels of the records ``indices`` of ``source``.
+
+  Args:
+    source: a source from `open_source`.
+    keys: the image and label features.
+    shape: the shape of one image.
+    indices: the records (a 1-D sequence of ints).
+
+  Returns:
+    ``(images, labels)`` of shapes ``(n, *shape)`` and ``(n,)``.
+  """
+  idx = [int(i) for i in indices]
+  if hasattr(source, "__getitems__"):  # batched read
+    records = source.__getitems__(idx)
+  else:
+    records = [source[i] for i in idx]
+  image_key, label_key = keys
+  images = np.empty((len(idx), *shape), np.uint8)
+  for j, record in enumerate(records):
+    images[j] = _decode_image(record[image_key], shape)
+  labels = np.asarray([record[label_key] for record in records], np.int32).reshape(len(idx))
+  return images, labels
+
+
+def _decode_split(name: str, split: str, data_dir: Optional[str], builder, progress: bool):
+  image_key, label_key = _feature_keys(builder)
+  shape = tuple(builder.info.features[image_key].shape)
+  if None in shape:
+    raise ValueError(f"{name}: images of variable shape {shape} are not supported")
+  source = open_source(name, split, data_dir, image_key)
   n = len(source)
   images = np.empty((n, *shape), np.uint8)
   labels = np.empty((n,), np.int32)
@@ -276,12 +372,54 @@ def load_dataset(
   train_split: str = "train",
   test_split: str = "test",
   progress: bool = True,
+  lazy_train: bool = False,
 ) -> Dataset:
-  """Loads a TFDS image classification dataset as normalised in-memory arrays."""
+  """Loads a TFDS image classification dataset as normalised in-memory arrays.
+
+  Args:
+    name: the TFDS dataset.
+    data_dir: where it is prepared (see `resolve_data_dir`).
+    cache_dir: where decoded splits are cached (see `resolve_cache_dir`).
+    train_split: the training split.
+    test_split: the test split.
+    progress: show a progress bar while a split is decoded.
+    lazy_train: leave the training split on disk, as a `SourceSplit` (its batches are then read
+      by `experiments.pipeline`); the test split is still loaded into memory.
+
+  Returns:
+    The dataset.
+
+  Raises:
+    FileNotFoundError: if the dataset is not prepared in the data directory.
+    ValueError: with ``lazy_train``, for a dataset without known `NORMALIZATION` (its statistics
+      would be computed from the decoded training split).
+  """
   kw = dict(data_dir=data_dir, cache_dir=cache_dir, progress=progress)
+  base = name.split(":")[0]
+  if lazy_train:
+    if base not in NORMALIZATION:
+      raise ValueError(
+        f"{name}: no known normalisation ({', '.join(NORMALIZATION)}); its per-channel "
+        "statistics are computed from the decoded training split, which lazy_train leaves on disk"
+      )
+    mean, std = NORMALIZATION[base]
+    test_x, test_y, info = load_split_arrays(
+      name, test_split, data_dir=data_dir, cache_dir=cache_dir, progress=progress
+    )
+    train: Split | SourceSplit = SourceSplit(
+      name, train_split, resolve_data_dir(data_dir), mean, std
+    )
+    return Dataset(
+      name=base,
+      version=info["version"],
+      train=train,
+      test=Split(normalize(test_x, mean, std), test_y),
+      num_classes=info["num_classes"],
+      mean=tuple(mean),
+      std=tuple(std),
+    )
   train_x, train_y, info = load_split_arrays(name, train_split, **kw)
   test_x, test_y, _ = load_split_arrays(name, test_split, **kw)
-  base = name.split(":")[0]
   if base in NORMALIZATION:
     mean, std = NORMALIZATION[base]
   else:
@@ -309,9 +447,14 @@ def split_validation(dataset: Dataset, size: int, seed: int) -> tuple[Dataset, O
 
   Returns:
       The dataset with the reduced training split, and the held-out split (or None).
+
+  Raises:
+      ValueError: for ``size > 0`` and a training split left on disk (a `SourceSplit`).
   """
   if size <= 0:
     return dataset, None
+  if not isinstance(dataset.train, Split):
+    raise ValueError("split_validation: the training split is not in memory (lazy_train)")
   order = np.random.default_rng(seed).permutation(len(dataset.train))
   held, kept = np.sort(order[:size]), np.sort(order[size:])
   train = Split(dataset.train.images[kept], dataset.train.labels[kept])

@@ -55,7 +55,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   Raises:
       ValueError: for a bad rate, round count or length, reinit round, validation size,
-          optimizer or schedule, or a reinit seed that equals a ticket's seed.
+          optimizer, schedule or ``data_pipeline``, or a reinit seed that equals a ticket's seed.
   """
   lt = config.lottery
   for name in ("rate", "output_rate"):
@@ -70,6 +70,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"reinit_rounds must lie in 1..{lt.rounds}, got {bad}")
   if int(config.get("validation_size", 0)) < 0:
     raise ValueError(f"validation_size must be >= 0, got {config.validation_size}")
+  train.data_pipeline(config)
   seeds = {int(s) for s in config.seeds}
   clash = [(s, r) for s in seeds for r in reinit_rounds(config) if reinit_seed(s, r) in seeds]
   if clash:

@@ -293,7 +293,8 @@ def first_batch(dataset: data_lib.Dataset, batch_size: int, seed: int) -> tuple:
   idx, _ = data_lib.batch_indices(
     len(dataset.train), batch_size, seed=seed, position=(0, 0), count=1
   )
-  return (jnp.asarray(dataset.train.images[idx[0]]), jnp.asarray(dataset.train.labels[idx[0]]))
+  images, labels = dataset.train.take(idx[0])  # (also from a training split left on disk)
+  return jnp.asarray(images), jnp.asarray(labels)
 
 
 def _loss(model: nn.Module, temperature: float = 1.0) -> Callable:

@@ -57,14 +57,7 @@ class _Batches:
     return self._order(epoch)[start : start + self.batch_size][self.rows]
 
   def __getitem__(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    idx = [int(i) for i in self.indices(batch)]
-    if hasattr(self.source, "__getitems__"):
-      records = self.source.__getitems__(idx)
-    else:
-      records = [self.source[i] for i in idx]
-    image_key, label_key = self.keys
-    images = np.stack([data_lib._decode_image(r[image_key], self.shape) for r in records])
-    labels = np.asarray([r[label_key] for r in records], np.int32)
+    images, labels = data_lib.read_records(self.source, self.keys, self.shape, self.indices(batch))
     return data_lib.normalize(images, self.mean, self.std), labels
 
 
@@ -112,6 +105,12 @@ class TrainStream:
     """The data position ``(epoch, index)`` after ``consumed`` batches of this stream."""
     return divmod(self._start + int(consumed), self.batches_per_epoch)
 
+  def close(self) -> None:
+    """Stops the reading threads (the stream yields nothing after)."""
+    close = getattr(self._iterator, "close", None)
+    if close is not None:
+      close()
+
 
 def train_stream(
   name: str = "mnist",
@@ -157,7 +156,6 @@ def train_stream(
   """
   import jax
 
-  tfds = data_lib._tfds()
   process_index = jax.process_index() if process_index is None else int(process_index)
   process_count = jax.process_count() if process_count is None else int(process_count)
   if batch_size % process_count:
@@ -173,13 +171,7 @@ def train_stream(
     if base not in data_lib.NORMALIZATION:
       raise ValueError(f"{name}: no known normalisation; pass mean= and std=")
     mean, std = data_lib.NORMALIZATION[base]
-  source = tfds.data_source(
-    name,
-    split=split,
-    data_dir=data_dir,
-    download=False,
-    decoders={keys[0]: tfds.decode.SkipDecoding()},
-  )
+  source = data_lib.open_source(name, split, data_dir, keys[0])
   per_epoch = data_lib.batches_per_epoch(len(source), batch_size)
   epoch, index = (int(p) for p in position)
   if epoch < 0 or not 0 <= index < per_epoch:

@@ -3,8 +3,9 @@
 ``with start(config, name, total_runs) as experiment:`` creates ``config.output_dir``, opens its
 ``log.txt`` (appended to) and writes ``config.json``; loads the dataset (holding
 ``config.validation_size`` training examples out for validation when the config has that field)
-and puts it on the device; builds the model and counts its multiply-adds; and shows a progress
-bar over the experiment's runs. `Experiment.train` trains the runs of one method: a run whose
+and puts it on the device (the training split only with ``data_pipeline="memory"``, the
+default); builds the model and counts its multiply-adds; and shows a progress bar over the
+experiment's runs. `Experiment.train` trains the runs of one method: a run whose
 ``runs/<run>.json`` was written by the same config is reported without training, the others are
 trained by `experiments.train.train_runs` (which resumes them from their checkpoints) and their
 records written (`experiments.outputs.write_run`).
@@ -35,19 +36,26 @@ _LOADED: dict[tuple, Any] = {}
 def _load(
   config: ml_collections.ConfigDict, data_dir: Optional[str], progress: bool
 ) -> tuple[data_lib.Dataset, train.DeviceData]:
-  """The dataset of ``config`` (less its validation split) and its device copies."""
+  """The dataset of ``config`` (less its validation split) and its device copies (with
+  ``data_pipeline="grain"`` the training split stays on disk: its batches are streamed)."""
   validation = (int(config.get("validation_size", 0)), int(config.get("validation_seed", 0)))
+  pipeline = train.data_pipeline(config)
   key = (
     config.dataset,
     data_dir,
     str(data_lib.resolve_cache_dir(config.get("cache_dir"))),
     int(config.eval_batch_size),
     validation,
+    pipeline,
   )
   if key not in _LOADED:
     _LOADED.clear()
     full = data_lib.load_dataset(
-      config.dataset, data_dir=data_dir, cache_dir=config.get("cache_dir"), progress=progress
+      config.dataset,
+      data_dir=data_dir,
+      cache_dir=config.get("cache_dir"),
+      progress=progress,
+      lazy_train=pipeline == "grain",
     )
     dataset, held_out = data_lib.split_validation(full, *validation)
     _LOADED[key] = (dataset, train.prepare_data(dataset, int(config.eval_batch_size), held_out))

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from experiments import config as config_lib
-from experiments import methods, outputs, plots, runner
+from experiments import methods, outputs, plots, runner, train
 from experiments.train import RunSpec
 
 
@@ -61,8 +61,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   Raises:
       ValueError: for a bad method, sparsity, optimizer, schedule, method setting (e.g. IMP
-          cycles) or published point.
+          cycles), published point or ``data_pipeline``.
   """
+  train.data_pipeline(config)
   for method, sparsity, seed in sweep_plan(config):
     methods.METHODS[method].make_tx(config, sparsity, seed)
   outputs.published_points(config)

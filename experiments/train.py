@@ -17,6 +17,12 @@ params, model state, the full optimizer state (pruning masks and step counters i
 a JAX RNG key (split every step and passed to the model as its ``dropout`` RNG) and the sums
 of the training loss and accuracy since the last evaluation; the data position (epoch,
 index within the epoch) is kept next to it and saved in every checkpoint.
+
+Where the batches come from is ``config.data_pipeline`` (`data_pipeline`): ``"memory"`` (the
+default) gathers them on the device from the whole training split, ``"grain"`` reads each run's
+batches with its own `experiments.pipeline.TrainStream` (the same batches, in the same order) and
+feeds a chunk's batches to the same training program as a small ``images`` array with indices
+into it, so the training split is never decoded into memory.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import jaxprune
 from experiments import checkpointing, evaluation, models, stacking
 from experiments import config as config_lib
 from experiments import data as data_lib
+from experiments import pipeline as pipeline_lib
 from jaxprune.leaves import path_str
 
 
@@ -95,12 +102,47 @@ class RunSetup(NamedTuple):
   constants: Optional[tuple] = None
 
 
-class DeviceData(NamedTuple):
-  """The training split on the device, the padded test split and an optional validation split
-  (held out of the training split, evaluated beside the test split when present)."""
+PIPELINES = ("memory", "grain")
 
-  train_images: jax.Array
-  train_labels: jax.Array
+# The most bytes of training images one chunk of a ``"grain"`` run holds on the host and the
+# device (all its runs together): longer chunks are split (which changes nothing computed).
+GRAIN_CHUNK_BYTES = 256 << 20
+
+
+def data_pipeline(config: ml_collections.ConfigDict) -> str:
+  """Where a config's training batches come from: ``config.data_pipeline``, checked.
+
+  Args:
+      config: the config (without the field: ``"memory"``).
+
+  Returns:
+      ``"memory"`` (the whole training split on the device, batches gathered there) or
+      ``"grain"`` (each run's batches streamed by `experiments.pipeline.train_stream`).
+
+  Raises:
+      ValueError: for another value, or for ``"grain"`` with a ``validation_size`` (the stream
+          reads the whole training split, it cannot hold examples out of it).
+  """
+  pipeline = str(config.get("data_pipeline", "memory") or "memory")
+  if pipeline not in PIPELINES:
+    raise ValueError(f"data_pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
+  held_out = int(config.get("validation_size", 0) or 0)
+  if pipeline == "grain" and held_out > 0:
+    raise ValueError(
+      f"data_pipeline='grain' streams the whole training split and cannot hold "
+      f"validation_size={held_out} examples out of it; set validation_size=0 or "
+      "data_pipeline=memory"
+    )
+  return pipeline
+
+
+class DeviceData(NamedTuple):
+  """The training split on the device (None when it is streamed, ``data_pipeline="grain"``), the
+  padded test split and an optional validation split (held out of the training split, evaluated
+  beside the test split when present)."""
+
+  train_images: Optional[jax.Array]
+  train_labels: Optional[jax.Array]
   test: evaluation.TestData
   validation: Optional[evaluation.TestData] = None
 
@@ -111,7 +153,8 @@ def prepare_data(
   """Puts a dataset on the device once for all the runs of an experiment.
 
   Args:
-      dataset: the loaded dataset.
+      dataset: the loaded dataset (a training split left on disk, `data.SourceSplit`, stays
+          there: its batches are streamed).
       eval_batch_size: examples per evaluation batch.
       validation: a split held out of the training split, evaluated beside the test split.
 
@@ -119,8 +162,8 @@ def prepare_data(
       The device copies.
   """
   return DeviceData(
-    jnp.asarray(dataset.train.images),
-    jnp.asarray(dataset.train.labels),
+    jnp.asarray(dataset.train.images) if isinstance(dataset.train, data_lib.Split) else None,
+    jnp.asarray(dataset.train.labels) if isinstance(dataset.train, data_lib.Split) else None,
     evaluation.prepare_test_data(dataset.test, eval_batch_size),
     None if validation is None else evaluation.prepare_test_data(validation, eval_batch_size),
   )
@@ -308,6 +351,13 @@ def train_runs(
 ) -> list[dict]:
   """Trains runs of one method, as one vmapped program if ``vmap`` and there are several.
 
+  The batches are gathered on the device from ``data.train_images`` or, with
+  ``config.data_pipeline = "grain"``, read by one `experiments.pipeline.TrainStream` per run
+  (seeded with the run's seed, started at its data position): each chunk's batches of every run
+  are stacked on the host, padded to a fixed number of steps, and passed to the same training
+  program as its ``images`` with indices into the run's block (the same batches, so the same
+  results as the in-memory path).
+
   Resumes from the runs' latest common checkpoint in ``output_dir/checkpoints/<run>/``
   when ``config.resume`` (and the checkpoints were saved by a config with the same
   `experiments.config.fingerprint`); saves every ``checkpoint_interval(config)`` steps and
@@ -336,8 +386,8 @@ def train_runs(
       One record per run: its evaluations, final metrics and `RunSetup.extras`.
 
   Raises:
-      ValueError: for runs of different methods, several runs without ``vmap``, or not one
-          setup per run.
+      ValueError: for runs of different methods, several runs without ``vmap``, not one
+          setup per run, or a bad `data_pipeline` (``"grain"`` with a validation split).
       StopRequested: after the checkpoint of ``config.stop_after_step``.
   """
   if len({r.method for r in runs}) != 1:
@@ -346,6 +396,17 @@ def train_runs(
     raise ValueError("train_runs: several runs are only trained together when vmapped")
   if len(setups) != len(runs):
     raise ValueError("train_runs: one setup per run")
+  pipeline = data_pipeline(config)
+  if pipeline == "grain" and data.validation is not None:
+    raise ValueError(
+      "data_pipeline='grain' streams the whole training split and cannot hold a validation "
+      "split (validation_size) out of it; set validation_size=0 or data_pipeline=memory"
+    )
+  if pipeline == "memory" and data.train_images is None:
+    raise ValueError(
+      "data_pipeline='memory' needs the training split on the device; this data was prepared "
+      "from a dataset whose training split was left on disk (data.load_dataset(lazy_train=True))"
+    )
   method = runs[0].method
   num_steps = int(config.num_train_steps)
   eval_every = max(1, int(config.eval_every))
@@ -404,6 +465,13 @@ def train_runs(
         shutil.rmtree(output_dir / "masks" / r.name, ignore_errors=True)
   state = stacking.stack(states, axes) if stacked else states[0]
   capacity = min(eval_every, num_steps)
+  if pipeline == "grain":  # a chunk's batches of every run, stacked (at most GRAIN_CHUNK_BYTES)
+    per_step = len(runs) * batch_size * 4 * math.prod(dataset.image_shape)
+    capacity = max(1, min(capacity, GRAIN_CHUNK_BYTES // per_step))
+    blocks = np.arange(len(runs) * capacity * batch_size, dtype=np.int32)
+    blocks = blocks.reshape(len(runs), capacity, batch_size)
+  streams: list[pipeline_lib.TrainStream] = []
+  consumed = [0] * len(runs)
   stop_after = config.get("stop_after_step", None)
   stop_after = int(stop_after) if stop_after is not None and int(stop_after) > step else None
 
@@ -451,26 +519,39 @@ def train_runs(
     )
   start = time.perf_counter()
   try:
+    if pipeline == "grain" and step < num_steps:
+      streams = _open_streams(config, dataset, runs, positions, num_steps)
     while step < num_steps and not all(diverged):
       target = min(
         num_steps,
+        step + capacity,
         _next_multiple(step, eval_every),
         _next_multiple(step, checkpoint_every),
         stop_after if stop_after is not None else math.inf,
         min((e for e in cycle_ends if e > step), default=math.inf),
       )
       count = int(target - step)
-      indices = np.zeros((len(runs), capacity, batch_size), np.int32)
-      for i, r in enumerate(runs):
-        indices[i, :count], positions[i] = data_lib.batch_indices(
-          num_examples, batch_size, seed=r.seed, position=positions[i], count=count
-        )
+      images: Optional[jax.Array]
+      labels: Optional[jax.Array]
+      if streams:
+        indices = blocks
+        images, labels = _read_chunk(streams, count, capacity, batch_size, dataset.image_shape)
+        for i, stream in enumerate(streams):
+          consumed[i] += count
+          positions[i] = stream.position(consumed[i])
+      else:
+        indices = np.zeros((len(runs), capacity, batch_size), np.int32)
+        for i, r in enumerate(runs):
+          indices[i, :count], positions[i] = data_lib.batch_indices(
+            num_examples, batch_size, seed=r.seed, position=positions[i], count=count
+          )
+        images, labels = data.train_images, data.train_labels
       state = program.train(
         state,
         indices if stacked else indices[0],
         np.int32(count),
-        data.train_images,
-        data.train_labels,
+        images,
+        labels,
       )
       step += count
       since_eval += count
@@ -514,6 +595,8 @@ def train_runs(
   finally:
     if bar is not None:
       bar.close()
+    for stream in streams:
+      stream.close()
     for c in checkpoints:
       c.close()
   train_time = elapsed + time.perf_counter() - start
@@ -559,6 +642,72 @@ def train_runs(
       }
     )
   return records
+
+
+def _open_streams(
+  config: ml_collections.ConfigDict,
+  dataset: data_lib.Dataset,
+  runs: Sequence[RunSpec],
+  positions: Sequence[tuple[int, int]],
+  num_steps: int,
+) -> list[pipeline_lib.TrainStream]:
+  """One training stream per run, from its seed and data position, spanning ``num_steps``."""
+  train_split = dataset.train
+  if isinstance(train_split, data_lib.SourceSplit):
+    name, split, data_dir = train_split.name, train_split.split, train_split.data_dir
+  else:
+    name, split = str(config.dataset), "train"
+    data_dir = data_lib.resolve_data_dir(config.get("data_dir", None))
+  batch_size = int(config.batch_size)
+  per_epoch = data_lib.batches_per_epoch(len(train_split), batch_size)
+  streams: list[pipeline_lib.TrainStream] = []
+  try:
+    for r, position in zip(runs, positions):
+      stream = pipeline_lib.train_stream(
+        name,
+        batch_size=batch_size,
+        seed=r.seed,
+        position=position,
+        epochs=-(-num_steps // per_epoch),
+        data_dir=data_dir,
+        split=split,
+        mean=dataset.mean,
+        std=dataset.std,
+        # Every process reads whole batches, as the in-memory path gathers them.
+        process_index=0,
+        process_count=1,
+      )
+      streams.append(stream)
+      if stream.batches_per_epoch != per_epoch:
+        raise ValueError(
+          f"the {name}/{split} stream has {stream.batches_per_epoch} batches per epoch, the "
+          f"training split of the dataset {per_epoch}"
+        )
+  except BaseException:
+    for stream in streams:
+      stream.close()
+    raise
+  return streams
+
+
+def _read_chunk(
+  streams: Sequence[pipeline_lib.TrainStream],
+  count: int,
+  capacity: int,
+  batch_size: int,
+  image_shape: tuple,
+) -> tuple[jax.Array, jax.Array]:
+  """The next ``count`` batches of every stream, as the images and labels of one chunk.
+
+  Run ``r``'s batch ``i`` is rows ``(r * capacity + i) * batch_size`` onwards (the steps past
+  ``count`` are zeros, never read), so the shapes are the same for every chunk.
+  """
+  images = np.zeros((len(streams), capacity, batch_size, *image_shape), np.float32)
+  labels = np.zeros((len(streams), capacity, batch_size), np.int32)
+  for r, stream in enumerate(streams):
+    for i in range(count):
+      images[r, i], labels[r, i] = next(stream)
+  return jnp.asarray(images.reshape(-1, *image_shape)), jnp.asarray(labels.reshape(-1))
 
 
 def imp_cycle_ends(opt_state: Any) -> list[int]:

@@ -27,6 +27,7 @@ from experiments import (
   models,
   optimizers,
   outputs,
+  runner,
   stacking,
   sweep,
   train,
@@ -1139,3 +1140,70 @@ def test_at_init_sweep_masks_and_collapse(mnist, cache_dir, tmp_path):
   w = np.asarray(final.params["Dense_0"]["kernel"])
   assert np.all(w[~np.asarray(snip["Dense_0"]["kernel"])] == 0)
   assert records[spec]["evaluations"][0]["kernel_sparsity"] == pytest.approx(0.9, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------ grain pipeline
+# data_pipeline="grain": each run streams its batches (experiments.pipeline) and trains bit for
+# bit what the in-memory path trains (the `reference` runs), interrupted and resumed or not.
+
+GRAIN = ["--set", "data_pipeline=grain"]
+
+
+def test_the_option_defaults_to_memory_and_keeps_fingerprints():
+  config = config_lib.load_config()
+  assert config.data_pipeline == "memory" and train.data_pipeline(config) == "memory"
+  base = config_lib.fingerprint(config)
+  # Both pipelines compute the same runs: checkpoints and finished runs are shared between them,
+  # and a config without the field (written before it existed) has the same fingerprint.
+  config.data_pipeline = "grain"
+  assert config_lib.fingerprint(config) == base and train.data_pipeline(config) == "grain"
+  with config.unlocked():
+    del config["data_pipeline"]
+  assert config_lib.fingerprint(config) == base and train.data_pipeline(config) == "memory"
+  config.data_pipeline = "disk"
+  with pytest.raises(ValueError, match="data_pipeline must be one of memory, grain, got 'disk'"):
+    train.data_pipeline(config)
+
+
+def test_grain_refuses_a_validation_split(capsys):
+  # mnist_lth holds validation_size=5000 examples out of the training split.
+  assert cli.main(["--config", "mnist_lth", *GRAIN, "--no_progress"]) == 2
+  err = capsys.readouterr().err
+  assert "data_pipeline='grain'" in err and "validation_size=5000" in err
+
+
+@needs_mnist
+def test_grain_run_equals_the_in_memory_run(reference, cache_dir, tmp_path, monkeypatch):
+  # Chunks of at most 4 steps (evaluations every 10): the chunks of the two paths differ too.
+  monkeypatch.setattr(train, "GRAIN_CHUNK_BYTES", 4 * len(PAIR_RUNS) * 32 * 28 * 28 * 4)
+  out = tmp_path / "grain"
+  argv = _argv(out, cache_dir, *PAIR, *GRAIN)
+  assert cli.main(argv) == 0
+  # The training split was left on disk: only the test split went to the device.
+  [(dataset, data)] = [
+    (d, x) for d, x in runner._LOADED.values() if isinstance(d.train, data_lib.SourceSplit)
+  ]
+  assert len(dataset.train) == 60_000
+  assert data.train_images is None and dataset.image_shape == (28, 28, 1)
+  assert _records(out) == _records(reference)
+  _assert_same_states(out, reference, argv)
+  # What SNIP and GraSP score on (methods.first_batch) is read from the split on disk, the same.
+  memory = data_lib.load_dataset("mnist", data_dir=DATA_DIR, cache_dir=cache_dir, progress=False)
+  for x, y in zip(methods.first_batch(dataset, 32, 1), methods.first_batch(memory, 32, 1)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@needs_mnist
+def test_interrupted_grain_run_resumes_to_the_same_result(reference, cache_dir, tmp_path, capsys):
+  out = tmp_path / "killed"
+  argv = _argv(
+    out, cache_dir, *PAIR, *GRAIN, "--set", "checkpoint_every=5", "--set", "stop_after_step=15"
+  )
+  assert cli.main(argv) == cli.EXIT_STOPPED
+  for spec in PAIR_RUNS:
+    assert checkpointing.RunCheckpoints(out / "checkpoints" / spec.name).steps() == [10, 15]
+  capsys.readouterr()
+  assert cli.main(argv) == 0
+  assert "resuming from the checkpoint of step 15/20" in capsys.readouterr().out
+  assert _records(out) == _records(reference)
+  _assert_same_states(out, reference, argv)

@@ -35,6 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every = 500
   config.validation_size = 5000  # held out of the 60,000 training images (0: none)
   config.validation_seed = 0
+  # "memory" or "grain" (streamed batches, see mnist_lenet300; only with validation_size=0).
+  config.data_pipeline = "memory"
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"
