@@ -5,6 +5,7 @@ Run from the repository root::
     python -m benchmarks.memory                          # 8 x 2048^2 (33.6M params) and 8 x 4096^2 (134M)
     python -m benchmarks.memory --widths 11264 --layers 8   # 1.02 billion params (compiles only)
     python -m benchmarks.memory --out                    # also write benchmarks/results/memory.json
+    python -m benchmarks.memory --widths 4096 --resident # also the peak resident memory of real steps
 
 The model is ``--layers`` square float32 kernels of width ``W`` (``h = tanh(h @ W_l)``, a batch of
 32), trained by one jitted step (forward, backward, ``tx.update``, ``optax.apply_updates``) that
@@ -21,14 +22,21 @@ Rows: ``dense`` (``optax.adam``), ``fixed`` (the pruner between mask updates), `
 (every step re-selects 90% of the weights) for the layer-wise (``uniform``) and ``global``
 distributions, with byte masks and with packed masks. The issue's target is ``extra`` at most
 ``masks / params + 0.1`` for the update rows.
+
+With ``--resident`` each configuration also runs for real, in a process of its own: params drawn
+on the device, three donated steps, and the process's peak resident memory (``ru_maxrss``) is
+reported beyond the dense step's process, in multiples of the params' bytes (``rss extra``).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
+import resource
+import subprocess
 import sys
 
 import jax
@@ -86,7 +94,37 @@ def analyse(tx: optax.GradientTransformation, params: dict, x: jax.ShapeDtypeStr
   }
 
 
-def run(widths: list[int], layers: int) -> list[dict]:
+def resident(kind: str, distribution: str, packed: bool, width: int, layers: int) -> int:
+  """Peak resident bytes of a process that runs three donated steps of this configuration."""
+  tx = make_tx(kind, distribution, packed)
+  keys = jax.random.split(jax.random.key(0), layers + 1)
+  draw = jax.jit(lambda k: jax.random.normal(k, (width, width), jnp.float32) / width**0.5)
+  params = {f"w{i:02d}": draw(keys[i]) for i in range(layers)}
+  x = jax.random.normal(keys[-1], (BATCH, width), jnp.float32)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, state, x):
+    grads = jax.grad(loss_fn)(params, x)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  state = tx.init(params)
+  for _ in range(3):
+    params, state = step(params, state, x)
+  jax.block_until_ready((params, state))
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
+def resident_in_subprocess(
+  kind: str, distribution: str, packed: bool, width: int, layers: int
+) -> int:
+  command = [sys.executable, "-m", "benchmarks.memory", "--child", kind, distribution]
+  command += [str(int(packed)), str(width), str(layers)]
+  out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+  return int(out.strip().splitlines()[-1])
+
+
+def run(widths: list[int], layers: int, measure_resident: bool = False) -> list[dict]:
   rows = []
   for width in widths:
     params = {f"w{i:02d}": jax.ShapeDtypeStruct((width, width), jnp.float32) for i in range(layers)}
@@ -100,6 +138,8 @@ def run(widths: list[int], layers: int) -> list[dict]:
     for kind, distribution, packed in configs:
       print(f"width {width}: {kind} {distribution} packed={packed}", file=sys.stderr, flush=True)
       r = analyse(make_tx(kind, distribution, packed), params, x)
+      if measure_resident:
+        r["rss_bytes"] = resident_in_subprocess(kind, distribution, packed, width, layers)
       dense = dense or r
       r.update(
         width=width,
@@ -113,20 +153,24 @@ def run(widths: list[int], layers: int) -> list[dict]:
         temp=r["temp_bytes"] / param_bytes,
         extra_temp=(r["temp_bytes"] - dense["temp_bytes"]) / param_bytes,
       )
+      if measure_resident:
+        r["extra_rss"] = (r["rss_bytes"] - dense["rss_bytes"]) / param_bytes
       rows.append(r)
   return rows
 
 
 def format_table(rows: list[dict]) -> str:
+  rss = all("extra_rss" in r for r in rows)
   lines = [
-    "| params | step | distribution | packed | state (x params) | temp (x params) | extra temp (x params) |",
-    "|---:|---|---|---|---:|---:|---:|",
+    "| params | step | distribution | packed | state (x params) | temp (x params) | extra temp (x params) |"
+    + (" rss extra (x params) |" if rss else ""),
+    "|---:|---|---|---|---:|---:|---:|" + ("---:|" if rss else ""),
   ]
   for r in rows:
     lines.append(
       f"| {r['params'] / 1e6:,.1f}M | {r['kind']} | {r['distribution']} | "
       f"{'yes' if r['packed'] else 'no'} | {r['extra_state']:.3f} | {r['temp']:.3f} | "
-      f"{r['extra_temp']:+.3f} |"
+      f"{r['extra_temp']:+.3f} |" + (f" {r['extra_rss']:+.3f} |" if rss else "")
     )
   return "\n".join(lines)
 
@@ -136,8 +180,14 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--widths", type=int, nargs="+", default=[2048, 4096])
   parser.add_argument("--layers", type=int, default=8)
   parser.add_argument("--out", nargs="?", const=DEFAULT_OUT, default=None)
+  parser.add_argument("--resident", action="store_true", help="also measure peak resident memory")
+  parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
-  rows = run(args.widths, args.layers)
+  if args.child:  # one configuration, in its own process: print its peak resident bytes
+    kind, distribution, packed, width, layers = args.child
+    print(resident(kind, distribution, packed == "1", int(width), int(layers)))
+    return
+  rows = run(args.widths, args.layers, args.resident)
   print(format_table(rows))
   if args.out:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
