@@ -19,9 +19,7 @@ the selection adds).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -31,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxprune
+from benchmarks.results import write_results
 
 SPARSITY = 0.9
 DEFAULT_OUT = os.path.join("benchmarks", "results", "billion.json")
@@ -109,10 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  {rows[-1]['median_s']:.1f} s", file=sys.stderr, flush=True)
   print(format_table(rows))
   if args.out:
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    meta = {"jax": jax.__version__, "backend": jax.default_backend(), "machine": platform.machine()}
-    with open(args.out, "w") as f:
-      json.dump({"meta": meta, "args": vars(args), "rows": rows}, f, indent=1)
+    write_results(args.out, args, rows)
 
 
 if __name__ == "__main__":

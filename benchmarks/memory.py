@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -44,6 +42,7 @@ import jax.numpy as jnp
 import optax
 
 import jaxprune
+from benchmarks.results import write_results
 
 SPARSITY = 0.9
 BATCH = 32
@@ -190,10 +189,7 @@ def main(argv: list[str] | None = None) -> None:
   rows = run(args.widths, args.layers, args.resident)
   print(format_table(rows))
   if args.out:
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    meta = {"jax": jax.__version__, "backend": jax.default_backend(), "machine": platform.machine()}
-    with open(args.out, "w") as f:
-      json.dump({"meta": meta, "args": vars(args), "rows": rows}, f, indent=1)
+    write_results(args.out, args, rows)
 
 
 if __name__ == "__main__":
