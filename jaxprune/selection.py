@@ -224,9 +224,13 @@ def _histograms(
     if done:
       in_bucket = (key >> (32 - done)) == prefix[seg]
       weight = in_bucket if weight is None else in_bucket & weight
-    ones = jnp.ones(key.shape, jnp.int32) if weight is None else weight.astype(jnp.int32)
     index = digit.astype(jnp.int32) + jnp.int32(seg * num_bins)
-    return hist.at[index].add(ones, mode="promise_in_bounds")
+    if weight is None:
+      return hist.at[index].add(1, mode="promise_in_bounds")
+    # Entries that do not count get an index past the end, and the scatter drops them: on CPU that
+    # is about a third cheaper than adding their zeros (most entries, after the first digit).
+    index = jnp.where(weight, index, jnp.int32(num_segments * num_bins))
+    return hist.at[index].add(1, mode="drop")
 
   hist = jnp.zeros(num_segments * num_bins, jnp.int32)
   for (n, piece), seg in zip(sources, segments):
