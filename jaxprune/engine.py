@@ -309,12 +309,14 @@ def transformation(
     masks: list[Any] = [None] * len(leaves)
     fixed = None if given is None else leaves_lib.flatten_up_to(treedef, given)
     for i in plan.masked:
-      masks[i] = store(
-        jnp.asarray(fixed[i]) if fixed is not None else jnp.ones_like(leaves[i], dtype=bool),
-        leaves[i],
-      )
-    score_state = None if score.init is None else score.init(jax.tree.unflatten(treedef, leaves))
+      mask = jnp.asarray(fixed[i]) if fixed is not None else jnp.ones_like(leaves[i], dtype=bool)
+      # Placed like the param: under jit without out_shardings a constant would go to one device.
+      masks[i] = store(sharding_lib.placed_like(mask, leaves[i]), leaves[i])
+    tree = jax.tree.unflatten(treedef, leaves)
+    score_state = None if score.init is None else score.init(tree)
+    score_state = sharding_lib.placed_tree_like(score_state, tree)
     inner_state = optax.EmptyState() if inner is None else inner.init(params)
+    inner_state = sharding_lib.placed_tree_like(inner_state, params)
     return hooks.state_class(
       count=jnp.zeros([], jnp.int32),
       masks=jax.tree.unflatten(treedef, masks),

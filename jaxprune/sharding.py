@@ -19,6 +19,8 @@ import jax
 __all__ = [
   "abstract",
   "explicit",
+  "placed_like",
+  "placed_tree_like",
   "replicated",
   "resized",
   "run_in_auto_mode",
@@ -36,6 +38,55 @@ def sharding_of(x: Any) -> Any:
     return getattr(jax.typeof(x), "sharding", None)
   except TypeError:  # not an array type (e.g. a Python object in a pytree)
     return None
+
+
+def placed_like(value: jax.Array, like: Any) -> jax.Array:
+  """``value``, an array of ``like``'s shape made without reading ``like`` (all ones, all zeros),
+  placed where ``like`` is.
+
+  Outside ``jit`` that is ``like``'s sharding. Inside ``jit`` without ``out_shardings``, XLA puts an
+  output that depends on no input on one device (a pruner's initial masks would all land on device
+  0); selecting ``value`` under a predicate computed from ``like`` (always true, but not something
+  XLA folds away) makes it an elementwise function of ``like``, so the partitioner gives it
+  ``like``'s sharding. The values are unchanged.
+
+  Args:
+    value: the array to place.
+    like: the array to place it like (a param); anything else, or another shape, leaves ``value``
+      as it is.
+
+  Returns:
+    ``value``, placed like ``like``.
+  """
+  if not hasattr(like, "shape") or jax.numpy.shape(value) != jax.numpy.shape(like):
+    return value
+  if isinstance(like, jax.core.Tracer):
+    if not jax.numpy.issubdtype(like.dtype, jax.numpy.inexact):
+      return value
+    nan = jax.numpy.isnan(like)
+    other = ~value if value.dtype == jax.numpy.bool_ else value + 1
+    return jax.numpy.where(nan | ~nan, value, other)
+  if isinstance(like, jax.Array):
+    return jax.device_put(value, like.sharding)
+  return value
+
+
+def placed_tree_like(tree: Any, params: Any) -> Any:
+  """Every subtree of ``tree`` with ``params``' structure (an optimizer's moments, a score's running
+  statistics) placed leaf by leaf like ``params`` (`placed_like`); the rest as it is."""
+  structure: Any = jax.tree.structure(params)
+  if not jax.tree.leaves(params):
+    return tree
+
+  def is_like(x: Any) -> bool:
+    return x is not None and jax.tree.structure(x) == structure
+
+  def place(sub: Any) -> Any:
+    if not is_like(sub):
+      return sub
+    return jax.tree.map(placed_like, sub, params)
+
+  return jax.tree.map(place, tree, is_leaf=is_like)
 
 
 def _is_explicit(sharding: Any) -> bool:

@@ -358,6 +358,52 @@ def test_sharded_explicit_axes_equals_single_device(pruner, form):
     _check_sharded_equals_single_device(pruner, form, mesh)
 
 
+def _placed_like_params(tree, params, shardings) -> int:
+  """Checks that every leaf of ``tree`` whose path ends in a param's name and that has the param's
+  rank (masks, packed bits, statistics, moments) is sharded like that param; returns how many."""
+  checked = 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    layer, param = (names[-2:] + [None, None])[:2] if len(names) >= 2 else (None, None)
+    if layer not in params or param not in params[layer]:
+      continue
+    like = params[layer][param]
+    if np.ndim(leaf) != np.ndim(like):
+      continue
+    spec = tuple(shardings[layer][param].spec) + (None,) * like.ndim
+    got = tuple(leaf.sharding.spec) + (None,) * like.ndim
+    # Packed bits: the packed axis is shorter, and under an auto-mode jit (where the params'
+    # shardings are not visible while tracing) it is the last axis; every other axis is the param's.
+    same = [a for a in range(like.ndim) if leaf.shape[a] == like.shape[a]]
+    assert [got[a] for a in same] == [spec[a] for a in same], (
+      jax.tree_util.keystr(path),
+      leaf.sharding,
+    )
+    checked += 1
+  return checked
+
+
+@forms
+def test_jitted_init_places_the_state_like_the_params(pruner, form):
+  # Under jit without out_shardings XLA puts an output that reads no input on one device: the
+  # masks (all ones), a score's statistics and a wrapped optimizer's moments (zeros) must still
+  # come out sharded like their params, or a large model's state lands whole on device 0.
+  mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
+  specs = {
+    "dense0": {"kernel": P("data", "model"), "bias": P("model")},
+    "dense1": {"kernel": P("data", "model"), "bias": P()},
+  }
+  shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+  params = jax.device_put(make_params(), shardings)
+  tx = build(pruner, form)
+  state = jax.jit(tx.init)(params)
+  assert _placed_like_params(pruning_states(state), params, shardings) >= 2
+  # placed_tree_like places the rest of a chain's state too (the chained optimizer's moments).
+  placed = jax.jit(lambda p: jaxprune.sharding.placed_tree_like(tx.init(p), p))(params)
+  assert _placed_like_params(placed, params, shardings) >= 2
+  jax.tree.map(np.testing.assert_array_equal, placed, state)
+
+
 def test_registry_covers_every_exported_pruner():
   exported = {name for name in jaxprune.__all__ if name.endswith("_pruning")} | {
     "imp",
