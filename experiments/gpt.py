@@ -49,9 +49,11 @@ sparsity only if it covers ``end_step`` (update counts ``begin_step`` to ``end_s
 Multi-host (a TPU pod slice or a GPU cluster): start the same command on every host with
 ``--distributed``; the module calls ``jax.distributed.initialize()`` (auto-detected on TPU and
 SLURM; otherwise pass ``--coordinator HOST:PORT --num_processes N --process_id I``), builds the mesh
-over ``jax.devices()`` of all processes, each process draws its own ``batch_size /
-process_count`` windows and feeds them with ``jax.make_array_from_process_local_data``, and only
-process 0 prints and writes files. ``--model_axis`` sets the size of the ``"model"`` axis (the rest
+over ``jax.devices()`` of all processes, every process draws the window starts of each global
+batch from the same seed and feeds its own ``batch_size / process_count`` rows with
+``jax.make_array_from_process_local_data`` (so the training does not depend on the number of
+processes: tests/test_gpt_example.py trains the tiny config on two processes of 4 devices and gets
+the masks and losses of one process of 8), and only process 0 prints and writes files. ``--model_axis`` sets the size of the ``"model"`` axis (the rest
 is ``"data"``), e.g. ``--model_axis 4`` on a slice of 4-chip hosts.
 
 Attention-head pruning (``--heads``): `jaxprune.structured.dependency_groups` reads the model's
@@ -210,20 +212,29 @@ class CharData:
     split = int(len(ids) * (1.0 - val_fraction))
     return cls(chars, -(-len(chars) // 64) * 64, ids[:split], ids[split:])
 
-  def windows(self, split: str, count: int, seq_len: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` random windows of ``seq_len + 1`` ids (inputs and next-character targets).
+  def windows(
+    self,
+    split: str,
+    count: int,
+    seq_len: int,
+    rng: np.random.Generator,
+    rows: slice = slice(None),
+  ) -> np.ndarray:
+    """Random windows of ``seq_len + 1`` ids (inputs and next-character targets).
 
     Args:
       split: ``"train"`` or ``"val"``.
-      count: the number of windows.
+      count: the number of windows drawn (a global batch).
       seq_len: the model's context length.
       rng: the generator the window starts are drawn from.
+      rows: the windows to return: a process's rows of the global batch. All ``count`` starts are
+        drawn whatever the rows, so a batch does not depend on how many processes share it.
 
     Returns:
-      An int32 array ``[count, seq_len + 1]``.
+      An int32 array ``[rows, seq_len + 1]``.
     """
     ids = self.train if split == "train" else self.val
-    starts = rng.integers(0, len(ids) - seq_len - 1, size=count)
+    starts = rng.integers(0, len(ids) - seq_len - 1, size=count)[rows]
     return ids[starts[:, None] + np.arange(seq_len + 1)[None, :]]
 
 
@@ -652,10 +663,13 @@ def train(
     )
   data = load_data(root)
   model = GPT(model_config(config, data.vocab_size))
-  local = config.batch_size // jax.process_count()
-  val_rng = np.random.default_rng([config.seed, 1, jax.process_index()])
+  rows = process_rows(config.batch_size)
+  val_rng = np.random.default_rng([config.seed, 1])
   val_local = np.stack(
-    [data.windows("val", local, config.seq_len, val_rng) for _ in range(config.eval_batches)]
+    [
+      data.windows("val", config.batch_size, config.seq_len, val_rng, rows)
+      for _ in range(config.eval_batches)
+    ]
   )
   val = to_global(val_local, batch_sharding(mesh, 3))
   batches = training_batches(config, data)
@@ -710,15 +724,23 @@ def train(
   }
 
 
+def process_rows(batch_size: int) -> slice:
+  """This process's rows of a global batch (all of them on one process)."""
+  local = batch_size // jax.process_count()
+  return slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+
+
 def training_batches(config: GPTConfig, data: CharData) -> Callable[[], Iterator[np.ndarray]]:
-  """A function returning a fresh iterator of this process's training batches: windows drawn with a
-  generator seeded with ``(seed, process index)``, the same sequence on every call."""
-  local = config.batch_size // jax.process_count()
+  """A function returning a fresh iterator of this process's training batches, the same sequence on
+  every call: each global batch's windows are drawn with a generator seeded with ``seed`` (on every
+  process alike) and each process keeps its rows, so the batches, and the training, do not depend
+  on the number of processes."""
+  rows = process_rows(config.batch_size)
 
   def batches() -> Iterator[np.ndarray]:
-    rng = np.random.default_rng([config.seed, 0, jax.process_index()])
+    rng = np.random.default_rng([config.seed, 0])
     while True:
-      yield data.windows("train", local, config.seq_len, rng)
+      yield data.windows("train", config.batch_size, config.seq_len, rng, rows)
 
   return batches
 

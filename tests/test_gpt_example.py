@@ -7,6 +7,11 @@ with one device reuses the run's compiled sharded step, so only the one-device s
 
 import json
 import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +49,9 @@ def test_data_is_split_by_position_and_windows_are_seeded():
   b = data.windows("train", 4, 16, np.random.default_rng(3))
   np.testing.assert_array_equal(a, b)
   assert a.shape == (4, 17) and a.dtype == np.int32
+  # A process's rows of a global batch are those rows of the batch one process draws.
+  halves = [data.windows("train", 4, 16, np.random.default_rng(3), slice(i, i + 2)) for i in (0, 2)]
+  np.testing.assert_array_equal(np.concatenate(halves), a)
 
 
 def test_loss_decreases_and_the_report_is_written(result, tmp_path, capsys):
@@ -122,3 +130,45 @@ def test_sharded_step_matches_one_device(result):
   one = _named(one_params)
   for name, param in _named(params).items():
     np.testing.assert_allclose(np.asarray(param), np.asarray(one[name]), rtol=1e-5, atol=1e-6)
+
+
+def test_two_processes_train_as_one_does(result):
+  # The same run on two processes of 4 devices each (one 4 x 2 mesh over both, gloo collectives),
+  # each process feeding its rows of every batch: the same masks and the same losses as the one
+  # process of the module's run.
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the worker sets its own
+  env["JAX_PLATFORMS"] = "cpu"
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  worker = Path(__file__).with_name("gpt_worker.py")
+  root = Path(__file__).resolve().parents[1]
+  env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])  # experiments/
+  procs = [
+    subprocess.Popen(
+      [sys.executable, str(worker), str(i), "2", str(port)],
+      env=env,
+      cwd=root,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  outputs = []
+  try:
+    for p in procs:
+      outputs.append(p.communicate(timeout=600)[0])
+  finally:
+    for p in procs:
+      p.kill()
+  for i, (p, out) in enumerate(zip(procs, outputs)):
+    assert p.returncode == 0, f"process {i} failed:\n{out[-4000:]}"
+  [line] = [x for x in outputs[0].splitlines() if x.startswith("report ")]
+  report = json.loads(line[len("report ") :])
+  run = result["runs"]["pruned"]
+  assert report["mesh"] == {"data": 4, "model": 2}
+  masks = _named(jaxprune.get_masks(run.state))
+  assert report["kept"] == {k: int(np.sum(np.asarray(m))) for k, m in masks.items()}
+  assert report["zeros"] == {k: int(np.sum(np.asarray(m) == 0)) for k, m in masks.items()}
+  np.testing.assert_allclose(report["val_loss"], [h["val_loss"] for h in run.history], rtol=1e-5)
