@@ -138,7 +138,10 @@ def stacked(distribution: Distribution = "uniform", *, axes: Mapping[str, int]) 
   leaf whose path matches a regex (in full) is split along ``axis`` into ``L`` units named
   ``path[l]``: a layer-wise distribution prunes each layer to its own sparsity, ERK allocates by the
   layer's shape, and overrides match either the leaf's path (every layer) or ``path[l]`` (one).
-  The masks stay one array per leaf, shaped like it.
+  A group (`jaxprune.groups.Group`, or a channel group read off the jaxpr, e.g. attention heads)
+  whose members are all stacked along the same axis with the same ``L`` is split the same way,
+  into units ``name[l]`` that couple slice ``l`` of every member: each layer prunes its own
+  channels or heads. The masks stay one array per leaf, shaped like it.
 
   Args:
     distribution: the allocation over units (``"uniform"``, ``"erk"``, ``"er"`` or a function);

@@ -171,14 +171,22 @@ class Unit(NamedTuple):
     axis, index = self.layer
     return jax.lax.index_in_dim(x, index, axis, keepdims=False)
 
+  def _member_axis(self, axis: int, ndim: int) -> int:
+    """A member's group axis (given on the whole leaf) on the part this unit covers."""
+    axis = axis % ndim
+    if self.layer is not None and axis > self.layer[0] % ndim:
+      axis -= 1  # the layer's slice drops the stacked axis
+    return axis
+
   def _per_member(self, leaves: Any, reduce: Any) -> list[jax.Array]:
-    """``reduce(x, axes)`` of each member's leaf over everything but its channel (one value per
-    group; for a channel group over the positions ``index[c]`` of channel ``c``)."""
+    """``reduce(x, axes)`` of each member's leaf (its layer, for a layer of stacked members) over
+    everything but its channel (one value per group; for a channel group over the positions
+    ``index[c]`` of channel ``c``)."""
     out = []
     for m, (index, axis) in enumerate(self.members):
       assert axis is not None  # a group's members name their axes
-      x = leaves[index]
-      axis = axis % x.ndim
+      axis = self._member_axis(axis, jnp.ndim(leaves[index]))
+      x = self._own(leaves[index])
       if self.channel_group is not None:
         positions = jnp.asarray(self.channel_group.members[m].index)
         x = jnp.moveaxis(jnp.take(x, positions, axis=axis), (axis, axis + 1), (0, 1))
@@ -235,8 +243,11 @@ class Unit(NamedTuple):
     out = []
     for m, (index, axis) in enumerate(self.members):
       assert axis is not None  # a group's members name their axes
-      shape = shapes[index]
-      axis = axis % len(shape)
+      shape = tuple(shapes[index])
+      axis = self._member_axis(axis, len(shape))
+      if self.layer is not None:
+        stacked = self.layer[0] % len(shape)
+        shape = shape[:stacked] + shape[stacked + 1 :]
       other = tuple(a for a in range(len(shape)) if a != axis)
       along = group_mask
       if self.channel_group is not None:
@@ -271,15 +282,20 @@ class Plan(NamedTuple):
     """Leaf masks (index -> bool array) from one group mask per unit; a leaf in several units
     keeps what all of them keep."""
     out: dict[int, jax.Array] = {}
-    layers: dict[int, tuple[int, list[jax.Array]]] = {}  # leaf -> (stacked axis, layer masks)
+    # leaf -> (stacked axis, layer -> mask): a stacked leaf's layers, one unit or more each (a
+    # leaf in two groups, per layer, keeps what both keep)
+    layers: dict[int, tuple[int, dict[int, jax.Array]]] = {}
     for unit, group_mask in zip(self.units, unit_masks):
       for index, mask in unit.expand(group_mask, self.shapes):
-        if unit.layer is not None:  # a stacked leaf's layers come in order, one unit each
-          layers.setdefault(index, (unit.layer[0], []))[1].append(mask)
+        if unit.layer is not None:
+          axis, layer = unit.layer
+          parts = layers.setdefault(index, (axis, {}))[1]
+          parts[layer] = mask if layer not in parts else parts[layer] & mask
         else:
           out[index] = mask if index not in out else out[index] & mask
     for index, (axis, parts) in layers.items():
-      out[index] = jnp.stack(parts, axis=axis)
+      mask = jnp.stack([parts[layer] for layer in sorted(parts)], axis=axis)
+      out[index] = mask if index not in out else out[index] & mask
     return out
 
 
@@ -389,6 +405,50 @@ def _group_units(
   return units
 
 
+def _group_layers(
+  unit: Unit, named: list[tuple[str, Any]], stacked: allocation_lib.Stacked, owner: str
+) -> list[Unit]:
+  """A group over stacked leaves as one unit per layer (``name[l]``: slice ``l`` of every member),
+  so that its units are allocated, and selected, layer by layer; a group over no stacked leaf as
+  it is."""
+  axes, lengths = [], []
+  for i, axis in unit.members:
+    name, leaf = named[i]
+    ndim = jnp.ndim(leaf)
+    stacked_axis = stacked.axis_of(name, ndim, owner)
+    axes.append(stacked_axis)
+    if stacked_axis is not None:
+      lengths.append(jnp.shape(leaf)[stacked_axis])
+      if axis is not None and axis % ndim == stacked_axis:
+        raise ValueError(
+          f"{owner}: group {unit.name!r} couples leaf {name!r} along axis {stacked_axis}, its "
+          f"stacked (layer) axis; a group's axis must be one inside the layers."
+        )
+  if all(a is None for a in axes):
+    return [unit]
+  names = [named[i][0] for i, _ in unit.members]
+  if any(a is None for a in axes) or len(set(axes)) > 1 or len(set(lengths)) > 1:
+    found = {
+      n: (a, None if a is None else jnp.shape(named[i][1])[a])
+      for n, a, (i, _) in zip(names, axes, unit.members)
+    }
+    raise ValueError(
+      f"{owner}: group {unit.name!r} has members stacked differently (leaf: (stacked axis, "
+      f"layers)) {found}; to be split into layers, every member must be stacked along the same "
+      f"axis with the same number of layers."
+    )
+  axis, count = axes[0], lengths[0]
+  assert axis is not None  # every member is stacked (checked above)
+  first = jnp.shape(named[unit.members[0][0]][1])
+  shape = tuple(first[:axis]) + tuple(first[axis + 1 :])
+  return [
+    unit._replace(
+      name=f"{unit.name}[{layer}]", shape=shape, size=unit.size // count, layer=(axis, layer)
+    )
+    for layer in range(count)
+  ]
+
+
 def make_plan(params: Params, sel: Selection, owner: str) -> Plan:
   """The plan of ``params`` under ``sel`` (see the module docstring).
 
@@ -406,14 +466,7 @@ def make_plan(params: Params, sel: Selection, owner: str) -> Plan:
   stacked = sel.distribution if isinstance(sel.distribution, allocation_lib.Stacked) else None
   group_units = _group_units(named, flags, sel.groups, owner)
   if stacked is not None:
-    for unit in group_units:
-      for i, _ in unit.members:
-        name, leaf = named[i]
-        if stacked.axis_of(name, jnp.ndim(leaf), owner) is not None:
-          raise ValueError(
-            f"{owner}: leaf {name!r} is in group {unit.name!r} and matches a stacked pattern; a "
-            f"grouped leaf is pruned by its groups, so it cannot also be split into layers."
-          )
+    group_units = [u for unit in group_units for u in _group_layers(unit, named, stacked, owner)]
   units = []
   for i, ((name, leaf), selected) in enumerate(zip(named, flags)):
     if not selected:

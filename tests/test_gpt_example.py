@@ -172,3 +172,35 @@ def test_two_processes_train_as_one_does(result):
   assert report["kept"] == {k: int(np.sum(np.asarray(m))) for k, m in masks.items()}
   assert report["zeros"] == {k: int(np.sum(np.asarray(m) == 0)) for k, m in masks.items()}
   np.testing.assert_allclose(report["val_loss"], [h["val_loss"] for h in run.history], rtol=1e-5)
+
+
+def test_layer_head_pruner_removes_each_layers_own_heads(result):
+  # The head group read off the jaxpr spans the stacked leaves; the layer-by-layer pruner splits it
+  # per layer: every layer keeps exactly (1 - head_sparsity) of its heads, chosen by its own weights.
+  params = result["init"](jax.random.key(CONFIG.seed))
+  groups = gpt.head_groups(result["model"], params, jnp.asarray(next(result["batches"]())))
+  tx = gpt.layer_head_pruner(CONFIG, groups)
+  host = jax.device_get(params)
+  # Layer 1's heads in reverse order of layer 0's strength, so the layers must keep other heads.
+  query = np.asarray(host["blocks"]["query"]["kernel"])
+  scale = np.array([[3.0, 1.0], [1.0, 3.0]])[:, None, :, None]  # [layers, 1, heads, 1]
+  host["blocks"]["query"]["kernel"] = query * scale
+  state = tx.init(host)
+  update = jax.jit(tx.update)
+  zeros = jax.tree.map(jnp.zeros_like, host)
+  for _ in range(CONFIG.end_step + 1):
+    _, state = update(zeros, state, host)
+  masks = _named(jaxprune.get_masks(state))
+  heads = CONFIG.heads
+  kept_per_layer = []
+  for name in ("blocks/query/kernel", "blocks/key/kernel", "blocks/value/kernel"):
+    mask = np.asarray(masks[name])  # [layers, d_model, heads, head_dim]
+    per_head = mask.all(axis=(1, 3))
+    assert np.array_equal(per_head, mask.any(axis=(1, 3))), name  # whole heads only
+    kept_per_layer.append(per_head)
+  assert all(np.array_equal(k, kept_per_layer[0]) for k in kept_per_layer)
+  out = np.asarray(masks["blocks/out/kernel"]).all(axis=(2, 3))  # [layers, heads]
+  np.testing.assert_array_equal(out, kept_per_layer[0])
+  kept = kept_per_layer[0]
+  assert list(kept.sum(axis=1)) == [round(heads * (1 - CONFIG.head_sparsity))] * kept.shape[0]
+  np.testing.assert_array_equal(kept, [[True, False], [False, True]])

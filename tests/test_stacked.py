@@ -205,5 +205,42 @@ def test_bad_stacked_options_raise_clear_errors():
   tx = jaxprune.magnitude_pruning(
     0.5, distribution=stacked(axes={"blocks/kernel": 0}), groups=[group]
   )
-  with pytest.raises(ValueError, match="is in group 'units' and matches a stacked pattern"):
+  with pytest.raises(ValueError, match="group 'units' has members stacked differently"):
     tx.init(params)
+  group = jaxprune.groups.group(("blocks/kernel", 0), name="layers")
+  tx = jaxprune.magnitude_pruning(
+    0.5, distribution=stacked(axes={"blocks/kernel": 0}), groups=[group]
+  )
+  with pytest.raises(ValueError, match="along axis 0, its stacked"):
+    tx.init(params)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["nojit", "jit"])
+@pytest.mark.parametrize("distribution", ["uniform", "erk"])
+def test_a_group_over_stacked_leaves_is_pruned_layer_by_layer(distribution, jit):
+  # Units (heads, channels) coupled across stacked leaves: with a stacked distribution the group
+  # becomes one unit per layer, as if each layer's leaves were separate leaves with their own
+  # group (each layer keeps its own units, not unit c of every layer at once).
+  params = _stacked_params()
+  group = jaxprune.groups.group(("blocks/kernel", 2), ("blocks/bias", 1), name="units")
+  axes = {"blocks/kernel": 0, "blocks/bias": 0}
+  tx = jaxprune.magnitude_pruning(
+    0.5, distribution=stacked(distribution, axes=axes), groups=[group], prune=[]
+  )
+  tx = optax.chain(optax.sgd(0.0), tx)
+  got = _masks(tx, params, jit)
+  flat = _unstacked(params)
+  groups = [
+    jaxprune.groups.group((f"layer{n}/kernel", 1), (f"layer{n}/bias", 0), name=f"units[{n}]")
+    for n in range(LAYERS)
+  ]
+  ref_tx = jaxprune.magnitude_pruning(0.5, distribution=distribution, groups=groups, prune=[])
+  want = _masks(optax.chain(optax.sgd(0.0), ref_tx), flat, jit)
+  kernel, bias = np.asarray(got["blocks"]["kernel"]), np.asarray(got["blocks"]["bias"])
+  for n in range(LAYERS):
+    np.testing.assert_array_equal(kernel[n], want[f"layer{n}"]["kernel"])
+    np.testing.assert_array_equal(bias[n], want[f"layer{n}"]["bias"])
+    assert (~bias[n]).sum() == 4  # half of each layer's 8 units
+    np.testing.assert_array_equal(kernel[n], np.broadcast_to(bias[n], (6, 8)))
+  kept = [tuple(np.flatnonzero(bias[n])) for n in range(LAYERS)]
+  assert len(set(kept)) > 1  # layers keep different units: selected layer by layer
