@@ -7,8 +7,10 @@ from jaxprune import collapse as collapse
 from jaxprune import dst as dst
 from jaxprune import engine as engine
 from jaxprune import ephemeral as ephemeral
+from jaxprune import fisher as fisher
 from jaxprune import flops as flops
 from jaxprune import groups as groups
+from jaxprune import learned as learned
 from jaxprune import leaves as leaves
 from jaxprune import masks as masks
 from jaxprune import patterns as patterns
@@ -27,6 +29,8 @@ from jaxprune.at_init import shuffle_masks as shuffle_masks
 from jaxprune.at_init import snip as snip
 from jaxprune.at_init import synflow as synflow
 from jaxprune.engine import PruningState as PruningState
+from jaxprune.ephemeral import masked_apply as masked_apply
+from jaxprune.fisher import fisher_pruning as fisher_pruning
 from jaxprune.granet import granet as granet
 from jaxprune.imp import CycleInfo as CycleInfo
 from jaxprune.imp import IMPState as IMPState
@@ -36,13 +40,20 @@ from jaxprune.magnitude import magnitude_pruning as magnitude_pruning
 from jaxprune.masks import PackedMask as PackedMask
 from jaxprune.masks import apply_masks as apply_masks
 from jaxprune.masks import get_masks as get_masks
+from jaxprune.movement import movement_pruning as movement_pruning
 from jaxprune.oneshot import prune as prune
+from jaxprune.platon import PlatonState as PlatonState
+from jaxprune.platon import platon as platon
+from jaxprune.platon import platon_score as platon_score
 from jaxprune.pruning import pruning as pruning
 from jaxprune.random_pruning import random_pruning as random_pruning
 from jaxprune.rigl import rigl as rigl
 from jaxprune.saliency import saliency_pruning as saliency_pruning
+from jaxprune.scl import scl as scl
 from jaxprune.set_sparse import set_sparse as set_sparse
 from jaxprune.static import static_sparse as static_sparse
+from jaxprune.ste import sr_ste as sr_ste
+from jaxprune.ste import ste_pruning as ste_pruning
 from jaxprune.structured_pruning import keeps_from_state as keeps_from_state
 from jaxprune.structured_pruning import network_slimming_penalty as network_slimming_penalty
 from jaxprune.structured_pruning import structured_pruning as structured_pruning
@@ -56,6 +67,7 @@ __all__ = [
   "CycleInfo",
   "IMPState",
   "PackedMask",
+  "PlatonState",
   "PruningState",
   "SparsitySummary",
   "allocation",
@@ -66,6 +78,8 @@ __all__ = [
   "dst",
   "engine",
   "ephemeral",
+  "fisher",
+  "fisher_pruning",
   "flops",
   "get_cycle",
   "get_masks",
@@ -73,12 +87,17 @@ __all__ = [
   "grasp",
   "groups",
   "imp",
+  "learned",
   "leaves",
   "keeps_from_state",
   "magnitude_pruning",
+  "masked_apply",
   "masks",
+  "movement_pruning",
   "network_slimming_penalty",
   "patterns",
+  "platon",
+  "platon_score",
   "plan",
   "progress",
   "prune",
@@ -90,6 +109,7 @@ __all__ = [
   "rigl",
   "saliency_pruning",
   "schedules",
+  "scl",
   "scores",
   "selection",
   "set_sparse",
@@ -97,7 +117,9 @@ __all__ = [
   "snip",
   "sparsity_summary",
   "sparsity_table",
+  "sr_ste",
   "static_sparse",
+  "ste_pruning",
   "structured",
   "structured_pruning",
   "synflow",

@@ -20,10 +20,16 @@ declaration into an ``optax.GradientTransformationExtraArgs``. Its update, in or
 7. lets the method rewrite the updates (``Hooks.updates``: rewinding), then, for persistent masks,
    projects them so that every pruned weight is exactly ``0`` after ``optax.apply_updates``.
 
-Persistent masks (the default) zero the pruned weights. Ephemeral masks leave the weights dense and
-trained; the model applies the masks in its forward pass with `jaxprune.ephemeral.masked_params`
-(straight-through gradient), and the masks are recomputed from the dense weights at every update
-step: the basis of STE, SR-STE and learned masks.
+Persistent masks (the default) zero the pruned weights. Ephemeral masks leave the weights dense;
+the model applies the masks in its forward pass with `jaxprune.ephemeral.masked_params`
+(straight-through gradient): the basis of STE, SR-STE, movement pruning and learned masks. With
+ephemeral masks, steps 4 and 7 change: the masks in force during a step are the ones the forward
+pass used (the state's), the wrapped optimizer's update runs first, and the mask update (step 4)
+comes last and scores the weights *after* this step's update (``params + updates``, what
+``optax.apply_updates`` returns): the state's masks are always those of the weights that the next
+forward pass sees. Pruned weights keep training (``train_pruned=True``, the straight-through
+estimator) or stay frozen at their values until a mask update brings them back
+(``train_pruned=False``: movement pruning, learned masks).
 """
 
 from __future__ import annotations
@@ -112,6 +118,9 @@ class Hooks(NamedTuple):
     offer: ``(StepInfo, fields) -> {name: value}`` with exactly the names in ``offers``.
     updates: ``(StepInfo, fields, updates leaves) -> updates leaves``, run on the wrapped
       optimizer's output before the projection.
+    gradients: ``(StepInfo, fields, gradient leaves) -> gradient leaves``, run on the gradients
+      going into the wrapped optimizer (after they are masked); only with ``inner=``: a method
+      with this hook sets `Method.needs_inner`. SR-STE adds its decay term here.
   """
 
   state_class: type = PruningState
@@ -122,6 +131,7 @@ class Hooks(NamedTuple):
   offers: tuple[str, ...] = ()
   offer: Callable[..., dict[str, Any]] = _no_fields
   updates: Callable[..., list[Any]] | None = None
+  gradients: Callable[..., list[Any]] | None = None
 
 
 class Method(NamedTuple):
@@ -146,6 +156,11 @@ class Method(NamedTuple):
     needs_inner: why the method needs ``inner=`` (an error says it), or ``None``.
     packed_masks: store masks as bits.
     hooks: the method's own state and behaviour.
+    train_pruned: with ephemeral masks, whether pruned weights keep training (``True``: the
+      straight-through estimator of STE and SR-STE) or are frozen (``False``: their gradients are
+      masked before the wrapped optimizer and their updates are zero, so they keep their values
+      until a mask update brings them back, as in movement pruning and learned masks). Persistent
+      masks always zero them.
   """
 
   name: str
@@ -162,6 +177,7 @@ class Method(NamedTuple):
   needs_inner: str | None = None
   packed_masks: bool = False
   hooks: Hooks = Hooks()
+  train_pruned: bool = True
 
 
 def method_of(tx: optax.GradientTransformation) -> Method:
@@ -263,6 +279,11 @@ def transformation(
     raise ValueError(f"{name}: statistics must be one of {STATISTICS}, got {method.statistics!r}.")
   if method.needs_inner and inner is None:
     raise ValueError(f"{name}: needs the inner= form (inner=optimizer): {method.needs_inner}")
+  if hooks.gradients is not None and inner is None:
+    raise ValueError(
+      f"{name}: edits the gradients going into the optimizer, which it reaches only in the "
+      f"inner= form: use inner=optimizer."
+    )
   if method.statistics != "keep" and inner is None:
     raise ValueError(
       f"{name}: editing the optimizer's statistics needs the inner= form: in "
@@ -296,7 +317,7 @@ def transformation(
     return plan_lib.make_plan(params, method.selection, name)
 
   def unit_targets(plan):
-    if given is not None:
+    if given is not None or not method.rule.uses_targets:
       return [None] * len(plan.units), [None] * len(plan.units)
     return plan_lib.targets(
       plan, method.selection, method.sparsity, method.schedule.initial_sparsity
@@ -357,6 +378,7 @@ def transformation(
       count,
       state.score_state,
       {a: extra_args[a] for a in score.extra_args},
+      tuple(plan.masked),
     )
     score_state = state.score_state
     if score.update is not None:
@@ -378,54 +400,62 @@ def transformation(
     kept_fields = {f: getattr(state, f) for f in hooks.update_fields}
     info = StepInfo(plan, treedef, count, is_update, p, grads, {}, state, extra_args)
 
-    def recompute():
-      old = {i: masks_lib.unpack(stored[i]) for i in plan.masked}
-      scores = _flatten_like(
-        treedef, score.fn(inputs), params, name, f"the tree of scores of {score.name!r}"
-      )
-      unit_scores = rules_lib.channel_scores(plan, score.channel_fn, inputs)
-      result = method.rule.fn(
-        rules_lib.RuleInputs(
-          plan,
-          method.selection,
-          method.schedule,
-          method.sparsity,
-          final,
-          initial,
-          count,
-          scores,
-          p,
-          grads,
-          old,
-          monotone,
-          unit_scores,
-          score.entry,
+    def mask_update(
+      at_params: list[Any], at_inputs: scores_lib.ScoreInputs
+    ) -> tuple[list[Any], list[Any], dict[str, Any]]:
+      """The mask update (step 4) scored at ``at_params``: (stored masks, train masks, fields)."""
+
+      def recompute():
+        old = {i: masks_lib.unpack(stored[i]) for i in plan.masked}
+        scores = _flatten_like(
+          treedef, score.fn(at_inputs), params, name, f"the tree of scores of {score.name!r}"
         )
-      )
-      fields = hooks.on_update(info, old, result)
-      new = [store(result.masks[i], stored[i]) for i in plan.masked]
-      if method.rule.separate_train:
-        assert result.train is not None  # a rule with separate_train returns them
-        return new, [result.train[i] for i in plan.masked], fields
-      return new, fields
+        unit_scores = rules_lib.channel_scores(plan, score.channel_fn, at_inputs)
+        result = method.rule.fn(
+          rules_lib.RuleInputs(
+            plan,
+            method.selection,
+            method.schedule,
+            method.sparsity,
+            final,
+            initial,
+            count,
+            scores,
+            at_params,
+            grads,
+            old,
+            monotone,
+            unit_scores,
+            score.entry,
+          )
+        )
+        fields = hooks.on_update(info, old, result)
+        new = [store(result.masks[i], stored[i]) for i in plan.masked]
+        if method.rule.separate_train:
+          assert result.train is not None  # a rule with separate_train returns them
+          return new, [result.train[i] for i in plan.masked], fields
+        return new, fields
 
-    def keep():
-      kept = [stored[i] for i in plan.masked]
-      if method.rule.separate_train:
-        return kept, [masks_lib.unpack(m) for m in kept], kept_fields
-      return kept, kept_fields
+      def keep():
+        kept = [stored[i] for i in plan.masked]
+        if method.rule.separate_train:
+          return kept, [masks_lib.unpack(m) for m in kept], kept_fields
+        return kept, kept_fields
 
-    if given is None:
-      out = selection.cond(is_update, recompute, keep)
-    else:
-      out = keep()
-    new_stored, fields = out[0], dict(out[-1])
-    train = out[1] if method.rule.separate_train else [masks_lib.unpack(m) for m in new_stored]
+      out = keep() if given is not None else selection.cond(is_update, recompute, keep)
+      train = out[1] if method.rule.separate_train else [masks_lib.unpack(m) for m in out[0]]
+      return out[0], train, dict(out[-1])
+
+    if persistent:
+      new_stored, train, fields = mask_update(p, inputs)
+      for i, m in zip(plan.masked, new_stored):
+        stored[i] = m
+    else:  # ephemeral: this step runs with the masks of its forward pass; the update comes last
+      train, fields = [masks_lib.unpack(stored[i]) for i in plan.masked], dict(kept_fields)
     masks = dict(zip(plan.masked, train))
-    for i, m in zip(plan.masked, new_stored):
-      stored[i] = m
     info = info._replace(masks=masks)
     fields.update(hooks.every_step(info, fields))
+    freeze = not persistent and not method.train_pruned
 
     inner_state = state.inner_state
     out = grads
@@ -449,9 +479,11 @@ def transformation(
         fresh = inner.init(params)
         inner_state = jax.tree.map(lambda f, s: jnp.where(is_update, f, s), fresh, inner_state)
         g = [jnp.where(is_update, jnp.zeros((), x.dtype), x) for x in g]
-      if persistent:
+      if persistent or freeze:
         for i, m in masks.items():
           g[i] = jnp.where(m, g[i], jnp.zeros((), g[i].dtype))
+      if hooks.gradients is not None:
+        g = list(hooks.gradients(info, fields, g))
       offered = hooks.offer(info, fields)
       if set(offered) != set(hooks.offers):
         raise ValueError(f"{name}: offers {sorted(offered)}, declared {sorted(hooks.offers)}.")
@@ -468,11 +500,24 @@ def transformation(
         )
     if hooks.updates is not None:
       out = hooks.updates(info, fields, out)
-    if persistent:
+    if persistent or freeze:
       out = list(out)
       for i, m in masks.items():
         u = out[i]
-        out[i] = jnp.where(m, u, -p[i].astype(u.dtype))
+        # Persistent: a pruned weight's update is -w, so it is exactly 0 after apply_updates.
+        # Frozen: its update is 0, so it keeps its value.
+        out[i] = jnp.where(m, u, -p[i].astype(u.dtype) if persistent else jnp.zeros((), u.dtype))
+    if not persistent:
+      # The weights after optax.apply_updates, which the next forward pass masks: score them.
+      after = [
+        x if x is None or u is None else jnp.asarray(x + u).astype(jnp.result_type(x))
+        for x, u in zip(p, out)
+      ]
+      tree_after = jax.tree.unflatten(treedef, after)
+      new_stored, _, update_fields = mask_update(after, inputs._replace(params=tree_after))
+      for i, m in zip(plan.masked, new_stored):
+        stored[i] = m
+      fields.update(update_fields)
     new_state = state._replace(
       count=optax.safe_increment(count),
       masks=jax.tree.unflatten(treedef, stored),

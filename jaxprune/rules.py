@@ -37,6 +37,7 @@ __all__ = [
   "ranked_scores",
   "scheduled",
   "scores_of",
+  "threshold",
 ]
 
 
@@ -134,12 +135,15 @@ class Rule(NamedTuple):
     separate_train: whether its ``train`` masks can differ from its masks (the engine then carries
       them through the update step).
     reads_grads: whether it reads ``grads`` itself (gradient growth), besides the method's score.
+    uses_targets: whether it reads the sparsity targets (``final``, ``initial``); a rule that does
+      not (`threshold`) lets its method go without a sparsity.
   """
 
   name: str
   fn: Callable[[RuleInputs], MaskUpdate]
   separate_train: bool = False
   reads_grads: bool = False
+  uses_targets: bool = True
 
 
 def scheduled(x: RuleInputs, target: Any, initial: Any) -> Any:
@@ -215,6 +219,26 @@ def _prune(x: RuleInputs) -> MaskUpdate:
 
 prune = Rule("prune", _prune)
 """Keep the highest scores, to the schedule's sparsity (see the module docstring)."""
+
+
+def _threshold(x: RuleInputs) -> MaskUpdate:
+  masks: dict[int, jax.Array] = {}
+  for unit in x.plan.units:
+    if not (isinstance(unit.pattern, patterns_lib.Unstructured) and unit.layer is None):
+      raise ValueError(
+        f"{x.plan.owner}: the threshold rule keeps single entries; unit {unit.name!r} is a "
+        f"{type(unit.pattern).__name__} pattern or a layer of a stacked leaf."
+      )
+    ((index, _),) = unit.members
+    mask = jnp.asarray(x.scores[index]) > 0
+    masks[index] = mask & x.old[index] if x.monotone else mask
+  return MaskUpdate(masks)
+
+
+threshold = Rule("threshold", _threshold, uses_targets=False)
+"""Keep every entry whose score is above ``0``: the rule of learned masks, whose score carries its
+own threshold (``sigmoid(S) - tau`` for soft movement pruning, the mask logits for SCL). The
+sparsity is whatever the scores make it; unstructured units only."""
 
 
 def random_masks(plan: Plan, sparsities: Sequence[Any], key: jax.Array) -> dict[int, jax.Array]:

@@ -59,25 +59,32 @@ def one_shot(step: int = 0) -> Schedule:
   )
 
 
-def _every(begin_step: int, end_step: int, frequency: int) -> Callable[[jax.Array], jax.Array]:
-  """Update steps at ``begin_step``, every ``frequency`` updates after it, and at ``end_step``."""
+def _every(
+  begin_step: int, end_step: int | None, frequency: int
+) -> Callable[[jax.Array], jax.Array]:
+  """Update steps at ``begin_step``, every ``frequency`` updates after it, and at ``end_step``
+  (``None``: no end)."""
 
   def is_update_step(count):
+    if end_step is None:
+      return (count >= begin_step) & ((count - begin_step) % frequency == 0)
     in_range = (count >= begin_step) & (count <= end_step)
     return in_range & (((count - begin_step) % frequency == 0) | (count == end_step))
 
   return is_update_step
 
 
-def periodic(begin_step: int, end_step: int, frequency: int) -> Schedule:
+def periodic(begin_step: int, end_step: int | None, frequency: int) -> Schedule:
   """Mask updates every ``frequency`` updates from ``begin_step`` to ``end_step``, at the full target.
 
   The schedule of dynamic sparse training with a constant sparsity (SET, RigL): each update drops
-  and regrows weights, the sparsity never changes.
+  and regrows weights, the sparsity never changes. With ``end_step=None`` and ``frequency=1``, the
+  masks follow the weights at every update (straight-through training, `jaxprune.ste_pruning`).
 
   Args:
     begin_step: first update count that updates the masks.
-    end_step: last update count that updates the masks (also an update step).
+    end_step: last update count that updates the masks (also an update step), or ``None`` for
+      updates without end.
     frequency: updates between mask updates, at least 1.
 
   Returns:
@@ -91,9 +98,10 @@ def periodic(begin_step: int, end_step: int, frequency: int) -> Schedule:
     >>> s = jaxprune.schedules.periodic(begin_step=100, end_step=1000, frequency=100)
   """
   begin_step = check_int("begin_step", begin_step, 0, "periodic")
-  end_step = check_int("end_step", end_step, 1, "periodic")
+  if end_step is not None:
+    end_step = check_int("end_step", end_step, 1, "periodic")
   frequency = check_int("frequency", frequency, 1, "periodic")
-  if begin_step >= end_step:
+  if end_step is not None and begin_step >= end_step:
     raise ValueError(f"periodic: begin_step ({begin_step}) must be before end_step ({end_step}).")
   return Schedule(
     is_update_step=_every(begin_step, end_step, frequency),

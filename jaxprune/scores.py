@@ -53,6 +53,9 @@ class ScoreInputs(NamedTuple):
     count: the pruner's update count (int32 scalar).
     state: the score's own state (``None`` for stateless scores), already advanced by this update.
     extra: the declared extra arguments of ``update``, by name.
+    pruned: the indices (in ``jax.tree.leaves(params)`` order) of the leaves the pruner prunes, or
+      ``None`` when unknown (a score called directly): scores whose value depends on the set of
+      pruned leaves (a mean over layers) read it.
   """
 
   params: Params
@@ -60,6 +63,7 @@ class ScoreInputs(NamedTuple):
   count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax states do
   state: Any
   extra: Mapping[str, Any]
+  pruned: tuple[int, ...] | None = None
 
 
 class Score(NamedTuple):

@@ -44,13 +44,23 @@ class Pruner:
   @property
   def method(self) -> jaxprune.engine.Method:
     """The engine declaration behind the factory: the suite reads what it needs from it."""
-    timing = {"cycles": CYCLES, "dst": DST_STEPS, "dst_gradual": DST_STEPS}.get(self.timing, {})
+    timing = {
+      "cycles": CYCLES,
+      "dst": DST_STEPS,
+      "dst_gradual": DST_STEPS,
+      "schedule": {"schedule": jaxprune.schedules.one_shot(0)},  # platon takes no default
+    }.get(self.timing, {})
     return jaxprune.engine.method_of(self.make(**timing, inner=optax.sgd(0.1)))
 
   @property
   def uses_grads(self) -> bool:
     """Whether its masks depend on gradients (the chain and inner= forms then differ)."""
     return self.method.score.reads_grads or self.method.rule.reads_grads
+
+  @property
+  def persistent(self) -> bool:
+    """Whether pruned weights are zero (else the masks are ephemeral, the weights dense)."""
+    return self.method.application == "persistent"
 
   @property
   def chain(self) -> bool:
@@ -189,6 +199,41 @@ PRUNERS = [
     target=0.4,
     static_args=IMP_STATIC,
   ),
+  # Ephemeral masks (dense weights, masks applied in the forward pass).
+  Pruner("ste", jaxprune.ste_pruning, S, "layerwise"),
+  Pruner(
+    "ste_global_packed",
+    jaxprune.ste_pruning,
+    {**S, "distribution": "global", "packed_masks": True},
+    "global",
+  ),  # fmt: skip
+  Pruner("sr_ste_2:4", jaxprune.sr_ste, {"n": 2, "m": 4}, "nm", static_args=("n", "m", "axis")),
+  Pruner("movement", jaxprune.movement_pruning, S, "layerwise", static_args=("variant",)),
+  # Learned masks: the sparsity is learned, not a target ('learned': no count to check).
+  Pruner(
+    "movement_soft",
+    jaxprune.movement_pruning,
+    {"variant": "soft", "score_optimizer": optax.adam(1.0)},
+    "learned",
+    static_args=("variant", "score_optimizer"),
+  ),
+  Pruner(
+    "scl",
+    jaxprune.scl,
+    {"regularization": 2.0, "mask_optimizer": optax.sgd(0.5)},
+    "learned",
+    static_args=("mask_optimizer", "normalize"),
+  ),
+  # Scores with running statistics.
+  Pruner("platon", jaxprune.platon, {**S, "window": 2}, "global", static_args=("window",)),
+  Pruner("fisher", jaxprune.fisher_pruning, S, "layerwise", static_args=("per_example",)),
+  Pruner(
+    "fisher_ema_erk",
+    jaxprune.fisher_pruning,
+    {**S, "decay": 0.9, "distribution": "erk"},
+    "erk",
+    static_args=("per_example",),
+  ),
   Pruner(
     "structured",
     structured_pruning,
@@ -227,9 +272,12 @@ def _round(sparsity, n: int) -> int:
 
 def expected_zeros(
   pruner: Pruner, shapes: dict[str, tuple[int, ...]], scheduled
-) -> dict[str, int] | int:
+) -> dict[str, int] | int | None:
   """Exact zero counts per leaf (or in total, for global), where ``scheduled(target)`` is the
-  sparsity the schedule gives a leaf whose final target is ``target``."""
+  sparsity the schedule gives a leaf whose final target is ``target``; ``None`` for learned masks,
+  whose sparsity is not a target."""
+  if pruner.kind == "learned":
+    return None
   if pruner.zeros is not None:
     return pruner.zeros(pruner, scheduled)
   if pruner.kind == "nm":

@@ -572,11 +572,14 @@ def ephemeral_run(use_jit):
 def test_ephemeral_masks(use_jit):
   mask0, history = ephemeral_run(use_jit)
   masks = [np.asarray(jaxprune.get_masks(s)["w"]) for _, _, _, s in history]
-  np.testing.assert_array_equal(masks[0], mask0)
-  # The masks follow the dense weights: every weight pruned at step 0 is back at step 1.
-  np.testing.assert_array_equal(masks[1], ~mask0)
+  # The masks follow the dense weights: step 0 pushed every weight that mask0 prunes far from zero,
+  # and the state's masks are those of the weights after the step, so they are all kept now.
+  np.testing.assert_array_equal(masks[0], ~mask0)
+  nm = jaxprune.patterns.n_m(2, 4)
   for (before, grads, after, state), m in zip(history, masks):
     assert np.all(nm_groups(m) == 2)
+    # Exactly the N:M magnitude masks of the weights the next forward pass sees.
+    np.testing.assert_array_equal(m, jaxprune.prune(after, None, pattern=nm)["w"])
     w = np.asarray(after["w"])
     # Dense: weights train where masked too (plain SGD on the unmasked gradient).
     assert np.all(w != 0)
