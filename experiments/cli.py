@@ -13,11 +13,17 @@ from typing import Optional, Sequence
 import ml_collections
 
 from experiments import config as config_lib
-from experiments import dropnet, lottery, models, structured, sweep, train
+from experiments import dropnet, lottery, models, oneshot, structured, sweep, train
 
 EXIT_STOPPED = 3
 # The runners, by ``config.experiment``: each has ``validate(config)`` and ``run(config)``.
-EXPERIMENTS = {"sweep": sweep, "lottery": lottery, "structured": structured, "dropnet": dropnet}
+EXPERIMENTS = {
+  "sweep": sweep,
+  "lottery": lottery,
+  "structured": structured,
+  "dropnet": dropnet,
+  "oneshot": oneshot,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,7 +143,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if module is None:
       raise ValueError(f"Unknown experiment {experiment!r} ({', '.join(EXPERIMENTS)})")
     module.validate(config)
-    models.get_model(config.model, 10)
+    for name in config.get("models", None) or (config.model,):
+      models.get_model(name, 10)
     if "eval_every" in config or "checkpoint_every" in config:
       config_lib.checkpoint_interval(config)
   except ValueError as e:

@@ -25,6 +25,12 @@ Models:
   ``resnet20_b`` has 1x1 projection shortcuts ("option B") and every block's inner width as a
   field, for structured pruning.
 * ``vgg_mnist``: the VGG with half of ``vgg_small``'s widths (32, 64, 128), for CPU runs.
+* ``ViT``: a small vision transformer (Dosovitskiy et al. 2021) for MNIST: non-overlapping
+  ``patch`` x ``patch`` patches (7x7: 16 tokens of 28x28 images) embedded by a Dense layer, a class
+  token and learned position embeddings, ``depth`` pre-norm blocks of multi-head self-attention
+  (``flax.linen.MultiHeadDotProductAttention``: 3-D DenseGeneral kernels) and a GELU MLP, and a
+  Dense head on the class token. ``vit`` is dim 64, 4 blocks, 4 heads, MLP 128: 139,018
+  parameters.
 
 Kernels use Glorot (Xavier) normal initialisation for the LeNets and the Conv-n nets, as
 in Frankle & Carbin (2019); the BatchNorm models use He (Kaiming) normal for convolutions.
@@ -204,6 +210,39 @@ class ResNet20(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
+class ViT(nn.Module):
+  """A small vision transformer: patch embedding, class token, pre-norm blocks, class-token head."""
+
+  num_classes: int = 10
+  patch: int = 7
+  dim: int = 64
+  depth: int = 4
+  heads: int = 4
+  mlp_dim: int = 128
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    n, h, w, c = x.shape
+    p = self.patch
+    x = x.reshape(n, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(n, (h // p) * (w // p), p * p * c)
+    x = nn.Dense(self.dim, name="embed")(x)
+    cls = self.param("cls_token", nn.initializers.zeros, (1, 1, self.dim))
+    x = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, self.dim)), x], axis=1)
+    pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1,) + x.shape[1:])
+    x = x + pos
+    for _ in range(self.depth):
+      y = nn.LayerNorm()(x)
+      x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads, qkv_features=self.dim)(y)
+      y = nn.LayerNorm()(x)
+      y = nn.gelu(nn.Dense(self.mlp_dim)(y))
+      y = nn.Dense(self.dim)(y)
+      x = x + y
+    x = nn.LayerNorm()(x[:, 0])
+    return nn.Dense(self.num_classes, name="head")(x)
+
+
 _FACTORIES: dict[str, Callable[[int], nn.Module]] = {
   "lenet300_100": lambda n: LeNet300100(num_classes=n),
   "mlp_40_40": lambda n: LeNet300100(num_classes=n, hidden=(40, 40)),  # DropNet's MNIST model A
@@ -220,6 +259,8 @@ _FACTORIES: dict[str, Callable[[int], nn.Module]] = {
   "resnet20_b": lambda n: ResNet20(
     num_classes=n, inner=(16,) * 3 + (32,) * 3 + (64,) * 3, shortcut="B"
   ),
+  # One-shot pruning with calibration data (experiments.oneshot).
+  "vit": lambda n: ViT(num_classes=n),
 }
 
 _ALIASES = {

@@ -3,6 +3,7 @@
 from jaxprune import allocation as allocation
 from jaxprune import analysis as analysis
 from jaxprune import at_init as at_init
+from jaxprune import calibration as calibration
 from jaxprune import collapse as collapse
 from jaxprune import dst as dst
 from jaxprune import engine as engine
@@ -51,6 +52,7 @@ from jaxprune.rigl import rigl as rigl
 from jaxprune.saliency import saliency_pruning as saliency_pruning
 from jaxprune.scl import scl as scl
 from jaxprune.set_sparse import set_sparse as set_sparse
+from jaxprune.sparsegpt import sparsegpt as sparsegpt
 from jaxprune.static import static_sparse as static_sparse
 from jaxprune.ste import sr_ste as sr_ste
 from jaxprune.ste import ste_pruning as ste_pruning
@@ -60,6 +62,7 @@ from jaxprune.structured_pruning import structured_pruning as structured_pruning
 from jaxprune.summary import SparsitySummary as SparsitySummary
 from jaxprune.summary import sparsity_summary as sparsity_summary
 from jaxprune.summary import sparsity_table as sparsity_table
+from jaxprune.wanda import wanda as wanda
 
 __version__ = "0.1.0"
 
@@ -74,6 +77,7 @@ __all__ = [
   "analysis",
   "apply_masks",
   "at_init",
+  "calibration",
   "collapse",
   "dst",
   "engine",
@@ -115,6 +119,7 @@ __all__ = [
   "set_sparse",
   "shuffle_masks",
   "snip",
+  "sparsegpt",
   "sparsity_summary",
   "sparsity_table",
   "sr_ste",
@@ -124,4 +129,5 @@ __all__ = [
   "structured_pruning",
   "synflow",
   "typing",
+  "wanda",
 ]
