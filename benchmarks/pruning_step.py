@@ -22,7 +22,16 @@ For each model and each distribution (``uniform``, ``global``) it times one jitt
   threshold with a full ``jnp.sort`` of the scores: of each leaf for ``uniform``, of the
   concatenation of all pruned leaves for ``global``.
 
-and prints the dense time per step and each pruned step as a ratio to it. After a warm-up (compile,
+and prints the dense time per step and each pruned step as a ratio to it.
+
+With ``--training-methods`` it times instead a training step of each method of the learned-masks
+experiment (`METHOD_KINDS`: STE, hard and soft movement, SCL, PLATON, Fisher, N:M magnitude, STE
+and SR-STE at 2:4; ``inner=adam``, 90% for the methods with a target sparsity, global allocation),
+each at a mask update (``update``: the masks recomputed at every step) and between mask updates
+(``non-update``: ``one_shot(0)``, masks fixed), against the dense step. The methods with ephemeral
+masks run their forward pass on ``jaxprune.ephemeral.masked_params(params, opt_state)``.
+
+After a warm-up (compile,
 the first step, ``--warmup`` more), the configurations of a model are measured in rounds: each round
 runs the pruned configurations in a shuffled order with a dense measurement before the first and
 after each one (dense, A, dense, B, dense, ...); a measurement is enough steps for ``--min-time``
@@ -63,6 +72,19 @@ DISTRIBUTIONS = ("uniform", "global", "erk")
 KINDS = ("fixed", "update", "sort", "imp", "rigl", "rigl_update")
 # Drop-and-grow needs per-leaf counts: RigL runs with the layer-wise distributions only.
 RIGL_KINDS = ("rigl", "rigl_update")
+# --training-methods: the methods of experiments/configs/mnist_learned.py (`method_tx`).
+METHOD_KINDS = (
+  "ste",
+  "movement",
+  "movement_soft",
+  "scl",
+  "platon",
+  "fisher",
+  "nm_magnitude",
+  "ste_nm",
+  "sr_ste",
+)
+EPHEMERAL_KINDS = ("ste", "movement", "movement_soft", "scl", "ste_nm", "sr_ste")
 
 
 def kinds_for(distribution: str) -> tuple[str, ...]:
@@ -208,14 +230,67 @@ def make_tx(kind: str, distribution: str | None) -> optax.GradientTransformation
   )
 
 
-class Runner:
-  """One configuration: a jitted train step and its current (donated) state."""
+def method_tx(kind: str, update: bool) -> optax.GradientTransformation:
+  """A training method of the learned-masks experiment, wrapping adam (``--training-methods``).
 
-  def __init__(self, name: str, tx: optax.GradientTransformation, params: Any, donate: bool):
+  Args:
+    kind: one of `METHOD_KINDS`.
+    update: masks recomputed at every step (``periodic(0, None, 1)``), else only at the first
+      (``one_shot(0)``: every timed step is between mask updates).
+
+  Returns:
+    The transformation.
+  """
+  adam = optax.adam(1e-3)
+  schedule = jaxprune.schedules.periodic(0, None, 1) if update else jaxprune.schedules.one_shot(0)
+  nm = jaxprune.patterns.n_m(2, 4)
+  target = dict(distribution="global", schedule=schedule, inner=adam)
+  if kind == "ste":
+    return jaxprune.ste_pruning(SPARSITY, **target)
+  if kind == "movement":
+    return jaxprune.movement_pruning(SPARSITY, **target)
+  if kind == "movement_soft":
+    return jaxprune.movement_pruning(variant="soft", schedule=schedule, inner=adam)
+  if kind == "scl":
+    return jaxprune.scl(schedule=schedule, inner=adam)
+  if kind == "platon":
+    return jaxprune.platon(SPARSITY, **target)
+  if kind == "fisher":
+    return jaxprune.fisher_pruning(SPARSITY, **target)
+  if kind == "nm_magnitude":
+    return jaxprune.magnitude_pruning(pattern=nm, schedule=schedule, inner=adam)
+  if kind == "ste_nm":
+    return jaxprune.ste_pruning(pattern=nm, schedule=schedule, inner=adam)
+  if kind == "sr_ste":
+    return jaxprune.sr_ste(2, 4, schedule=schedule, inner=adam)
+  raise ValueError(kind)
+
+
+class Runner:
+  """One configuration: a jitted train step and its current (donated) state.
+
+  With ``ephemeral`` the forward pass applies the masks of the optimizer state
+  (``jaxprune.ephemeral.masked_params``).
+  """
+
+  def __init__(
+    self,
+    name: str,
+    tx: optax.GradientTransformation,
+    params: Any,
+    donate: bool,
+    ephemeral: bool = False,
+  ):
     self.name = name
+    self.ephemeral = ephemeral
 
     def step(params, opt_state, x, y):
-      loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+      if ephemeral:
+        loss, grads = jax.value_and_grad(
+          lambda p: loss_fn(jaxprune.ephemeral.masked_params(p, opt_state), x, y)
+        )(params)
+      else:
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
       updates, opt_state = tx.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state, loss
 
@@ -241,7 +316,10 @@ class Runner:
     return elapsed / n
 
   def kernel_sparsity(self) -> float:
-    kernels = [p for p in jax.tree.leaves(self.params) if p.ndim >= 2]
+    params = self.params
+    if self.ephemeral:  # the weights are dense, the deployed model is masked
+      params = jaxprune.apply_masks(params, jaxprune.get_masks(self.opt_state))
+    kernels = [p for p in jax.tree.leaves(params) if p.ndim >= 2]
     zeros = sum(int(jnp.sum(k == 0)) for k in kernels)
     return zeros / sum(k.size for k in kernels)
 
@@ -263,7 +341,88 @@ def benchmark_model(model: str, args: argparse.Namespace) -> list[dict]:
     for kind in kinds_for(d):
       name = f"{kind}/{d}"
       runners[name] = Runner(name, make_tx(kind, d), params, not args.no_donate)
+  ratios, cpu_ratios = time_runners(model, runners, x, y, args)
 
+  dense_runner = runners["dense"]
+  dense = dense_runner.times
+  rows = []
+  for d in args.distributions:
+    row = {
+      "model": model,
+      "params": num_params(params),
+      "batch": BATCH,
+      "distribution": d,
+      "sparsity": SPARSITY,
+      "dense_ms": statistics.median(dense) * 1e3,
+    }
+    for kind in kinds_for(d):
+      row.update(_columns(kind, runners[f"{kind}/{d}"], ratios, cpu_ratios))
+    row["dense_ms_all"] = [t * 1e3 for t in dense]
+    row["dense_cpu_ms"] = statistics.median(dense_runner.cpu_times) * 1e3
+    row["dense_steps_per_measurement"] = dense_runner.steps
+    rows.append(row)
+  return rows
+
+
+def _columns(kind: str, runner: Runner, ratios: dict, cpu_ratios: dict) -> dict:
+  """The JSON fields of one configuration's measurements, prefixed with ``kind``."""
+  name = runner.name
+  return {
+    f"{kind}_ms": statistics.median(runner.times) * 1e3,
+    f"{kind}_ratio": statistics.median(ratios[name]),
+    f"{kind}_ratio_range": [min(ratios[name]), max(ratios[name])],
+    f"{kind}_ratios": ratios[name],
+    f"{kind}_cpu_ms": statistics.median(runner.cpu_times) * 1e3,
+    f"{kind}_cpu_ratio": statistics.median(cpu_ratios[name]),
+    f"{kind}_cpu_ratio_range": [min(cpu_ratios[name]), max(cpu_ratios[name])],
+    f"{kind}_steps_per_measurement": runner.steps,
+  }
+
+
+def benchmark_methods(model: str, args: argparse.Namespace) -> list[dict]:
+  """``--training-methods``: a training step of each of ``args.training_methods`` against dense,
+  at a mask update and between mask updates (`method_tx`); one row per method."""
+  widths = MODELS[model]
+  key_p, key_x, key_y = jax.random.split(jax.random.key(0), 3)
+  params = init_mlp(key_p, widths)
+  x = jax.random.normal(key_x, (BATCH, 28, 28, 1), jnp.float32)
+  y = jax.random.randint(key_y, (BATCH,), 0, 10)
+  log(f"== {model}: widths {widths}, {num_params(params):,} parameters, batch {BATCH}")
+  donate = not args.no_donate
+  runners = {"dense": Runner("dense", make_tx("dense", None), params, donate)}
+  for kind in args.training_methods:
+    for update in (True, False):
+      name = f"{kind}/{'update' if update else 'fixed'}"
+      tx = method_tx(kind, update)
+      runners[name] = Runner(name, tx, params, donate, ephemeral=kind in EPHEMERAL_KINDS)
+  ratios, cpu_ratios = time_runners(model, runners, x, y, args)
+  dense_runner = runners["dense"]
+  rows = []
+  for kind in args.training_methods:
+    row = {
+      "model": model,
+      "params": num_params(params),
+      "batch": BATCH,
+      "method": kind,
+      "ephemeral": kind in EPHEMERAL_KINDS,
+      "dense_ms": statistics.median(dense_runner.times) * 1e3,
+      "dense_cpu_ms": statistics.median(dense_runner.cpu_times) * 1e3,
+      "kernel_sparsity": runners[f"{kind}/update"].kernel_sparsity(),
+    }
+    row.update(_columns("update", runners[f"{kind}/update"], ratios, cpu_ratios))
+    row.update(_columns("fixed", runners[f"{kind}/fixed"], ratios, cpu_ratios))
+    rows.append(row)
+  return rows
+
+
+def time_runners(
+  model: str, runners: dict[str, Runner], x: jax.Array, y: jax.Array, args: argparse.Namespace
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+  """Warms every runner up, then measures them in rounds of dense, A, dense, B, dense, ...
+
+  Returns:
+    The wall-time and CPU-time ratios of every runner but ``dense``, one per round.
+  """
   # Warm-up: compile, the first step (count 0: the one-shot masks are computed there), a few more.
   for r in runners.values():
     start = time.perf_counter()
@@ -306,33 +465,7 @@ def benchmark_model(model: str, args: argparse.Namespace) -> list[dict]:
       ratios[name].append(t[0] / ((before[0] + after[0]) / 2))
       cpu_ratios[name].append(t[1] / ((before[1] + after[1]) / 2))
       before = after
-
-  dense = runners["dense"].times
-  rows = []
-  for d in args.distributions:
-    row = {
-      "model": model,
-      "params": num_params(params),
-      "batch": BATCH,
-      "distribution": d,
-      "sparsity": SPARSITY,
-      "dense_ms": statistics.median(dense) * 1e3,
-    }
-    for kind in kinds_for(d):
-      name = f"{kind}/{d}"
-      row[f"{kind}_ms"] = statistics.median(runners[name].times) * 1e3
-      row[f"{kind}_ratio"] = statistics.median(ratios[name])
-      row[f"{kind}_ratio_range"] = [min(ratios[name]), max(ratios[name])]
-      row[f"{kind}_ratios"] = ratios[name]
-      row[f"{kind}_cpu_ms"] = statistics.median(runners[name].cpu_times) * 1e3
-      row[f"{kind}_cpu_ratio"] = statistics.median(cpu_ratios[name])
-      row[f"{kind}_cpu_ratio_range"] = [min(cpu_ratios[name]), max(cpu_ratios[name])]
-      row[f"{kind}_steps_per_measurement"] = runners[name].steps
-    row["dense_ms_all"] = [t * 1e3 for t in dense]
-    row["dense_cpu_ms"] = statistics.median(dense_runner.cpu_times) * 1e3
-    row["dense_steps_per_measurement"] = dense_runner.steps
-    rows.append(row)
-  return rows
+  return ratios, cpu_ratios
 
 
 def format_table(rows: list[dict], cpu: bool = False) -> str:
@@ -367,6 +500,24 @@ def format_table(rows: list[dict], cpu: bool = False) -> str:
   return "\n".join(out)
 
 
+def format_methods_table(rows: list[dict], cpu: bool = False) -> str:
+  """``--training-methods``: per model and method, the update and non-update steps over dense."""
+  suffix = "_cpu" if cpu else ""
+  header = ("model", "method", f"dense {'cpu ' if cpu else ''}ms/step", "update", "non-update")
+  lines = []
+  for row in rows:
+    cells = [row["model"], row["method"], f"{row[f'dense{suffix}_ms']:.3f}"]
+    for kind in ("update", "fixed"):
+      lo, hi = row[f"{kind}{suffix}_ratio_range"]
+      cells.append(f"{row[f'{kind}{suffix}_ratio']:.2f}x [{lo:.2f}-{hi:.2f}]")
+    lines.append(cells)
+  widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(header)]
+  fmt = lambda cells: "  ".join(
+    c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+  )
+  return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(c) for c in lines])
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument(
@@ -397,7 +548,17 @@ def main(argv: list[str] | None = None) -> None:
     "--warmup", type=int, default=None, help="steps after the first one (default 3, 1 with --quick)"
   )
   parser.add_argument("--no-donate", action="store_true", help="do not donate params and opt state")
+  parser.add_argument(
+    "--training-methods",
+    nargs="*",
+    choices=METHOD_KINDS,
+    default=None,
+    help="time a training step of these methods of the learned-masks experiment instead (all of "
+    "them when none is named)",
+  )
   args = parser.parse_args(argv)
+  if args.training_methods is not None and not args.training_methods:
+    args.training_methods = list(METHOD_KINDS)
   if args.repeats is None:
     args.repeats = 3 if args.quick else 7
   if args.warmup is None:
@@ -413,31 +574,48 @@ def main(argv: list[str] | None = None) -> None:
   )
   rows = []
   for model in args.models:
-    rows += benchmark_model(model, args)
+    rows += (benchmark_methods if args.training_methods else benchmark_model)(model, args)
   total = time.perf_counter() - start
   load_end = os.getloadavg()
 
-  print(
-    f"Training step time, pruned / dense (sparsity {SPARSITY}, adam, batch {BATCH}, "
-    f"{'no donation' if args.no_donate else 'params and opt state donated'}; "
-    f"ratio to the dense measurements around each one, median [min-max] over {args.repeats} "
-    f"rounds)"
-  )
-  print(format_table(rows))
-  print(
-    "The same by process CPU time (all threads of this process; less sensitive to other load on "
-    "the machine):"
-  )
-  print(format_table(rows, cpu=True))
-  print(
-    f"non-update: masks fixed (one_shot(0), count > 0); update: masks recomputed every step "
-    f"(jaxprune radix select); sort update: threshold by jnp.sort; imp non-prune: jaxprune.imp "
-    f"(inner adam, rewind to step 1, optimizer reset) between prunes; rigl non-update / update: "
-    f"jaxprune.rigl (inner adam) between mask updates / with a drop-and-grow of 30% of the "
-    f"active weights at every step (n/a for global: RigL allocates per leaf).\n"
-    f"Total {total:.1f} s; load average (1 min) {load_start[0]:.2f} at start, {load_end[0]:.2f} at "
-    f"end, on {os.cpu_count()} CPUs."
-  )
+  if args.training_methods:
+    print(
+      f"Training step time of each method / dense (adam, batch {BATCH}, sparsity {SPARSITY} "
+      f"global or 2:4; ratio to the dense measurements around each one, median [min-max] over "
+      f"{args.repeats} rounds)"
+    )
+    print(format_methods_table(rows))
+    print("The same by process CPU time:")
+    print(format_methods_table(rows, cpu=True))
+    print(
+      "update: masks recomputed at every step (periodic(0, None, 1)); non-update: between mask "
+      "updates (one_shot(0), count > 0). Ephemeral methods (STE, movement, SCL, STE/SR-STE N:M) "
+      "mask the weights in the forward pass.\n"
+      f"Total {total:.1f} s; load average (1 min) {load_start[0]:.2f} at start, "
+      f"{load_end[0]:.2f} at end, on {os.cpu_count()} CPUs."
+    )
+  else:
+    print(
+      f"Training step time, pruned / dense (sparsity {SPARSITY}, adam, batch {BATCH}, "
+      f"{'no donation' if args.no_donate else 'params and opt state donated'}; "
+      f"ratio to the dense measurements around each one, median [min-max] over {args.repeats} "
+      f"rounds)"
+    )
+    print(format_table(rows))
+    print(
+      "The same by process CPU time (all threads of this process; less sensitive to other load "
+      "on the machine):"
+    )
+    print(format_table(rows, cpu=True))
+    print(
+      f"non-update: masks fixed (one_shot(0), count > 0); update: masks recomputed every step "
+      f"(jaxprune radix select); sort update: threshold by jnp.sort; imp non-prune: jaxprune.imp "
+      f"(inner adam, rewind to step 1, optimizer reset) between prunes; rigl non-update / "
+      f"update: jaxprune.rigl (inner adam) between mask updates / with a drop-and-grow of 30% of "
+      f"the active weights at every step (n/a for global: RigL allocates per leaf).\n"
+      f"Total {total:.1f} s; load average (1 min) {load_start[0]:.2f} at start, "
+      f"{load_end[0]:.2f} at end, on {os.cpu_count()} CPUs."
+    )
 
   if args.out:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

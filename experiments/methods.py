@@ -44,11 +44,40 @@ for pruning at initialisation how its masks are computed, and the learning rate 
   * ``random_init``: uniformly random scores with ``at_init.random_distribution`` (ERK);
   * ``snip_shuffled``: SNIP's masks shuffled within each kernel (``jaxprune.shuffle_masks``;
     the ablation of Frankle et al. 2021: same per-layer counts, random positions).
+
+* Learned, ephemeral and second-order masks (group ``learned``), every one wrapping the
+  optimizer (``inner=``) and dense at the start; their sparsity and regularisation are
+  hyperparameters in the optimizer state (``optax.inject_hyperparams``), so one program trains
+  every run of a method. The methods with ephemeral masks keep dense weights, apply the masks in
+  the forward pass and report their deployed model (`experiments.train`):
+
+  * ``ste``: straight-through magnitude masks (``jaxprune.ste_pruning``), the sparsity ramped
+    by gradual's cubic ramp with masks every ``learned.frequency`` steps (1: every step);
+  * ``movement``: hard movement pruning (Sanh et al. 2020, ``jaxprune.movement_pruning``),
+    top-k of the accumulated ``-w * g`` on the same ramp as ``ste``;
+  * ``movement_soft``: soft movement pruning, ``sigmoid(S) > tau`` with ``tau`` ramped to
+    ``learned.soft_threshold`` on the same ramp, scores trained by Adam
+    (``learned.soft_score_lr``); its sparsity is learned: the run's target sparsity only picks
+    its regularisation ``lambda`` from ``learned.movement_soft_regularization``;
+  * ``scl``: sparse connectivity learning (Tang et al. 2022, ``jaxprune.scl``), masks learned
+    by SGD (``learned.scl_mask_lr``) from the start to gradual's end step, then fixed; its
+    sparsity is learned: the target picks ``lambda`` from ``learned.scl_regularization``;
+  * ``platon``: PLATON (Zhang et al. 2022, ``jaxprune.platon``), windows of
+    ``learned.platon_window`` updates, masks at the end of every window on gradual's ramp;
+  * ``fisher``: Optimal Brain Damage's saliency with the running empirical Fisher of the
+    mini-batch gradients (``jaxprune.fisher_pruning``) on gradual's schedule;
+  * N:M with ``m = learned.nm_m`` and the ``n`` of ``learned.nm_n`` (their sparsities
+    ``1 - n / m`` replace ``config.sparsities``), masks at every step from
+    ``learned.nm_begin_fraction`` of the steps: ``nm_magnitude`` (persistent zeros,
+    ``jaxprune.magnitude_pruning(pattern=n_m(n, m))``), ``ste_nm`` (straight-through,
+    ``jaxprune.ste_pruning(pattern=n_m(n, m))``) and ``sr_ste`` (Zhou et al. 2021,
+    ``jaxprune.sr_ste`` with decay ``learned.sr_ste_decay``).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
@@ -94,6 +123,14 @@ class Method(NamedTuple):
       masks: for pruning at initialisation, ``(config, sparsity, AtInit) -> masks``.
       learning_rate: ``config -> schedule``: what the method trains with (for the plots).
       cycle_steps: for IMP, ``config -> lengths`` of its cycles (its prunes are at their ends).
+      ephemeral: its masks are ephemeral (dense weights, masks in the forward pass; the run
+          reports its deployed model, see `experiments.train`).
+      sparsities: ``config -> target sparsities`` of its runs instead of ``config.sparsities``
+          (the N:M methods: ``1 - n / m``).
+      seeded: with ``stacks=False``, the run's seed is a constant of the transformation too
+          (a dynamic sparse method's initial mask), so each seed gets a program of its own.
+      extras: ``(config, sparsity) -> dict`` added to the run's record (the regularisation a
+          learned method trained with, an N:M pattern).
   """
 
   make_tx: Callable[[Config, float, int], optax.GradientTransformation]
@@ -103,6 +140,10 @@ class Method(NamedTuple):
   masks: Optional[Callable[[Config, float, AtInit], Any]] = None
   learning_rate: Callable[[Config], optax.Schedule] = _learning_rate
   cycle_steps: Optional[Callable[[Config], list[int]]] = None
+  ephemeral: bool = False
+  sparsities: Optional[Callable[[Config], tuple[float, ...]]] = None
+  seeded: bool = True
+  extras: Optional[Callable[[Config, float], dict]] = None
 
 
 def _optimizer(config: Config, sparsity: float, seed: int) -> optax.GradientTransformation:
@@ -386,6 +427,178 @@ def collapse_record(masks: Any) -> dict[str, Any]:
   }
 
 
+# ============================================================================ learned, ephemeral, second order
+
+
+def _ramp(config: Config, frequency: int) -> jaxprune.schedules.Schedule:
+  """Gradual's cubic ramp (its begin, end and power) with masks every ``frequency`` steps."""
+  steps = prune_steps(config)
+  return jaxprune.schedules.polynomial(
+    steps["gradual_begin"], steps["gradual_end"], int(frequency), power=float(config.gradual.power)
+  )
+
+
+def regularization(config: Config, method: str, sparsity: float) -> float:
+  """The regularisation ``lambda`` a learned-sparsity method trains with for a target sparsity.
+
+  Args:
+      config: the config (``learned.<method>_regularization``: ``(target, lambda)`` pairs).
+      method: ``movement_soft`` or ``scl``.
+      sparsity: the run's target sparsity (what ``lambda`` was tuned to reach).
+
+  Returns:
+      ``lambda``.
+
+  Raises:
+      ValueError: when no pair has that target.
+  """
+  field = f"{method}_regularization"
+  pairs = [(float(t), float(v)) for t, v in config.learned[field]]
+  for target, value in pairs:
+    if math.isclose(target, float(sparsity)):
+      return value
+  raise ValueError(
+    f"{method}: no regularisation for the target sparsity {sparsity:g} in learned.{field} "
+    f"(its targets: {', '.join(f'{t:g}' for t, _ in pairs) or 'none'}); the method learns its "
+    "sparsity, each target needs a lambda tuned to reach it"
+  )
+
+
+def _learned(name: str, make: Callable) -> Method:
+  """A method of the ``learned`` group whose runs share one program (``inject_hyperparams``)."""
+
+  def make_tx(config: Config, sparsity: float, seed: int) -> optax.GradientTransformation:
+    return make(config, float(sparsity), _optimizer(config, sparsity, seed))
+
+  ephemeral = name in ("ste", "movement", "movement_soft", "scl")
+  extras = None
+  if name in ("movement_soft", "scl"):
+    extras = lambda config, s: {"regularization": regularization(config, name, s)}  # noqa: E731
+  return Method(make_tx, group="learned", ephemeral=ephemeral, extras=extras)
+
+
+def _ste(config: Config, sparsity: float, inner: Any) -> optax.GradientTransformation:
+  return optax.inject_hyperparams(jaxprune.ste_pruning)(
+    sparsity=sparsity,
+    distribution=config.distribution,
+    schedule=_ramp(config, int(config.learned.frequency)),
+    inner=inner,
+  )
+
+
+def _movement(config: Config, sparsity: float, inner: Any) -> optax.GradientTransformation:
+  return optax.inject_hyperparams(
+    jaxprune.movement_pruning, static_args=("threshold", "regularization")
+  )(
+    sparsity=sparsity,
+    distribution=config.distribution,
+    schedule=_ramp(config, int(config.learned.frequency)),
+    inner=inner,
+  )
+
+
+def _movement_soft(config: Config, sparsity: float, inner: Any) -> optax.GradientTransformation:
+  learned = config.learned
+  return optax.inject_hyperparams(jaxprune.movement_pruning, static_args=("threshold",))(
+    variant="soft",
+    schedule=_ramp(config, int(learned.frequency)),
+    threshold=float(learned.soft_threshold),
+    regularization=regularization(config, "movement_soft", sparsity),
+    score_optimizer=optax.adam(float(learned.soft_score_lr)),
+    inner=inner,
+  )
+
+
+def _scl(config: Config, sparsity: float, inner: Any) -> optax.GradientTransformation:
+  learned = config.learned
+  return optax.inject_hyperparams(jaxprune.scl, static_args=("init_value",))(
+    regularization=regularization(config, "scl", sparsity),
+    init_value=float(learned.scl_init_value),
+    mask_optimizer=optax.sgd(float(learned.scl_mask_lr)),
+    schedule=jaxprune.schedules.periodic(0, prune_steps(config)["gradual_end"], 1),
+    inner=inner,
+  )
+
+
+def _platon(config: Config, sparsity: float, inner: Any) -> optax.GradientTransformation:
+  learned = config.learned
+  window = int(learned.platon_window)
+  return optax.inject_hyperparams(
+    jaxprune.platon, static_args=("beta1", "beta2", "window", "distribution")
+  )(
+    sparsity,
+    schedule=_ramp(config, window),
+    beta1=float(learned.platon_beta1),
+    beta2=float(learned.platon_beta2),
+    window=window,
+    distribution=config.distribution,
+    inner=inner,
+  )
+
+
+def _fisher(config: Config, sparsity: float, inner: Any) -> optax.GradientTransformation:
+  decay = config.learned.get("fisher_decay", None)
+  return optax.inject_hyperparams(jaxprune.fisher_pruning, static_args=("decay", "distribution"))(
+    sparsity,
+    decay=None if decay is None else float(decay),
+    schedule=_gradual(config),
+    distribution=config.distribution,
+    inner=inner,
+  )
+
+
+def nm_sparsities(config: Config) -> tuple[float, ...]:
+  """The target sparsities of the N:M methods: ``1 - n / m`` for each ``n`` of ``learned.nm_n``.
+
+  Args:
+      config: the config (``learned.nm_m``, ``learned.nm_n``).
+
+  Returns:
+      The sparsities, e.g. ``(0.5, 0.75)`` for 2:4 and 1:4.
+  """
+  m = int(config.learned.nm_m)
+  return tuple(1.0 - int(n) / m for n in config.learned.nm_n)
+
+
+def nm_pattern(config: Config, sparsity: float) -> tuple[int, int]:
+  """``(n, m)`` of the N:M run with a target sparsity (one of `nm_sparsities`).
+
+  Raises:
+      ValueError: for a sparsity that no ``n`` of ``learned.nm_n`` gives.
+  """
+  m = int(config.learned.nm_m)
+  n = int(round((1.0 - float(sparsity)) * m))
+  if n not in [int(x) for x in config.learned.nm_n] or not math.isclose(1.0 - n / m, sparsity):
+    raise ValueError(
+      f"N:M: no pattern of learned.nm_n={tuple(config.learned.nm_n)}, m={m} gives the sparsity "
+      f"{sparsity:g}"
+    )
+  return n, m
+
+
+def _nm(factory: Callable, ephemeral: bool) -> Method:
+  """An N:M method: ``factory(config, n, m, schedule, optimizer)``, masks at every step."""
+
+  def make_tx(config: Config, sparsity: float, seed: int) -> optax.GradientTransformation:
+    n, m = nm_pattern(config, sparsity)
+    begin = int(round(float(config.learned.nm_begin_fraction) * int(config.num_train_steps)))
+    schedule = jaxprune.schedules.periodic(begin, None, 1)
+    return factory(config, n, m, schedule, _optimizer(config, sparsity, seed))
+
+  def extras(config: Config, sparsity: float) -> dict:
+    return {"pattern": "{}:{}".format(*nm_pattern(config, sparsity))}
+
+  return Method(
+    make_tx,
+    group="learned",
+    stacks=False,
+    seeded=False,
+    ephemeral=ephemeral,
+    sparsities=nm_sparsities,
+    extras=extras,
+  )
+
+
 # ============================================================================ the registry
 
 METHODS: dict[str, Method] = {
@@ -427,7 +640,34 @@ METHODS: dict[str, Method] = {
   "magnitude_init": _at_init(_magnitude_init),
   "random_init": _at_init(_random_init),
   "snip_shuffled": _at_init(_snip_shuffled),
+  "ste": _learned("ste", _ste),
+  "movement": _learned("movement", _movement),
+  "movement_soft": _learned("movement_soft", _movement_soft),
+  "scl": _learned("scl", _scl),
+  "platon": _learned("platon", _platon),
+  "fisher": _learned("fisher", _fisher),
+  "nm_magnitude": _nm(
+    lambda config, n, m, schedule, opt: optax.chain(
+      opt, jaxprune.magnitude_pruning(pattern=jaxprune.patterns.n_m(n, m), schedule=schedule)
+    ),
+    ephemeral=False,
+  ),
+  "ste_nm": _nm(
+    lambda config, n, m, schedule, opt: jaxprune.ste_pruning(
+      pattern=jaxprune.patterns.n_m(n, m), schedule=schedule, inner=opt
+    ),
+    ephemeral=True,
+  ),
+  "sr_ste": _nm(
+    lambda config, n, m, schedule, opt: jaxprune.sr_ste(
+      n, m, decay=float(config.learned.sr_ste_decay), schedule=schedule, inner=opt
+    ),
+    ephemeral=True,
+  ),
 }
+
+# The methods whose sparsity is learned (their target only picks a regularisation).
+LEARNED_SPARSITY = ("movement_soft", "scl")
 
 
 def validate(config: Config) -> None:
@@ -488,9 +728,15 @@ def _setup(
   method = METHODS[run.method]
   tx = method.make_tx(config, run.sparsity, run.seed)
   if method.masks is None:
-    constants = None if method.stacks else (float(run.sparsity), int(run.seed))
+    constants = None
+    if not method.stacks:
+      constants = (float(run.sparsity),) + ((int(run.seed),) if method.seeded else ())
     return train.RunSetup(
-      tx, train.init_state(model, tx, run.seed, dataset.image_shape), constants=constants
+      tx,
+      train.init_state(model, tx, run.seed, dataset.image_shape),
+      extras=method.extras(config, float(run.sparsity)) if method.extras else None,
+      constants=constants,
+      ephemeral=method.ephemeral,
     )
   # The seed's initialisation, as every other method of the sweep draws it.
   params = train.init_state(model, optax.identity(), run.seed, dataset.image_shape).params

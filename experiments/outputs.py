@@ -10,8 +10,10 @@ Under ``config.output_dir``:
   without training it again.
 * ``summary.json`` / ``summary.csv``: one row per run, plus (in the JSON) the mean and
   standard deviation over seeds per (method, target sparsity) and the published points.
-* ``summary.md``: the same aggregate and the published points as markdown tables, and for
-  pruning at initialisation the layer collapse of the masks (`format_collapse`).
+* ``summary.md``: the same aggregate and the published points as markdown tables, for
+  pruning at initialisation the layer collapse of the masks (`format_collapse`), and for the
+  methods that learn their sparsity one row per run with the sparsity it reached
+  (`format_learned`).
 * ``collapse.csv``: for pruning at initialisation, one row per run (`collapse_rows`).
 * ``log.txt``: the lines printed during the sweep and the final table.
 """
@@ -470,5 +472,34 @@ def format_collapse(rows: Sequence[dict]) -> str:
       f"| {method} | {target:.1%} | {collapsed}/{len(rs)} | "
       + " | ".join(kept)
       + f" | {dead_text} |"
+    )
+  return "\n".join(lines)
+
+
+def format_learned(records: Sequence[dict]) -> str:
+  """Markdown: one row per run of a method that learns its sparsity (a record with
+  ``regularization``), with the regularisation, the sparsity it reached and its test error.
+
+  Args:
+      records: run records (those without ``regularization`` are skipped).
+
+  Returns:
+      The table (no trailing newline), or "" without such runs.
+  """
+  rows = [r for r in records if "regularization" in r]
+  if not rows:
+    return ""
+  lines = [
+    "Methods that learn their sparsity (the target only picks the regularisation; one row per "
+    "run, the sparsity it reached):",
+    "",
+    "| method | target | seed | regularisation | sparsity (kernels) | test error |",
+    "|---|---|---|---|---|---|",
+  ]
+  for r in sorted(rows, key=lambda r: (r["method"], r["target_sparsity"], r["seed"])):
+    f = r["final"]
+    lines.append(
+      f"| {r['method']} | {r['target_sparsity']:.1%} | {r['seed']} | {r['regularization']:g} | "
+      f"{f['kernel_sparsity']:.2%} | {_percent(f['test_error'])} |"
     )
   return "\n".join(lines)

@@ -69,8 +69,10 @@ def plot_accuracy_vs_sparsity(
   def value(accuracy_percent: float) -> float:
     return 100.0 - accuracy_percent if error else accuracy_percent
 
-  fig, ax = plt.subplots(figsize=(7.5, 4.8))
   sparse = [a for a in agg if a["method"] != "dense"]
+  # More methods than markers (the learned-masks sweep): a wider figure, the legend beside it.
+  crowded = len(dict.fromkeys(a["method"] for a in sparse)) > len(_METHOD_MARKERS)
+  fig, ax = plt.subplots(figsize=(10.0, 5.2) if crowded else (7.5, 4.8))
   for i, method in enumerate(dict.fromkeys(a["method"] for a in sparse)):
     pts = sorted((a for a in sparse if a["method"] == method), key=lambda a: a["kernel_sparsity"])
     x = [100 * (1 - a["kernel_sparsity"]) for a in pts]
@@ -131,7 +133,10 @@ def plot_accuracy_vs_sparsity(
   ax.set_ylabel("test error (%)" if error else "test accuracy (%)")
   ax.set_title(title)
   ax.grid(True, alpha=0.3)
-  ax.legend(fontsize=8)
+  if crowded:
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+  else:
+    ax.legend(fontsize=8)
   _save(plt, fig, path)
 
 

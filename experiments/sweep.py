@@ -33,21 +33,28 @@ def sweep_plan(config: ml_collections.ConfigDict) -> list[tuple[str, float, int]
       config: the config (``methods``, ``sparsities``, ``seeds``).
 
   Returns:
-      The runs; the dense baseline appears once per seed with sparsity 0.
+      The runs; the dense baseline appears once per seed with sparsity 0, a method with its
+      own sparsities (`experiments.methods.Method.sparsities`: N:M) at those.
 
   Raises:
       ValueError: for an unknown method, a method without its config group, or a sparsity
           outside ``(0, 1)``.
   """
   methods.validate(config)
-  for s in config.sparsities:
+
+  def targets(method: str) -> tuple:
+    own = methods.METHODS[method].sparsities
+    return tuple(own(config)) if own is not None else tuple(config.sparsities)
+
+  own = [methods.METHODS[m].sparsities for m in config.methods]
+  for s in [*config.sparsities, *(s for f in own if f is not None for s in f(config))]:
     if not 0.0 < float(s) < 1.0:
       raise ValueError(f"sparsities must lie in (0, 1), got {s}")
   plan = []
   for seed in config.seeds:
     for method in config.methods:
       if methods.METHODS[method].sparse:
-        plan.extend((method, float(s), int(seed)) for s in config.sparsities)
+        plan.extend((method, float(s), int(seed)) for s in targets(method))
       else:
         plan.append((method, 0.0, int(seed)))
   return plan
@@ -160,6 +167,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if collapse:  # pruning at initialisation: which masks collapse the network
       outputs.write_rows(collapse, out_dir / "collapse.csv")
       markdown += "\n\n" + outputs.format_collapse(collapse)
+    learned = outputs.format_learned(ordered)
+    if learned:  # methods that learn their sparsity: the sparsity of every run
+      markdown += "\n\n" + learned
     (out_dir / "summary.md").write_text(markdown + "\n")
     title = f"{config.model} on {config.dataset}"
     error = bool(config.get("plot_error", False))
@@ -187,6 +197,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if collapse:
       log("")
       log(outputs.format_collapse(collapse))
+    if learned:
+      log("")
+      log(learned)
     pngs = f"{png}, training_curves.png, " if config.get("plots", True) else ""
     wall = experiment.finish(f"summary.{{json,csv,md}}, {pngs}runs/ and checkpoints/")
     return {

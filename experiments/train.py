@@ -23,6 +23,13 @@ default) gathers them on the device from the whole training split, ``"grain"`` r
 batches with its own `experiments.pipeline.TrainStream` (the same batches, in the same order) and
 feeds a chunk's batches to the same training program as a small ``images`` array with indices
 into it, so the training split is never decoded into memory.
+
+A run whose pruner has *ephemeral* masks (`jaxprune.ephemeral`: STE, SR-STE, movement pruning,
+SCL; `RunSetup.ephemeral`) keeps dense weights in its state: its training step's forward pass
+applies the masks of the optimizer state (``jaxprune.ephemeral.masked_params``, with a
+straight-through gradient), and what is evaluated, measured (the reported sparsity) and written at
+the end (``deployed/<run>.npz``) is the deployed model, `deployed_params`. Its checkpoints hold the
+dense weights, which a resumed run needs to continue.
 """
 
 from __future__ import annotations
@@ -93,13 +100,16 @@ class RunSetup(NamedTuple):
 
   ``constants`` is what the transformation fixes that another run of its method may not
   share (the sparsity and mask seed of a dynamic sparse method): a run with constants gets
-  a compiled program of its own. ``extras`` are added to the run's record.
+  a compiled program of its own. ``extras`` are added to the run's record. ``ephemeral``: the
+  pruner's masks are ephemeral (the forward pass applies them to dense weights; the run reports
+  its deployed model, `deployed_params`).
   """
 
   tx: optax.GradientTransformation
   template: TrainState
   extras: Optional[dict] = None
   constants: Optional[tuple] = None
+  ephemeral: bool = False
 
 
 PIPELINES = ("memory", "grain")
@@ -196,12 +206,29 @@ def init_state(
   return jax.tree.map(lambda x: jnp.asarray(x, jnp.result_type(x)), state)
 
 
-def make_train_fn(model: nn.Module, tx: optax.GradientTransformation) -> Callable:
+def deployed_params(params: Any, opt_state: Any) -> Any:
+  """The deployed model of a run with ephemeral masks: its dense params with the masks applied.
+
+  Args:
+      params: the run's (dense) params.
+      opt_state: its optimizer state (holding the pruner).
+
+  Returns:
+      ``jaxprune.apply_masks(params, jaxprune.get_masks(opt_state))``.
+  """
+  return jaxprune.apply_masks(params, jaxprune.get_masks(opt_state))
+
+
+def make_train_fn(
+  model: nn.Module, tx: optax.GradientTransformation, ephemeral: bool = False
+) -> Callable:
   """The (unjitted) training of one run for a number of steps.
 
   Args:
       model: the Flax model.
       tx: the transformation.
+      ephemeral: the pruner's masks are ephemeral: the forward pass sees
+          ``jaxprune.ephemeral.masked_params(params, opt_state)`` (straight-through gradient).
 
   Returns:
       ``train(state, indices, num_steps, images, labels) -> state``: runs ``num_steps``
@@ -213,6 +240,8 @@ def make_train_fn(model: nn.Module, tx: optax.GradientTransformation) -> Callabl
     rng, dropout_rng = jax.random.split(state.rng)
 
     def loss_fn(params):
+      if ephemeral:
+        params = jaxprune.ephemeral.masked_params(params, state.opt_state)
       variables = {"params": params, **state.model_state}
       rngs = {"dropout": dropout_rng}
       if state.model_state:
@@ -251,14 +280,20 @@ def make_train_fn(model: nn.Module, tx: optax.GradientTransformation) -> Callabl
 
 
 class Program(NamedTuple):
-  """The compiled training and evaluation of a run, or of a stacked group of runs."""
+  """The compiled training and evaluation of a run, or of a stacked group of runs.
+
+  ``deploy`` (runs with ephemeral masks, else None): ``(params, opt_state) -> params`` of the
+  deployed model, `deployed_params`.
+  """
 
   train: Callable
   evaluate: Callable
+  deploy: Optional[Callable] = None
 
 
 _TRAIN_PROGRAMS: dict[tuple, Callable] = {}
 _EVAL_PROGRAMS: dict[tuple, Callable] = {}
+_DEPLOY_PROGRAMS: dict[tuple, Callable] = {}
 
 
 def get_program(
@@ -267,6 +302,7 @@ def get_program(
   tx: optax.GradientTransformation,
   eval_batch_size: int,
   axes: Any = None,
+  ephemeral: bool = False,
 ) -> Program:
   """The jitted (and, with ``axes``, vmapped) programs, cached under ``key``.
 
@@ -281,14 +317,16 @@ def get_program(
       eval_batch_size: the test data's batch size.
       axes: `experiments.stacking.run_axes` of a run's `TrainState` to vmap over stacked
           runs, or None for one run.
+      ephemeral: the pruner's masks are ephemeral (see `make_train_fn`; the programs include
+          ``deploy``).
 
   Returns:
       The programs.
   """
   vmapped = axes is not None
-  train_key = (key, vmapped)
+  train_key = (key, vmapped) + ((True,) if ephemeral else ())
   if train_key not in _TRAIN_PROGRAMS:
-    train = make_train_fn(model, tx)
+    train = make_train_fn(model, tx, ephemeral)
     if vmapped:
       train = jax.vmap(train, in_axes=(axes, 0, None, None, None), out_axes=axes)
     _TRAIN_PROGRAMS[train_key] = jax.jit(train)
@@ -298,7 +336,15 @@ def get_program(
     if vmapped:
       evaluate = jax.vmap(evaluate, in_axes=(axes.params, axes.model_state, None, None, None))
     _EVAL_PROGRAMS[eval_key] = jax.jit(evaluate)
-  return Program(_TRAIN_PROGRAMS[train_key], _EVAL_PROGRAMS[eval_key])
+  deploy = None
+  if ephemeral:
+    if train_key not in _DEPLOY_PROGRAMS:
+      fn = deployed_params
+      if vmapped:
+        fn = jax.vmap(fn, in_axes=(axes.params, axes.opt_state), out_axes=axes.params)
+      _DEPLOY_PROGRAMS[train_key] = jax.jit(fn)
+    deploy = _DEPLOY_PROGRAMS[train_key]
+  return Program(_TRAIN_PROGRAMS[train_key], _EVAL_PROGRAMS[eval_key], deploy)
 
 
 # ============================================================================ the run loop
@@ -369,6 +415,11 @@ def train_runs(
   ``mask_leaf_sparsity``, ``mask_leaf_zeros``), and the masks of every cycle are written at
   its end to ``output_dir/masks/<run>/cycle_<c>.npz`` (one bool array per pruned leaf).
 
+  Runs with ephemeral masks (`RunSetup.ephemeral`) train with the masks applied in the forward
+  pass, are evaluated and measured on their deployed params (`deployed_params`; the records add
+  ``dense_kernel_sparsity``, ``ephemeral`` and ``deployed_params``), and write those at the end to
+  ``output_dir/deployed/<run>.npz`` (`save_params`).
+
   Args:
       config: the config.
       dataset: the dataset (for its shapes and sizes).
@@ -396,6 +447,9 @@ def train_runs(
     raise ValueError("train_runs: several runs are only trained together when vmapped")
   if len(setups) != len(runs):
     raise ValueError("train_runs: one setup per run")
+  ephemeral = bool(setups[0].ephemeral)
+  if any(bool(s.ephemeral) != ephemeral for s in setups):
+    raise ValueError("train_runs: the runs must all have ephemeral masks, or none")
   pipeline = data_pipeline(config)
   if pipeline == "grain" and data.validation is not None:
     raise ValueError(
@@ -423,11 +477,11 @@ def train_runs(
   templates = [s.template for s in setups]
   cycle_ends = imp_cycle_ends(templates[0].opt_state)
   axes = stacking.run_axes(templates[0]) if stacked else None
-  program = get_program(program_key, model, setups[0].tx, data.test.batch_size, axes)
+  program = get_program(program_key, model, setups[0].tx, data.test.batch_size, axes, ephemeral)
   evaluate_validation = None
   if data.validation is not None:  # (its own program when its batch size differs)
     evaluate_validation = get_program(
-      program_key, model, setups[0].tx, data.validation.batch_size, axes
+      program_key, model, setups[0].tx, data.validation.batch_size, axes, ephemeral
     ).evaluate
 
   keep = int(config.get("keep_checkpoints", 2) or 2)
@@ -601,6 +655,14 @@ def train_runs(
       c.close()
   train_time = elapsed + time.perf_counter() - start
 
+  deployed: list[dict] = [{} for _ in runs]
+  if program.deploy is not None:  # ephemeral masks: write the deployed models
+    params = program.deploy(state.params, state.opt_state)
+    for i, r in enumerate(runs):
+      path = output_dir / "deployed" / f"{r.name}.npz"
+      save_params(stacking.take(params, axes.params, i) if stacked else params, path)
+      deployed[i] = {"ephemeral": True, "deployed_params": str(path.relative_to(output_dir))}
+
   num_params = sum(int(np.size(x)) for x in jax.tree.leaves(templates[0].params))
   records = []
   for i, r in enumerate(runs):
@@ -610,7 +672,9 @@ def train_runs(
     final = evals[-1]
     # The last evaluation measured the final params (or, for a run that diverged and
     # stopped early, the params it stopped with; a vmapped group trains on past that).
+    # With ephemeral masks, the deployed params.
     zeros = int(round(final["sparsity"] * num_params))
+    dense = {k: final[k] for k in ("dense_kernel_sparsity",) if k in final}
     records.append(
       {
         "name": r.name,
@@ -636,12 +700,32 @@ def train_runs(
           "compression_ratio": final["compression_ratio"],
           "theoretical_speedup": final["theoretical_speedup"],
           "leaf_sparsity": final["leaf_sparsity"],
+          **dense,
         },
         "evaluations": evals,
+        **deployed[i],
         **(setups[i].extras or {}),
       }
     )
   return records
+
+
+def save_params(params: Any, path: Path) -> Path:
+  """Writes ``params`` to ``path`` (``.npz``, one array per leaf named by its path).
+
+  Args:
+      params: the params of one run.
+      path: the file.
+
+  Returns:
+      ``path``.
+  """
+  arrays = {path_str(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.stem}.tmp.npz")
+  np.savez_compressed(tmp, **arrays)
+  tmp.replace(path)
+  return path
 
 
 def _open_streams(
@@ -817,10 +901,14 @@ def _evaluate(
 
   With ``masks_dir`` (IMP runs) the records carry `imp_record` and the masks of a cycle
   are saved at its end; with ``data.validation``, the validation loss and accuracy from
-  ``evaluate_validation``.
+  ``evaluate_validation``. With ephemeral masks (``program.deploy``) the deployed params are
+  evaluated and measured, and the records add ``dense_kernel_sparsity`` (of the dense weights).
   """
+  # With ephemeral masks, the deployed model is evaluated and measured (the dense weights'
+  # sparsity is recorded beside it).
+  params = state.params if program.deploy is None else program.deploy(state.params, state.opt_state)
   correct, loss_sum = program.evaluate(
-    state.params, state.model_state, data.test.images, data.test.labels, data.test.valid
+    params, state.model_state, data.test.images, data.test.labels, data.test.valid
   )
   correct, loss_sum, train_loss, train_acc = (
     np.atleast_1d(np.asarray(x))
@@ -831,7 +919,7 @@ def _evaluate(
       np.atleast_1d(np.asarray(x))
       for x in jax.device_get(
         evaluate_validation(
-          state.params,
+          params,
           state.model_state,
           data.validation.images,
           data.validation.labels,
@@ -842,8 +930,8 @@ def _evaluate(
   for i, r in enumerate(runs):
     if diverged[i]:
       continue
-    params = stacking.take(state.params, axes.params, i) if axes is not None else state.params
-    sp = evaluation.measure(params, mac_counts)
+    run_params = stacking.take(params, axes.params, i) if axes is not None else params
+    sp = evaluation.measure(run_params, mac_counts)
     record = {
       "step": step,
       "epoch": step * batch_size / num_examples,
@@ -857,6 +945,9 @@ def _evaluate(
       "theoretical_speedup": sp["theoretical_speedup"],
       "leaf_sparsity": sp["leaves"],
     }
+    if program.deploy is not None:
+      dense = stacking.take(state.params, axes.params, i) if axes is not None else state.params
+      record["dense_kernel_sparsity"] = evaluation.measure(dense, mac_counts)["kernel_sparsity"]
     if data.validation is not None:
       record["validation_loss"] = float(val_loss[i]) / data.validation.size
       record["validation_accuracy"] = int(val_correct[i]) / data.validation.size
