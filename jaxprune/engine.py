@@ -401,11 +401,14 @@ def transformation(
     info = StepInfo(plan, treedef, count, is_update, p, grads, {}, state, extra_args)
 
     def mask_update(
-      at_params: list[Any], at_inputs: scores_lib.ScoreInputs
+      scored_at: Callable[[], tuple[list[Any], scores_lib.ScoreInputs]],
     ) -> tuple[list[Any], list[Any], dict[str, Any]]:
-      """The mask update (step 4) scored at ``at_params``: (stored masks, train masks, fields)."""
+      """The mask update (step 4) on the params and score inputs ``scored_at()`` makes inside the
+      update branch (so steps without a mask update never compute them): (stored masks, train
+      masks, fields)."""
 
       def recompute():
+        at_params, at_inputs = scored_at()
         old = {i: masks_lib.unpack(stored[i]) for i in plan.masked}
         scores = _flatten_like(
           treedef, score.fn(at_inputs), params, name, f"the tree of scores of {score.name!r}"
@@ -447,7 +450,7 @@ def transformation(
       return out[0], train, dict(out[-1])
 
     if persistent:
-      new_stored, train, fields = mask_update(p, inputs)
+      new_stored, train, fields = mask_update(lambda: (p, inputs))
       for i, m in zip(plan.masked, new_stored):
         stored[i] = m
     else:  # ephemeral: this step runs with the masks of its forward pass; the update comes last
@@ -509,12 +512,14 @@ def transformation(
         out[i] = jnp.where(m, u, -p[i].astype(u.dtype) if persistent else jnp.zeros((), u.dtype))
     if not persistent:
       # The weights after optax.apply_updates, which the next forward pass masks: score them.
-      after = [
-        x if x is None or u is None else jnp.asarray(x + u).astype(jnp.result_type(x))
-        for x, u in zip(p, out)
-      ]
-      tree_after = jax.tree.unflatten(treedef, after)
-      new_stored, _, update_fields = mask_update(after, inputs._replace(params=tree_after))
+      def after_step() -> tuple[list[Any], scores_lib.ScoreInputs]:
+        after = [
+          x if x is None or u is None else jnp.asarray(x + u).astype(jnp.result_type(x))
+          for x, u in zip(p, out)
+        ]
+        return after, inputs._replace(params=jax.tree.unflatten(treedef, after))
+
+      new_stored, _, update_fields = mask_update(after_step)
       for i, m in zip(plan.masked, new_stored):
         stored[i] = m
       fields.update(update_fields)
