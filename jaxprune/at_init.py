@@ -1,4 +1,4 @@
-"""Pruning at initialisation: SNIP, GraSP and SynFlow masks, and the per-leaf shuffle ablation.
+"""Pruning at initialisation: SNIP, GraSP, SynFlow and ProsPr masks, and the shuffle ablation.
 
 Each function scores the weights of an initialised model and returns masks (a tree shaped like the
 params, a boolean array per pruned leaf and ``None`` elsewhere) with exactly the requested sparsity,
@@ -27,10 +27,19 @@ from jaxprune import leaves as leaves_lib
 from jaxprune import oneshot
 from jaxprune import progress as progress_lib
 from jaxprune import static as static_lib
-from jaxprune.checks import JaxpruneWarning, check_sparsity
+from jaxprune.checks import JaxpruneWarning, check_bool, check_int, check_sparsity, number
 from jaxprune.typing import Distribution, Masks, Params, PathSelector, Scores, Shape, Sparsity
 
-__all__ = ["grasp", "masks_from_scores", "prune_at_init", "shuffle_masks", "snip", "synflow"]
+__all__ = [
+  "grasp",
+  "masks_from_scores",
+  "prospr",
+  "prospr_scores",
+  "prune_at_init",
+  "shuffle_masks",
+  "snip",
+  "synflow",
+]
 
 
 def _pruned_leaves(params: Params, prune: PathSelector, owner: str) -> list[int]:
@@ -276,6 +285,180 @@ def synflow(
       owner="synflow",
     )
   return _finish(masks, "synflow", check_collapse)
+
+
+def _inner_batches(batches: Any, steps: int, owner: str) -> tuple[list[Any], Any]:
+  """The batches of the inner steps and of the meta-loss."""
+  if isinstance(batches, list):
+    if len(batches) != steps + 1:
+      raise ValueError(
+        f"{owner}: a list of batches needs steps + 1 = {steps + 1} (one per inner step, then the "
+        f"one of the meta-loss), got {len(batches)}; pass a single batch (not a list) to use it "
+        "for every step."
+      )
+    return batches[:steps], batches[steps]
+  return [batches] * steps, batches
+
+
+def prospr_scores(
+  params: Params,
+  loss_fn: Callable[[Params, Any], jax.Array],
+  batches: Any,
+  *,
+  steps: int = 3,
+  lr: float,
+  momentum: float = 0.0,
+  first_order: bool = False,
+  prune: PathSelector = None,
+) -> Scores:
+  """ProsPr's scores: the magnitude of the meta-gradient ``|dL(w_M) / dc|`` at ``c = 1``.
+
+  Every pruned leaf is multiplied by a mask ``c`` of ones, ``w_0 = c * w``; ``steps`` steps of
+  SGD (with ``momentum``, PyTorch's form: ``b = momentum * b + g``, ``w -= lr * b``) train all the
+  floating-point leaves on the inner batches; the score of a weight is the magnitude of the
+  derivative of the loss after those steps, on the last batch, with respect to its mask entry,
+  differentiated through the steps (second order). With ``steps=0`` it is SNIP's ``|w dL/dw|``;
+  with ``first_order=True`` the steps' gradients are held constant, giving ``|w * g(w_M)|``
+  (the authors' ``first_order`` mode).
+
+  Args:
+    params: the initialised params.
+    loss_fn: ``(params, batch) -> scalar loss``.
+    batches: one batch, used for every inner step and for the meta-loss (the authors' default),
+      or a Python ``list`` of ``steps + 1`` batches: one per inner step, then the meta-loss's.
+    steps: the number of inner SGD steps ``M`` (3 in the paper), at least 0.
+    lr: the inner learning rate.
+    momentum: the inner SGD momentum, in ``[0, 1)``.
+    first_order: ignore the second-order terms.
+    prune: which leaves are scored (kernels by default).
+
+  Returns:
+    A tree shaped like the params: float32 scores for the pruned leaves, ``None`` elsewhere.
+
+  Raises:
+    ValueError: for ``steps < 0``, a list of batches of the wrong length, a learning rate that is
+      not positive or a momentum outside ``[0, 1)``.
+    TypeError: for non-integer ``steps`` or a non-boolean ``first_order``.
+
+  Example:
+    One step on ``L(w) = sum(x @ w)``: ``w_1 = c w - lr x^T``, so ``dL(w_1)/dc = x^T w``:
+
+    >>> import jax.numpy as jnp, jaxprune
+    >>> params = {'w': jnp.array([[2.0], [-3.0]])}
+    >>> loss = lambda p, x: jnp.sum(x @ p['w'])
+    >>> jaxprune.at_init.prospr_scores(params, loss, jnp.array([[1.0, 0.5]]), steps=1, lr=0.1)['w']
+    Array([[2. ],
+           [1.5]], dtype=float32)
+
+  References:
+    Alizadeh, Tailor, Zintgraf, van Amersfoort, Farquhar, Lane & Gal, `Prospect pruning: finding
+    trainable weights at initialization using meta-gradients <https://arxiv.org/abs/2202.08132>`_,
+    ICLR 2022 (code: ``mil-ad/prospr``)
+  """
+  owner = "prospr"
+  steps = check_int("steps", steps, 0, owner)
+  check_bool("first_order", first_order, owner)
+  rate = number(lr, f"{owner}: lr")
+  if rate is not None and not rate > 0:
+    raise ValueError(f"{owner}: lr must be a positive number, got {lr!r}.")
+  beta = number(momentum, f"{owner}: momentum")
+  if beta is not None and not 0.0 <= beta < 1.0:
+    raise ValueError(f"{owner}: momentum must be in [0, 1), got {momentum!r}.")
+  inner, outer = _inner_batches(batches, steps, owner)
+  leaves, treedef = jax.tree.flatten(leaves_lib.unwrap_variables(params))
+  index = _pruned_leaves(params, prune, owner)
+  tree = lambda xs: jax.tree.unflatten(treedef, xs)
+
+  @jax.jit
+  def meta_gradient(leaves, inner, outer):
+    def meta_loss(masks):
+      w = list(leaves)
+      for i, m in zip(index, masks):
+        w[i] = w[i] * m
+      buffers = [jnp.zeros_like(x) for x in w]
+      for batch in inner:
+        g = jax.tree.leaves(jax.grad(loss_fn)(tree(w), batch))
+        if first_order:
+          g = [jax.lax.stop_gradient(x) for x in g]
+        buffers = [momentum * b + x for b, x in zip(buffers, g)]
+        w = [x - lr * b for x, b in zip(w, buffers)]
+      return loss_fn(tree(w), outer)
+
+    return jax.grad(meta_loss)([jnp.ones_like(leaves[i]) for i in index])
+
+  grads = meta_gradient(leaves, inner, outer)
+  scores: list[Any] = [None] * len(leaves)
+  for i, g in zip(index, grads):
+    scores[i] = jnp.abs(g).astype(jnp.float32)
+  return jax.tree.unflatten(treedef, scores)
+
+
+def prospr(
+  params: Params,
+  loss_fn: Callable[[Params, Any], jax.Array],
+  batches: Any,
+  sparsity: Sparsity,
+  *,
+  steps: int = 3,
+  lr: float,
+  momentum: float = 0.0,
+  first_order: bool = False,
+  distribution: Distribution = "global",
+  prune: PathSelector = None,
+  check_collapse: bool = True,
+) -> Masks:
+  """ProsPr: keep the weights whose masks most change the loss after a few steps of training.
+
+  Scores every pruned weight by `prospr_scores` (the meta-gradient through ``steps`` SGD steps)
+  and keeps the highest, globally by default as the authors' code (one threshold over all pruned
+  leaves). SNIP looks at the loss at initialisation; ProsPr at the loss the network reaches after
+  a few steps, so that the mask favours weights that train well.
+
+  Args:
+    params: the initialised params.
+    loss_fn: ``(params, batch) -> scalar loss``.
+    batches: one batch or a list of ``steps + 1`` batches, as in `prospr_scores`.
+    sparsity: fraction of the pruned leaves' weights to remove.
+    steps, lr, momentum, first_order: the inner steps, as in `prospr_scores` (the authors' defaults:
+      3 steps, learning rate 0.1, no momentum, full second order).
+    distribution: ``"global"`` (the paper), ``"uniform"``, ``"erk"``, ``"er"`` or a function.
+    prune: which leaves are pruned (kernels by default).
+    check_collapse: warn if the masks cut the network (see `jaxprune.collapse.layer_collapse`).
+
+  Returns:
+    Masks shaped like the params, for `jaxprune.static_sparse`.
+
+  Raises:
+    ValueError: for a sparsity outside ``[0, 1)`` and as `prospr_scores`.
+    TypeError: as `prospr_scores`.
+
+  Example:
+    >>> import jax.numpy as jnp, jaxprune
+    >>> params = {'w': jnp.array([[2.0], [-3.0]])}
+    >>> loss = lambda p, x: jnp.sum(x @ p['w'])
+    >>> jaxprune.prospr(params, loss, jnp.array([[1.0, 0.5]]), 0.5, steps=1, lr=0.1)['w']
+    Array([[ True],
+           [False]], dtype=bool)
+
+  References:
+    Alizadeh et al., `Prospect pruning: finding trainable weights at initialization using
+    meta-gradients <https://arxiv.org/abs/2202.08132>`_, ICLR 2022
+  """
+  check_sparsity(sparsity, "prospr: sparsity")
+  scores = prospr_scores(
+    params,
+    loss_fn,
+    batches,
+    steps=steps,
+    lr=lr,
+    momentum=momentum,
+    first_order=first_order,
+    prune=prune,
+  )
+  masks = masks_from_scores(
+    params, scores, sparsity, distribution=distribution, prune=prune, owner="prospr"
+  )
+  return _finish(masks, "prospr", check_collapse)
 
 
 def shuffle_masks(masks: Masks, seed: int = 0) -> Masks:

@@ -5,6 +5,12 @@ cycle the pruner removes a fraction of the weights that are still kept (by magni
 keeps the trained weights (fine-tuning, or learning-rate rewinding when the optimizer's schedule
 restarts) or rewinds the kept weights to their values at initialisation or at an early step ``k``
 (lottery tickets). The optimizer's statistics can be reset at the same moment.
+
+Two options change the prune itself. ``activate_while_pruning=p_ap`` (AP, Liu et al. 2023): the
+magnitude prune removes ``rate - p_ap`` of the kept weights, then ``p_ap`` more among the kept
+*negative* weights that moved least over the cycle. ``rate=jaxprune.pq_rate(...)`` (SAP, Diao et al.
+2023): each prune removes as many weights as the PQ index of the kept weights says
+(`jaxprune.sap.sap_prune_count`), instead of a fixed fraction.
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ from jaxprune import leaves as leaves_lib
 from jaxprune import masks as masks_lib
 from jaxprune import patterns as patterns_lib
 from jaxprune import plan as plan_lib
+from jaxprune import sap as sap_lib
 from jaxprune import schedules as schedules_lib
 from jaxprune import scores as scores_lib
-from jaxprune.checks import check_bool, check_int, check_sparsity
+from jaxprune.checks import check_bool, check_int, check_sparsity, number
 from jaxprune.groups import Group
 from jaxprune.typing import Masks, OptState, Params, PathSelector, Sparsity
 
@@ -48,7 +55,9 @@ class IMPState(NamedTuple):
       ``sqrt(| ||w_before||^2 - ||w_after||^2 |) / ||w_before||`` (0 before the first prune).
     pruned_fraction: fraction of the then-kept weights that the latest prune removed.
     cycle_ends: int32 ``[cycles + 1]``: the update count at which each cycle ends.
-    cycle_sparsity: float32 ``[cycles + 1]``: the planned sparsity of the pruned leaves in each cycle.
+    cycle_sparsity: float32 ``[cycles + 1]``: the planned sparsity of the pruned leaves in each cycle
+      (with ``rate=jaxprune.pq_rate(...)``, whose amounts are not known in advance: the sparsity each
+      prune reached, written at the prune, NaN for the cycles not reached yet).
     score_state: the score's own state (``None`` for stateless scores).
     inner_state: the wrapped optimizer's state with ``inner=``, else ``optax.EmptyState()``.
   """
@@ -133,6 +142,132 @@ def _random_like(seed: int) -> rules.Rule:
     return rules.MaskUpdate(x.plan.combine(chosen))
 
   return rules.Rule("random_like_magnitude", fn)
+
+
+def _segments(x: rules.RuleInputs) -> tuple[list[int], list[Any]]:
+  """The segment of each unit and the groups each segment keeps, as `jaxprune.rules.prune` selects:
+  segment 0 holds the units that share a global threshold, every unit with a target of its own has
+  a segment of its own."""
+  units = x.plan.units
+  keeps: list[Any] = []
+  shared = [j for j, t in enumerate(x.final) if t is None]
+  if shared:
+    groups = sum(units[j].num_groups for j in shared)
+    scheduled = rules.scheduled(x, x.sparsity, x.initial[shared[0]])
+    keeps.append(groups - plan_lib.num_pruned(scheduled, groups))
+  segments = []
+  for j, unit in enumerate(units):
+    if x.final[j] is None:
+      segments.append(0)
+    else:
+      segments.append(len(keeps))
+      scheduled = rules.scheduled(x, x.final[j], x.initial[j])
+      keeps.append(unit.num_groups - plan_lib.num_pruned(scheduled, unit.num_groups))
+  return segments, keeps
+
+
+def _per_segment(values: Sequence[jax.Array], segments: Sequence[int], n: int) -> list[jax.Array]:
+  """Sums of the int32 scalars ``values`` by segment."""
+  out = [jnp.zeros([], jnp.int32)] * n
+  for v, s in zip(values, segments):
+    out[s] = out[s] + v
+  return out
+
+
+def _activate_while_pruning(fraction: Any) -> rules.Rule:
+  """AP's prune (Liu et al. 2023, ``prune_by_percentile_lt`` then ``prune_by_percentile_ap`` in the
+  authors' ``resnet_20.py``): in each segment, of the ``d`` weights kept before the prune, the
+  magnitude prune keeps ``K + n`` (``K``: what the plain prune keeps; ``n = floor(fraction * d)``,
+  at most ``d - K``), then the ``n`` kept negative weights of smallest movement over the cycle (the
+  scores: ``|w - w_start|``) are pruned. Should fewer than ``n`` negative weights be left, the rest
+  is pruned by magnitude, so every segment keeps exactly ``K``: the cycle's sparsity is the same
+  with and without AP."""
+
+  def fn(x: rules.RuleInputs) -> rules.MaskUpdate:
+    units = x.plan.units
+    segments, keeps = _segments(x)
+    n_seg = len(keeps)
+    old = [u.kept(x.old) for u in units]
+    magnitude = [jnp.abs(w) for w in x.params]
+    mag = [u.group_scores(magnitude) for u in units]
+    kept_before = _per_segment([jnp.sum(m, dtype=jnp.int32) for m in old], segments, n_seg)
+    keep = [jnp.asarray(k, jnp.int32) for k in keeps]
+    frac = jnp.asarray(fraction, jnp.float32)
+    extra = [
+      jnp.clip(jnp.floor(frac * d.astype(jnp.float32)).astype(jnp.int32), 0, jnp.maximum(d - k, 0))
+      for d, k in zip(kept_before, keep)
+    ]
+    ranked = lambda kept, score: [jnp.where(m, s, -jnp.inf) for m, s in zip(kept, score)]
+    first = selection.top_k_masks(
+      ranked(old, mag), [k + e for k, e in zip(keep, extra)], segments=segments
+    )
+    negative = [u.group_scores(list(x.params)) < 0 for u in units]
+    candidates = [a & n for a, n in zip(first, negative)]
+    available = _per_segment([jnp.sum(c, dtype=jnp.int32) for c in candidates], segments, n_seg)
+    moved = [-x.plan.units[j].group_scores(x.scores) for j in range(len(units))]
+    removed = selection.top_k_masks(
+      ranked(candidates, moved),
+      [jnp.minimum(e, a) for e, a in zip(extra, available)],
+      segments=segments,
+    )
+    second = [a & ~r for a, r in zip(first, removed)]
+    final = selection.top_k_masks(ranked(second, mag), keep, segments=segments)
+    return rules.MaskUpdate(x.plan.combine(final))
+
+  return rules.Rule("activate_while_pruning", fn)
+
+
+def _cycle_movement(prune_steps: np.ndarray) -> scores_lib.Score:
+  """AP's score: ``|w - w_start|``, where ``w_start`` are the weights the current cycle started from
+  (the params at update 0 and at the update after each prune, i.e. after the prune's rewinding),
+  kept in the score's state."""
+  starts = np.asarray(prune_steps, np.int64) + 1
+
+  def init(params):
+    return jax.tree.map(jnp.copy, params)
+
+  def update(state, x):
+    # The constant is made here, inside the trace (a module-level array would carry the mesh of
+    # wherever the factory was called).
+    capture = (x.count == 0) | jnp.any(x.count == jnp.asarray(starts, jnp.int32))
+    return jax.tree.map(lambda s, w: jnp.where(capture, w.astype(s.dtype), s), state, x.params)
+
+  def fn(x):
+    flat, treedef = jax.tree.flatten(x.params)
+    start = leaves_lib.flatten_up_to(treedef, x.state)
+    pruned = set(range(len(flat)) if x.pruned is None else x.pruned)
+    return jax.tree.unflatten(
+      treedef,
+      [
+        jnp.abs(w.astype(jnp.float32) - s.astype(jnp.float32)) if i in pruned else None
+        for i, (w, s) in enumerate(zip(flat, start))
+      ],
+    )
+
+  return scores_lib.Score("cycle_movement", fn, init=init, update=update)
+
+
+def _pq_prune(rate: sap_lib.PQRate, shared: bool) -> rules.Rule:
+  """SAP's prune (Diao et al. 2023, ``Compression.compress`` with ``prune_mode 'si'``): the kept
+  weights of each segment (all pruned leaves for a global distribution, each unit for a layer-wise
+  one) lose `jaxprune.sap.sap_prune_count` of their ``d`` entries, those of lowest score."""
+
+  def fn(x: rules.RuleInputs) -> rules.MaskUpdate:
+    units = x.plan.units
+    segments = [0] * len(units) if shared else list(range(len(units)))
+    n_seg = max(segments) + 1
+    old = [u.kept(x.old) for u in units]
+    values = [jnp.where(m, u.group_scores(list(x.params)), 0.0) for m, u in zip(old, units)]
+    kept = _per_segment([jnp.sum(m, dtype=jnp.int32) for m in old], segments, n_seg)
+    keeps = []
+    for s in range(n_seg):
+      parts = [v for v, t in zip(values, segments) if t == s]
+      index = sap_lib.pq_index_of(parts, kept[s], rate.p, rate.q)
+      keeps.append(kept[s] - sap_lib.sap_prune_count(kept[s], index, rate))
+    scores = [jnp.where(m, rules.scores_of(x, j), -jnp.inf) for j, m in enumerate(old)]
+    return rules.MaskUpdate(x.plan.combine(selection.top_k_masks(scores, keeps, segments=segments)))
+
+  return rules.Rule("pq_prune", fn, uses_targets=False)
 
 
 def _planned_sparsity(
@@ -238,7 +373,7 @@ def imp(
   *,
   cycles: int,
   cycle_steps: int | Sequence[int],
-  rate: Sparsity | None = None,
+  rate: Sparsity | sap_lib.PQRate | None = None,
   distribution: str = "global",
   leaf_rates: Mapping[str, float] | None = None,
   rewind: int | str | None = None,
@@ -246,6 +381,7 @@ def imp(
   reinit: Callable[[jax.Array], Params] | None = None,
   random_masks: bool = False,
   seed: int = 0,
+  activate_while_pruning: Sparsity | None = None,
   score_fn: scores_lib.Score | scores_lib.ScoreFn | None = None,
   pattern: patterns_lib.Pattern | None = None,
   prune: PathSelector = None,
@@ -280,7 +416,13 @@ def imp(
     cycles: the number of prunes, at least 1.
     cycle_steps: the length in updates of every cycle, or a sequence of ``cycles + 1`` lengths
       (the first is the dense training, which may be longer than the retraining cycles).
-    rate: the fraction of the remaining weights pruned at each prune (0.2 for Frankle & Carbin).
+    rate: the fraction of the remaining weights pruned at each prune (0.2 for Frankle & Carbin), or
+      ``jaxprune.pq_rate(p, q, eta=, gamma=, beta=)``: SAP's adaptive amount (Diao et al. 2023), each
+      prune removing the `jaxprune.sap.sap_prune_count` of the kept weights' PQ index, by the score
+      (magnitude), over all pruned leaves (``"global"``) or per leaf (``"uniform"``). The sparsity of
+      each cycle is then known only once it is reached (`IMPState`); unstructured, without
+      ``leaf_rates``, ``random_masks`` or ``activate_while_pruning``. With
+      ``optax.inject_hyperparams`` a `jaxprune.sap.PQRate` is passed through as it is (static).
     distribution: ``"global"`` (one magnitude threshold over all pruned leaves) or ``"uniform"``
       (each leaf loses ``rate`` of its own remaining weights).
     leaf_rates: ``{path regex: rate}`` for leaves pruned at their own per-cycle rate, layer-wise (the
@@ -299,6 +441,15 @@ def imp(
     random_masks: control experiment: each prune removes, in each leaf, as many weights as the
       magnitude prune would, chosen uniformly at random among the kept ones (seeded by ``seed``).
     seed: seed of ``reinit`` and ``random_masks``.
+    activate_while_pruning: ``p_ap``, AP's share of each prune (Liu et al. 2023; 0.02 with
+      ``rate=0.2`` in the authors' code): the magnitude prune removes ``rate - p_ap`` of the kept
+      weights, and ``floor(p_ap * d)`` more (``d``: the weights kept before the prune) are removed
+      among the kept *negative* weights whose movement ``|w - w_start|`` over the cycle is smallest,
+      ``w_start`` being the weights the cycle started from (the initialisation for cycle 0, the
+      weights after the previous prune, hence the rewound ones when rewinding). The cycle's sparsity
+      is unchanged (exactly as without AP). Kept per global threshold or per leaf like the prune;
+      magnitude scores, unstructured pattern, no ``groups``. The cycle starts live in the score's
+      state (one copy of the params). ``None`` (default): no AP.
     score_fn: a `jaxprune.scores.Score` or ``(params, grads, count) -> scores``; magnitude by
       default.
     pattern: what is pruned together (unstructured, block or channel, see `jaxprune.patterns`).
@@ -323,7 +474,10 @@ def imp(
     ValueError: for ``cycles < 1``, a cycle length below 1, a ``cycle_steps`` list of the wrong
       length, both or neither of ``sparsity`` and ``rate``, a rate or sparsity outside ``[0, 1)``, a
       rewind step outside the first cycle, ``reset_optimizer`` without ``inner``, ``reinit`` without
-      ``rewind``, an unknown distribution, N:M patterns, or ``random_masks`` with a structured pattern.
+      ``rewind``, an unknown distribution, N:M patterns, ``random_masks`` with a structured pattern,
+      ``activate_while_pruning`` outside ``[0, rate]`` or with a structured pattern, groups, a
+      ``score_fn`` or ``random_masks``, or a `jaxprune.sap.PQRate` with a structured pattern, groups,
+      ``leaf_rates``, ``random_masks`` or ``activate_while_pruning``.
     TypeError: for non-integer cycle counts or lengths.
 
   Example:
@@ -343,7 +497,13 @@ def imp(
     Frankle et al., `Linear mode connectivity and the lottery ticket hypothesis
     <https://arxiv.org/abs/1912.05671>`_, 2020;
     Renda, Frankle & Carbin, `Comparing rewinding and fine-tuning in neural network pruning
-    <https://arxiv.org/abs/2003.02389>`_, 2020
+    <https://arxiv.org/abs/2003.02389>`_, 2020;
+    Liu, Ghosh, Tan & Motani, `AP: selective activation for de-sparsifying pruned neural networks
+    <https://arxiv.org/abs/2212.06145>`_, TMLR 2023 (code: ``Martin1937/AP-Activate-While-Pruning-``,
+    ``resnet_20.py``);
+    Diao et al., `Pruning deep neural networks from a sparsity perspective
+    <https://arxiv.org/abs/2302.05601>`_, ICLR 2023 (code:
+    ``diaoenmao/Pruning-Deep-Neural-Networks-from-a-Sparsity-Perspective``)
   """
   cycles = check_int("cycles", cycles, 1, "imp")
   lengths = _lengths(cycles, cycle_steps)
@@ -354,6 +514,24 @@ def imp(
       f"imp: give exactly one of sparsity (reached in the last cycle) and rate (per "
       f"cycle), got sparsity={sparsity!r}, rate={rate!r}."
     )
+  pq = rate if isinstance(rate, sap_lib.PQRate) else None
+  if pq is not None:
+    rate = 0.0  # the plan's placeholder: the PQ rule sets its own counts
+    for name, value in (
+      ("leaf_rates", leaf_rates),
+      ("overrides", overrides),
+      ("activate_while_pruning", activate_while_pruning),
+    ):
+      if value is not None:
+        raise ValueError(
+          f"imp: rate=pq_rate(...) sets every prune's amount; {name} cannot be used."
+        )
+    if random_masks or groups or not isinstance(pattern, (type(None), patterns_lib.Unstructured)):
+      raise ValueError(
+        f"imp: rate=pq_rate(...) prunes single weights: no random_masks, groups or structured "
+        f"pattern, got random_masks={random_masks!r}, groups={groups!r}, pattern={pattern!r}."
+      )
+  assert not isinstance(rate, sap_lib.PQRate)  # replaced by the placeholder above
   if sparsity is not None:
     check_sparsity(sparsity, "imp: sparsity")
     if isinstance(sparsity, (int, float)):
@@ -372,6 +550,7 @@ def imp(
     )
   if isinstance(pattern, patterns_lib.NM):
     raise ValueError("imp: N:M patterns fix the sparsity; use magnitude_pruning with n_m instead.")
+  assert rate is not None and not isinstance(rate, sap_lib.PQRate)  # a number from here on
   if rewind == "init":
     rewind = 0
   if rewind is not None:
@@ -398,6 +577,24 @@ def imp(
         "imp: reinit replaces the weights that a prune rewinds to; it needs rewind "
         "('init' or a step), got rewind=None."
       )
+  if activate_while_pruning is not None:
+    check_sparsity(activate_while_pruning, "imp: activate_while_pruning")
+    ap, per_cycle = (number(v, "imp") for v in (activate_while_pruning, rate))
+    if ap is not None and per_cycle is not None and ap > per_cycle:
+      raise ValueError(
+        f"imp: activate_while_pruning ({activate_while_pruning!r}) is AP's share of each prune and "
+        f"must not exceed the per-cycle rate ({per_cycle!r})."
+      )
+    if score_fn is not None or random_masks or groups:
+      raise ValueError(
+        "imp: activate_while_pruning follows a magnitude prune of single weights: it cannot be "
+        f"used with score_fn, random_masks or groups, got score_fn={score_fn!r}, "
+        f"random_masks={random_masks!r}, groups={groups!r}."
+      )
+    if not isinstance(pattern, (type(None), patterns_lib.Unstructured)):
+      raise ValueError(
+        f"imp: activate_while_pruning prunes single (negative) weights, got pattern={pattern!r}."
+      )
   if leaf_rates is not None and overrides is not None:
     raise ValueError(
       "imp: overrides and leaf_rates are the same option (per-leaf rates); give one."
@@ -415,25 +612,43 @@ def imp(
     raise ValueError(f"imp: random_masks needs the unstructured pattern, got {pattern!r}.")
   scores_lib.random(seed)  # checks the seed of random_masks and reinit
   rule = _random_like(seed) if random_masks else rules.prune
+  if activate_while_pruning is not None:
+    rule = _activate_while_pruning(activate_while_pruning)
+  if pq is not None:
+    rule = _pq_prune(pq, selection_.distribution == "global")
   schedule = _cycle_schedule(prune_steps)
   stores_rewind = rewind is not None and reinit is None
 
   def init(plan, leaves, treedef):
-    final, _ = plan_lib.targets(plan, selection_, rate)
     inexact = lambda x: jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
     rewind_params = None
     if stores_rewind:
       rewind_params = jax.tree.unflatten(
         treedef, [jnp.copy(x) if inexact(x) else None for x in leaves]
       )
+    if pq is None:
+      final, _ = plan_lib.targets(plan, selection_, rate)
+      planned = _planned_sparsity(plan, final, rate, schedule, prune_steps)
+    else:  # known once reached: written by each prune (on_update)
+      planned = jnp.full([cycles + 1], jnp.nan, jnp.float32).at[0].set(0.0)
     return dict(
       cycle=jnp.zeros([], jnp.int32),
       rewind_params=rewind_params,
       norm_drop=jnp.zeros([], jnp.float32),
       pruned_fraction=jnp.zeros([], jnp.float32),
       cycle_ends=jnp.asarray(ends, jnp.int32),
-      cycle_sparsity=_planned_sparsity(plan, final, rate, schedule, prune_steps),
+      cycle_sparsity=planned,
     )
+
+  def on_update(info, old, result):
+    fields = _norm_drop(info, old, result)
+    if pq is not None:  # the sparsity this prune reached, over the pruned leaves
+      units = info.plan.units
+      kept = sum(jnp.sum(u.kept(result.masks), dtype=jnp.float32) for u in units)
+      total = sum(u.num_groups for u in units)
+      reached = 1.0 - kept / max(total, 1)
+      fields["cycle_sparsity"] = info.state.cycle_sparsity.at[info.state.cycle + 1].set(reached)
+    return fields
 
   def every_step(info, fields):
     del fields
@@ -490,18 +705,21 @@ def imp(
   hooks = engine.Hooks(
     state_class=IMPState,
     init=init,
-    update_fields=("norm_drop", "pruned_fraction"),
-    on_update=_norm_drop,
+    update_fields=("norm_drop", "pruned_fraction")
+    + (("cycle_sparsity",) if pq is not None else ()),
+    on_update=on_update,
     every_step=every_step,
     offers=("imp_count", "imp_norm_drop", "imp_pruned_fraction"),
     offer=_offer,
     updates=updates,
   )
   score = scores_lib.magnitude if score_fn is None else scores_lib.as_score(score_fn, "imp")
+  if activate_while_pruning is not None:
+    score = _cycle_movement(prune_steps)
   method = engine.Method(
     "imp",
     score,
-    rate,
+    None if pq is not None else rate,
     selection_,
     schedule,
     rule=rule,

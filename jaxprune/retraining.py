@@ -249,6 +249,14 @@ def llr(
   )
 
 
+# The within-cycle schedule of the authors' ResNet-20 / CIFAR-10 run (Martin1937/SILO,
+# resnet_20_cifar_10.py): cycles of 50 epochs of 563 iterations (36,000 training images, batch 64),
+# a linear ramp of max_lr / 20,000 per iteration, max_lr / 10 from epoch 25 and max_lr / 100 from
+# epoch 32. As fractions of the cycle: the ramp would reach max_lr after 20,000 / 28,150 of it.
+SILO_WARMUP_FRACTION = 20_000 / (50 * 563)
+SILO_DECAY_BOUNDARIES = (25 / 50, 32 / 50)
+
+
 def silo(
   original: optax.Schedule,
   original_steps: int,
@@ -258,34 +266,90 @@ def silo(
   beta: float = 5.0,
   alpha: float = 0.04,
   offset: float = 0.03,
-  decay_boundaries: Sequence[float] = (0.5, 0.75),
+  delay: int = 1,
+  warmup_fraction: float = SILO_WARMUP_FRACTION,
+  decay_boundaries: Sequence[float] = SILO_DECAY_BOUNDARIES,
   decay_factor: float = 0.1,
   warmup_steps: int = 0,
 ) -> optax.Schedule:
-  """SILO: the peak rate of cycle ``c`` rises in an S-shape with the fraction pruned so far.
+  """SILO: the peak rate of each cycle rises in an S-shape with the fraction pruned so far.
 
-  ``P_c = 1 - (1 - prune_fraction) ** (c + 1)`` after the prune that opens retraining cycle ``c``
-  (counting from 0), ``max_lr(c) = alpha / (1 + (P_c / (1 - P_c)) ** -beta) + offset``; inside a
-  cycle a linear warm-up over ``W`` steps to ``max_lr(c)``, then step decay: the rate is multiplied
-  by ``decay_factor`` at each fraction of ``M`` in ``decay_boundaries``. The defaults are the
-  paper's values for ResNet-20 on CIFAR-10.
+  In retraining cycle ``c`` (counting from 0; it follows prune ``c + 1``) the peak is
+  ``max_lr(c) = alpha / (1 + (x / (1 - x)) ** -beta) + offset`` with
+  ``x = 1 - (1 - prune_fraction) ** max(c + 1 - delay, 0)``: with the authors' ``delay = 1`` the
+  fraction pruned *before* the cycle's own prune, so the first retraining cycle peaks at ``offset``
+  (``x = 0``). Inside a cycle of ``R`` steps, at step ``j``: a linear ramp
+  ``max_lr * min((j + 1) / (warmup_fraction * R), 1)``, then ``max_lr * decay_factor ** k`` from
+  the ``k``-th of ``decay_boundaries`` (fractions of ``R``) on. The defaults are the authors' code
+  for ResNet-20 on CIFAR-10: ``alpha = 0.04``, ``beta = 5``, ``offset = 0.03`` (peaks from 0.03 to
+  0.07), a ramp of ``max_lr / 20,000`` per iteration in cycles of 50 epochs of 563 iterations
+  (``warmup_fraction = 20,000 / 28,150``), ``max_lr / 10`` from epoch 25 and ``max_lr / 100`` from
+  epoch 32 (``decay_boundaries = (0.5, 0.64)``). The ramp is cut by the first decay before it ends:
+  the highest rate reached is ``0.5 / 0.71 = 0.70`` of ``max_lr``, as in their runs.
+
+  Args:
+    original: the original run's learning-rate schedule ``lr0`` (an optax schedule).
+    original_steps: ``T``, the length of the original training phase.
+    retrain_steps: ``R``, the length of every retraining cycle, or a sequence of cycle lengths.
+    prune_fraction: the fraction of the kept weights each prune removes, in ``(0, 1)``.
+    beta, alpha, offset: the S-curve's steepness, height and floor.
+    delay: how many prunes the fraction ``x`` lags behind (``1`` in the authors' code).
+    warmup_fraction: the ramp's length as a fraction of ``R`` (``> 0``).
+    decay_boundaries: increasing fractions of ``R`` in ``(0, 1]`` where the rate is multiplied by
+      ``decay_factor`` once more.
+    decay_factor: the step decay, in ``(0, 1]``.
+    warmup_steps: ``Tw``, the original schedule's warm-up length.
+
+  Returns:
+    An optax schedule ``step -> learning rate``.
+
+  Raises:
+    ValueError, TypeError: for lengths below 1, a warm-up not shorter than ``T``, a non-finite
+      original schedule, or a SILO hyperparameter out of range (naming it and its value).
+
+  Example:
+    >>> import optax, jaxprune
+    >>> lr = jaxprune.retraining.silo(optax.constant_schedule(0.05), 1000, 500, prune_fraction=0.2)
+    >>> [round(float(lr(1000 + 500 * c + 249)), 4) for c in range(4)]  # before each cycle's decay
+    [0.0211, 0.0211, 0.0226, 0.0335]
+
+  References:
+    Liu, Ghosh, Tan & Motani, `Optimizing learning rate schedules for iterative pruning of deep
+    neural networks <https://arxiv.org/abs/2212.06144>`_, TMLR 2023; code
+    `Martin1937/SILO <https://github.com/Martin1937/SILO>`_ (``resnet_20_cifar_10.py``: ``cal``,
+    ``delay = 1``, ``stepsize = 20000``, the decays in ``train``).
   """
-  if not 0 < prune_fraction < 1:
+  if not (isinstance(prune_fraction, (int, float)) and 0 < prune_fraction < 1):
     raise ValueError(f"silo: prune_fraction must be in (0, 1), got {prune_fraction!r}.")
-  for name, v in (("beta", beta), ("alpha", alpha), ("decay_factor", decay_factor)):
+  for name, v in (
+    ("beta", beta),
+    ("alpha", alpha),
+    ("decay_factor", decay_factor),
+    ("warmup_fraction", warmup_fraction),
+  ):
     if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
       raise ValueError(f"silo: {name} must be a positive number, got {v!r}.")
+  if decay_factor > 1:
+    raise ValueError(f"silo: decay_factor must be in (0, 1], got {decay_factor!r}.")
+  if not (isinstance(offset, (int, float)) and math.isfinite(offset) and offset >= 0):
+    raise ValueError(f"silo: offset must be a number >= 0, got {offset!r}.")
+  delay = check_int("delay", delay, 0, "silo")
+  bounds = [float(b) for b in decay_boundaries]
+  if any(not 0 < b <= 1 for b in bounds) or bounds != sorted(bounds):
+    raise ValueError(
+      f"silo: decay_boundaries must be increasing fractions in (0, 1], got {decay_boundaries!r}."
+    )
 
   def build(c):
     def retrain(cycle, j, length):
-      pruned = 1 - (1 - prune_fraction) ** (cycle.astype(jnp.float32) + 1)
-      peak = alpha / (1 + (pruned / (1 - pruned)) ** (-beta)) + offset
-      warmup = length // 10
-      main = length - warmup
-      decays = sum(
-        (j - warmup >= jnp.floor(b * main)).astype(jnp.float32) for b in decay_boundaries
-      )
-      return jnp.where(j < warmup, peak * j / jnp.maximum(warmup, 1), peak * decay_factor**decays)
+      done = jnp.maximum(cycle.astype(jnp.float32) + 1 - delay, 0.0)
+      pruned = 1 - (1 - prune_fraction) ** done
+      odds = pruned / (1 - pruned)
+      s_curve = jnp.where(odds > 0, 1 / (1 + odds ** (-beta)), 0.0)
+      peak = alpha * s_curve + offset
+      ramp = peak * jnp.minimum((j + 1) / (warmup_fraction * length), 1.0)
+      decays = sum((j >= jnp.floor(b * length)).astype(jnp.float32) for b in bounds)
+      return jnp.where(decays > 0, peak * decay_factor**decays, ramp)
 
     return retrain
 
@@ -389,6 +453,6 @@ def allr(
   return AdaptiveLinear(cycles, retrain, repeat=not isinstance(retrain_steps, Sequence))
 
 
-for _f in (ft, lrw, slr, clr, llr, silo):
+for _f in (ft, lrw, slr, clr, llr):
   _f.__doc__ = (_f.__doc__ or "") + _ARGS_DOC
 del _f

@@ -37,6 +37,9 @@ class Pruner:
   static_args: tuple[str, ...] = ()  # arguments inject_hyperparams must not trace
   # (pruner, scheduled) -> exact zeros per leaf, for pruners whose counts the kinds do not describe
   zeros: Callable[..., dict[str, int]] | None = None
+  # (pruner, step) -> exact zeros per leaf after update ``step``, for pruners whose counts change
+  # with the step in ways a schedule does not describe (gap: one partition dense at a time)
+  zeros_at: Callable[..., dict[str, int]] | None = None
 
   def make(self, **kwargs):
     return self.factory(**self.kwargs, **kwargs)
@@ -199,6 +202,34 @@ PRUNERS = [
     target=0.4,
     static_args=IMP_STATIC,
   ),
+  # AP (Liu et al. 2023): the same counts as imp, part of each prune among negative weights.
+  Pruner(
+    "imp_activate_while_pruning",
+    jaxprune.imp,
+    {"rate": 0.4, "activate_while_pruning": 0.1},
+    "global",
+    timing="cycles",
+    target=0.4,
+    static_args=IMP_STATIC,
+  ),
+  Pruner(
+    "imp_activate_while_pruning_uniform_rewind",
+    jaxprune.imp,
+    {"rate": 0.5, "distribution": "uniform", "activate_while_pruning": 0.05, "rewind": "init"},
+    "layerwise",
+    timing="cycles",
+    target=0.5,
+    static_args=IMP_STATIC,
+  ),
+  # SAP (Diao et al. 2023): each prune's amount comes from the PQ index ('learned': no target).
+  Pruner(
+    "imp_pq_rate",
+    jaxprune.imp,
+    {"rate": jaxprune.pq_rate(0.5, 1.0), "rewind": "init"},
+    "learned",
+    timing="cycles",
+    static_args=IMP_STATIC,
+  ),
   # Ephemeral masks (dense weights, masks applied in the forward pass).
   Pruner("ste", jaxprune.ste_pruning, S, "layerwise"),
   Pruner(
@@ -255,6 +286,78 @@ PRUNERS = [
 ]
 
 
+# gap in the suite: two partitions (dense0's kernel, dense1's), steps of 2 updates from update 1,
+# one round: mask updates at 1 (grow dense0), 3 (prune dense0, grow dense1) and 5 (prune dense1).
+GAP_STATIC = ("partitions", "step_length", "rounds", "begin_step", "seed")
+GAP = {"partitions": 2, "step_length": 2, "rounds": 1, "begin_step": 1, "seed": 4}
+
+
+def gap_zeros(pruner: Pruner, step: int) -> dict[str, int]:
+  """Both kernels at round(0.75 n) zeros (a random start), except the dense partition."""
+  sparse = {"dense0/kernel": _round(SPARSITY, 16 * 32), "dense1/kernel": _round(SPARSITY, 32 * 8)}
+  dense = {1: "dense0/kernel", 2: "dense0/kernel", 3: "dense1/kernel", 4: "dense1/kernel"}
+  return {k: 0 if dense.get(step) == k else v for k, v in sparse.items()}
+
+
+PRUNERS.append(
+  Pruner(
+    "gap",
+    jaxprune.gap,
+    {**S, **GAP},
+    "layerwise",
+    timing="static",
+    static_args=GAP_STATIC,
+    zeros_at=gap_zeros,
+  )
+)
+
+
+# Sup-tickets' cyclic phase on RigL in the suite: RigL's updates at 1 and 3, then one cycle whose
+# re-exploration (half the active weights dropped and regrown) is at update 5.
+PRUNERS.append(
+  Pruner(
+    "sup_tickets_rigl",
+    jaxprune.sup_tickets.cyclic,
+    {"factory": jaxprune.rigl, **S, "begin": 5, "cycle_steps": 2, "cycles": 1, "seed": 3},
+    "erk",
+    timing="dst",
+    static_args=DST_STATIC + ("factory", "begin", "cycle_steps", "cycles"),
+  )
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Projection:
+  """A transformation of the rank variant of the contract (tests/test_conformance_rank.py): no
+  masks; after each projection step every projected kernel has exactly the rank ``ranks`` says."""
+
+  name: str
+  factory: Callable[..., Any]
+  kwargs: dict[str, Any]
+  ranks: dict[str, int]  # the rank of each projected kernel of the suite's MLP
+  static_args: tuple[str, ...] = ()
+
+  def make(self, **kwargs):
+    return self.factory(**self.kwargs, **kwargs)
+
+
+# LRPET in the suite: projections at updates 1, 3 and 5 (the suite's update steps).
+PROJECTION_STEPS = {"frequency": 2, "begin_step": 1, "end_step": 5}
+LRPET_STATIC = ("rank", "frequency", "begin_step", "end_step", "energy_transfer", "reduce_factor")
+PROJECTIONS = [
+  Projection(
+    "lrpet", jaxprune.lrpet, {"rank": 4}, {"dense0/kernel": 4, "dense1/kernel": 4}, LRPET_STATIC
+  ),
+  Projection(
+    "lrpet_ratio_truncation",
+    jaxprune.lrpet,
+    {"prune_ratio": 0.75, "energy_transfer": False},
+    {"dense0/kernel": 4, "dense1/kernel": 2},
+    LRPET_STATIC + ("prune_ratio",),
+  ),
+]
+
+
 def num_groups(pruner: Pruner, shape: tuple[int, ...]) -> tuple[int, int]:
   """(number of groups, entries per group) of a leaf under the pruner's pattern."""
   if pruner.group:
@@ -271,13 +374,15 @@ def _round(sparsity, n: int) -> int:
 
 
 def expected_zeros(
-  pruner: Pruner, shapes: dict[str, tuple[int, ...]], scheduled
+  pruner: Pruner, shapes: dict[str, tuple[int, ...]], scheduled, step: int | None = None
 ) -> dict[str, int] | int | None:
   """Exact zero counts per leaf (or in total, for global), where ``scheduled(target)`` is the
   sparsity the schedule gives a leaf whose final target is ``target``; ``None`` for learned masks,
   whose sparsity is not a target."""
   if pruner.kind == "learned":
     return None
+  if pruner.zeros_at is not None and step is not None:
+    return pruner.zeros_at(pruner, step)
   if pruner.zeros is not None:
     return pruner.zeros(pruner, scheduled)
   if pruner.kind == "nm":

@@ -273,3 +273,99 @@ def test_prune_at_init_errors():
     jaxprune.prune_at_init(params, 0.5, method="synflow", inner=optax.sgd(0.1))
   with pytest.raises(ValueError, match="method must be 'snip', 'grasp' or 'synflow', got 'obd'"):
     jaxprune.prune_at_init(params, 0.5, method="obd", inner=optax.sgd(0.1))
+
+
+# ProsPr ----------------------------------------------------------------------------------------
+
+
+def _regression(seed=0):
+  """A linear least-squares model, where ProsPr's meta-loss is quadratic in the mask."""
+  k = jax.random.split(jax.random.key(seed), 3)
+  params = {"l1": {"kernel": jax.random.normal(k[0], (IN, OUT))}}
+  batches = [
+    (np.asarray(jax.random.normal(jax.random.fold_in(k[1], i), (4, IN)), np.float64),
+     np.asarray(jax.random.normal(jax.random.fold_in(k[2], i), (4, OUT)), np.float64))
+    for i in range(4)
+  ]  # fmt: skip
+  loss = lambda p, b: 0.5 * jnp.sum((b[0] @ p["l1"]["kernel"] - b[1]) ** 2)
+  return params, batches, loss
+
+
+def _meta_loss_numpy(w, c, batches, lr, momentum):
+  """The loss after len(batches) - 1 SGD steps from c * w, in float64 (PyTorch's momentum)."""
+  w, buf = c * w, np.zeros_like(w)
+  for x, y in batches[:-1]:
+    buf = momentum * buf + x.T @ (x @ w - y)
+    w = w - lr * buf
+  x, y = batches[-1]
+  return 0.5 * np.sum((x @ w - y) ** 2)
+
+
+@pytest.mark.parametrize("steps,momentum", [(1, 0.0), (3, 0.0), (3, 0.9)])
+def test_prospr_scores_are_the_meta_gradient(steps, momentum):
+  params, batches, loss = _regression()
+  w = np.asarray(params["l1"]["kernel"], np.float64)
+  batches = batches[: steps + 1]
+  # The meta-loss is quadratic in c: a central difference of any step is its exact derivative.
+  expected = np.zeros_like(w)
+  for i in np.ndindex(w.shape):
+    e = np.zeros_like(w)
+    e[i] = 1.0
+    up = _meta_loss_numpy(w, 1 + e, batches, 0.05, momentum)
+    down = _meta_loss_numpy(w, 1 - e, batches, 0.05, momentum)
+    expected[i] = abs(up - down) / 2
+  batches32 = [tuple(jnp.asarray(a, jnp.float32) for a in b) for b in batches]
+  scores = jaxprune.at_init.prospr_scores(
+    params, loss, batches32, steps=steps, lr=0.05, momentum=momentum
+  )
+  np.testing.assert_allclose(scores["l1"]["kernel"], expected, rtol=2e-4, atol=1e-4)
+  masks = jaxprune.prospr(params, loss, batches32, 0.6, steps=steps, lr=0.05, momentum=momentum)
+  np.testing.assert_array_equal(masks["l1"]["kernel"], top_global({"l1": expected}, 7)["l1"])
+
+
+def test_prospr_special_cases():
+  params, batches, loss = _regression(1)
+  batch = tuple(jnp.asarray(a, jnp.float32) for a in batches[0])
+  # No inner step: SNIP's |w dL/dw|.
+  zero = jaxprune.at_init.prospr_scores(params, loss, batch, steps=0, lr=0.1)
+  g = jax.grad(loss)(params, batch)["l1"]["kernel"]
+  np.testing.assert_allclose(zero["l1"]["kernel"], jnp.abs(params["l1"]["kernel"] * g), rtol=1e-6)
+  # First order: |w * g(w_M)|, the gradient after the steps (one batch for all steps).
+  first = jaxprune.at_init.prospr_scores(params, loss, batch, steps=2, lr=0.05, first_order=True)
+  w = params["l1"]["kernel"]
+  for _ in range(2):
+    w = w - 0.05 * jax.grad(loss)({"l1": {"kernel": w}}, batch)["l1"]["kernel"]
+  g_m = jax.grad(loss)({"l1": {"kernel": w}}, batch)["l1"]["kernel"]
+  np.testing.assert_allclose(
+    first["l1"]["kernel"], jnp.abs(params["l1"]["kernel"] * g_m), rtol=1e-5
+  )
+
+
+def test_prospr_on_the_two_layer_net_is_exact_and_not_snip():
+  params = make_params(3)
+  y = jnp.asarray(np.eye(OUT)[np.arange(X.shape[0]) % OUT])
+  loss = lambda p, x: jnp.mean((relu_apply(p, x) - y) ** 2)
+  masks = jaxprune.prospr(params, loss, X, 0.8, steps=3, lr=0.5, check_collapse=False)
+  kept = sum(int(np.asarray(m).sum()) for m in jax.tree.leaves(masks))
+  assert kept == 45 - round(0.8 * 45)
+  assert masks["l1"]["bias"] is None
+  snip = jaxprune.snip(params, loss, X, 0.8, check_collapse=False)
+  assert any(not np.array_equal(masks[k]["kernel"], snip[k]["kernel"]) for k in ("l1", "l2"))
+
+
+@pytest.mark.parametrize(
+  "kwargs,error,match",
+  [
+    ({"steps": -1}, ValueError, "steps must be >= 0, got -1"),
+    ({"steps": 2, "batches": [X, X]}, ValueError, "needs steps \\+ 1 = 3"),
+    ({"lr": 0.0}, ValueError, "lr must be a positive number, got 0.0"),
+    ({"momentum": 1.0}, ValueError, r"momentum must be in \[0, 1\), got 1.0"),
+    ({"first_order": 1}, TypeError, "first_order must be a bool"),
+    ({"sparsity": 1.0}, ValueError, r"sparsity must be in \[0, 1\)"),
+  ],
+)
+def test_prospr_bad_arguments(kwargs, error, match):
+  args = {"batches": X, "sparsity": 0.5, "steps": 1, "lr": 0.1}
+  loss = lambda p, x: jnp.sum(linear_apply(p, x))
+  with pytest.raises(error, match=match):
+    jaxprune.prospr(make_params(), loss, **{**args, **kwargs})

@@ -442,3 +442,183 @@ def test_overrides_is_leaf_rates_and_groups_are_accepted():
     _, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
   hidden = np.asarray(jaxprune.get_masks(state)["hidden"]["kernel"])
   assert (~hidden.any(axis=0)).sum() == round(0.5 * hidden.shape[1])
+
+
+# ============================================================================ AP
+
+
+def _ap_reference(w_end, w_start, kept, rate, fraction):
+  """AP's prune of one global segment, written with NumPy (Liu et al. 2023, resnet_20.py): keep
+  K + n by magnitude, then drop the n kept negative weights that moved least."""
+  d = int(kept.sum())
+  keep = d - round(rate * d)  # the plain prune's count (one cycle from a full mask)
+  n = min(int(np.floor(fraction * d)), d - keep)
+  order = np.argsort(-np.abs(w_end[kept]), kind="stable")
+  idx = np.flatnonzero(kept)[order]
+  first = np.zeros(w_end.size, bool)
+  first[idx[: keep + n]] = True
+  negatives = np.flatnonzero(first & (w_end.ravel() < 0))
+  moved = np.abs(w_end.ravel() - w_start.ravel())[negatives]
+  drop = negatives[np.argsort(moved, kind="stable")[:n]]
+  first[drop] = False
+  return first.reshape(w_end.shape), drop
+
+
+def test_activate_while_pruning_drops_the_negative_weights_that_moved_least():
+  # One 4x5 kernel: 20 distinct magnitudes; the gradients of cycle 0 move each weight by its own
+  # amount, so magnitude and movement rank the weights differently.
+  w0 = np.array([(-1.0) ** i * (0.5 + 0.1 * i) for i in range(20)], np.float32).reshape(4, 5)
+  g = np.linspace(-1.0, 1.0, 20, dtype=np.float32)[::-1].reshape(4, 5) * 0.3
+  params = {"layer": {"kernel": jnp.asarray(w0)}}
+  tx = jaxprune.imp(
+    rate=0.5, cycles=1, cycle_steps=[2, 1], activate_while_pruning=0.2, inner=optax.sgd(1.0)
+  )
+  state = tx.init(params)
+  for _ in range(2):  # cycle 0: w -= g twice
+    updates, state = tx.update({"layer": {"kernel": jnp.asarray(g)}}, state, params)
+    params = optax.apply_updates(params, updates)
+  w_end = np.asarray(params["layer"]["kernel"])
+  np.testing.assert_allclose(w_end, w0 - 2 * g, rtol=1e-6)
+  updates, state = tx.update({"layer": {"kernel": jnp.zeros((4, 5))}}, state, params)  # prune
+  mask = np.asarray(jaxprune.get_masks(state)["layer"]["kernel"])
+  expected, dropped = _ap_reference(w_end, w0, np.ones((4, 5), bool), 0.5, 0.2)
+  np.testing.assert_array_equal(mask, expected)
+  assert (~mask).sum() == 10 and len(dropped) == 4  # floor(0.2 * 20) by AP, 6 by magnitude
+  assert np.all(w_end.ravel()[dropped] < 0)
+  # AP removed weights that magnitude alone keeps (and kept as many that it prunes).
+  plain = np.zeros(20, bool)
+  plain[np.argsort(-np.abs(w_end.ravel()), kind="stable")[:10]] = True
+  swapped = int(plain[dropped].sum())
+  assert swapped == 2 and (mask.ravel() != plain).sum() == 2 * swapped
+
+
+def test_activate_while_pruning_measures_movement_from_each_cycle_start():
+  # Two prunes; the second compares with the weights after the first prune's update (the cycle's
+  # start), not with the initialisation. Uniform distribution: one segment per leaf.
+  params = make_params()
+  tx = jaxprune.imp(
+    rate=0.4,
+    cycles=2,
+    cycle_steps=[2, 3, 2],
+    distribution="uniform",
+    activate_while_pruning=0.1,
+    inner=optax.sgd(0.1),
+  )
+  history = run(tx, params, 6)
+  start = history[2][0]  # after update 2, the first of cycle 1 (the prune's own update)
+  before, after = history[4][0], history[5]  # update 5 prunes the weights after update 4
+  for layer in ("hidden", "output"):
+    w_end = np.asarray(before[layer]["kernel"])
+    kept = np.asarray(jaxprune.get_masks(history[4][1])[layer]["kernel"])
+    d = int(kept.sum())
+    keep = w_end.size - round((1 - 0.6**2) * w_end.size)
+    n = min(int(np.floor(0.1 * d)), d - keep)
+    order = np.flatnonzero(kept)[np.argsort(-np.abs(w_end[kept]), kind="stable")]
+    first = np.zeros(w_end.size, bool)
+    first[order[: keep + n]] = True
+    neg = np.flatnonzero(first & (w_end.ravel() < 0))
+    moved = np.abs(w_end.ravel() - np.asarray(start[layer]["kernel"]).ravel())[neg]
+    first[neg[np.argsort(moved, kind="stable")[:n]]] = False
+    mask = np.asarray(jaxprune.get_masks(after[1])[layer]["kernel"])
+    np.testing.assert_array_equal(mask.ravel(), first, err_msg=layer)
+    assert (~mask).sum() == w_end.size - keep  # the same count as without AP
+
+
+def test_activate_while_pruning_with_rewinding_and_jit():
+  tx = jaxprune.imp(
+    rate=0.2, cycles=2, cycle_steps=3, rewind="init", activate_while_pruning=0.02,
+    inner=optax.sgd(0.05),
+  )  # fmt: skip
+  params = make_params()
+  history = run(tx, params, 9)
+  state = history[-1][1]
+  assert zeros(jaxprune.get_masks(state)) == {"hidden": 214, "output": 110}  # global: 324 of 900
+  kept = np.asarray(jaxprune.get_masks(state)["hidden"]["kernel"])
+  rewound = np.asarray(history[6][0]["hidden"]["kernel"])  # after the second prune's rewinding
+  np.testing.assert_allclose(rewound[kept], np.asarray(params["hidden"]["kernel"])[kept], rtol=1e-6)
+
+
+# ============================================================================ SAP (PQ rate)
+
+
+def _sap_reference(values, p, q, eta=0.0, gamma=1.0, beta=0.9):
+  """The count of Diao et al.'s compression.py in float64."""
+  d = values.size
+  norm = lambda r: np.sum(np.abs(values) ** r) ** (1 / r)
+  index = 1 - d ** (1 / q - 1 / p) * norm(p) / norm(q)
+  r = np.ceil(d * (1 + eta) ** (-q / (q - p)) * (1 - index) ** (q * p / (q - p)))
+  return int(np.floor(min(gamma * (d - r), beta * d)))
+
+
+@pytest.mark.parametrize("distribution", ["global", "uniform"])
+def test_pq_rate_prunes_the_count_of_the_pq_index(distribution):
+  pq = jaxprune.pq_rate(0.5, 1.0)
+  tx = jaxprune.imp(
+    rate=pq, cycles=3, cycle_steps=2, distribution=distribution, inner=optax.sgd(0.05)
+  )
+  history = run(tx, make_params(), 8)
+  for step in (2, 4, 6):  # the prunes: each reads the weights after the update before it
+    params = history[step - 1][0]
+    old = jaxprune.get_masks(history[step - 1][1])
+    new = jaxprune.get_masks(history[step][1])
+    kernels = {k: np.asarray(params[k]["kernel"]) for k in ("hidden", "output")}
+    kept = {k: np.asarray(old[k]["kernel"]) for k in kernels}
+    if distribution == "global":
+      values = np.concatenate([kernels[k][kept[k]] for k in kernels])
+      pruned = sum(int(kept[k].sum() - np.asarray(new[k]["kernel"]).sum()) for k in kernels)
+      assert pruned == _sap_reference(values.astype(np.float64), 0.5, 1.0), step
+      # the smallest magnitudes go: every pruned weight is below every kept one
+      gone = np.concatenate([kernels[k][kept[k] & ~np.asarray(new[k]["kernel"])] for k in kernels])
+      stay = np.concatenate([kernels[k][np.asarray(new[k]["kernel"])] for k in kernels])
+      assert np.abs(gone).max() <= np.abs(stay).min()
+    else:
+      for k in kernels:
+        pruned = int(kept[k].sum() - np.asarray(new[k]["kernel"]).sum())
+        expected = _sap_reference(kernels[k][kept[k]].astype(np.float64), 0.5, 1.0)
+        assert pruned == expected, (step, k)
+    info = jaxprune.get_cycle(history[step][1])
+    total = sum(np.asarray(new[k]["kernel"]).size for k in kernels)
+    reached = 1 - sum(int(np.asarray(new[k]["kernel"]).sum()) for k in kernels) / total
+    np.testing.assert_allclose(float(info.sparsity), reached, rtol=1e-6)
+  table = np.asarray(history[2][1].cycle_sparsity)
+  assert table[0] == 0 and not np.isnan(table[1]) and np.isnan(table[2:]).all()
+
+
+def test_pq_rate_stops_at_beta_and_at_uniform_weights():
+  # Equal magnitudes: index 0, r = d, nothing pruned. One large weight among tiny ones: the index
+  # is near 1 and the count is capped at floor(beta * d).
+  flat = {"w": jnp.tile(jnp.array([1.0, -1.0, 1.0, -1.0, 1.0]), (4, 1))}
+  tx = jaxprune.imp(rate=jaxprune.pq_rate(), cycles=1, cycle_steps=1, inner=optax.sgd(0.0))
+  history = run(tx, flat, 2)
+  assert int(np.asarray(jaxprune.get_masks(history[1][1])["w"]).sum()) == 20
+  peaked = {"w": jnp.zeros((4, 5)).at[0, 0].set(100.0) + 1e-3 * jnp.arange(20.0).reshape(4, 5)}
+  tx = jaxprune.imp(rate=jaxprune.pq_rate(beta=0.5), cycles=1, cycle_steps=1, inner=optax.sgd(0.0))
+  history = run(tx, peaked, 2)
+  assert int(np.asarray(jaxprune.get_masks(history[1][1])["w"]).sum()) == 10
+
+
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
+    (dict(rate=0.2, activate_while_pruning=0.3), r"activate_while_pruning \(0.3\) .* \(0.2\)"),
+    (dict(rate=0.2, activate_while_pruning=1.5), "activate_while_pruning must be in"),
+    (
+      dict(rate=0.2, activate_while_pruning=0.1, pattern=jaxprune.patterns.block((2, 2))),
+      "prunes single .*negative.* weights, got pattern=Block",
+    ),
+    (dict(rate=0.2, activate_while_pruning=0.1, random_masks=True), "random_masks=True"),
+    (dict(rate=jaxprune.pq_rate(), leaf_rates={"output.*": 0.1}), "leaf_rates cannot be used"),
+    (
+      dict(rate=jaxprune.pq_rate(), activate_while_pruning=0.1),
+      "activate_while_pruning cannot be used",
+    ),
+    (
+      dict(rate=jaxprune.pq_rate(), pattern=jaxprune.patterns.channel()),
+      "pattern=Channel",
+    ),
+    (dict(sparsity=0.5, rate=jaxprune.pq_rate()), "give exactly one of sparsity"),
+  ],
+)
+def test_ap_and_pq_errors(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    jaxprune.imp(cycles=2, cycle_steps=2, inner=optax.sgd(0.1), **kwargs)

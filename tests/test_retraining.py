@@ -44,12 +44,22 @@ def reference(name, step, cycle_len=R, cycle_start=None, cycle=None):
   if name == "llr":
     return LR_MAX * (1 - jp / m)
   if name == "silo":
-    p = 1 - 0.8 ** (cycle + 1)
-    peak = 0.04 / (1 + (p / (1 - p)) ** -5) + 0.03
-    if j < w:
-      return peak * j / w
-    return peak * 0.1 ** sum(jp >= math.floor(b * m) for b in (0.5, 0.75))
+    return silo_reference(cycle, j, cycle_len)
   raise AssertionError(name)
+
+
+def silo_reference(cycle, j, length, fraction=0.2, delay=1):
+  """SILO as the authors' resnet_20_cifar_10.py runs it (REFERENCES.md 11): the peak of the cycle
+  after prune c + 1 from the fraction pruned c + 1 - delay prunes in; ramp max_lr / W per
+  iteration (W = 20,000 of a 28,150-iteration cycle), max_lr / 10 from epoch 25 of 50, / 100 from
+  epoch 32."""
+  x = 1 - (1 - fraction) ** max(cycle + 1 - delay, 0)
+  peak = 0.03 if x == 0 else 0.04 / (1 + (x / (1 - x)) ** -5) + 0.03
+  if j >= math.floor(0.64 * length):
+    return peak / 100
+  if j >= math.floor(0.5 * length):
+    return peak / 10
+  return peak * min((j + 1) / (20_000 / 28_150 * length), 1.0)
 
 
 NAMES = ["ft", "lrw", "slr", "clr", "llr", "silo"]
@@ -147,6 +157,47 @@ def test_lrw_cycle_longer_than_original():
 def test_silo_bad_prune_fraction():
   with pytest.raises(ValueError, match="prune_fraction must be in"):
     retraining.silo(ORIGINAL, T, R, prune_fraction=1.2)
+
+
+def test_silo_peaks_and_the_authors_resnet20_cycle():
+  # The authors' cycle in iterations: 50 epochs of 563, ramp of max_lr / 20,000 per iteration,
+  # /10 from iteration 25 * 563, /100 from 32 * 563. Their peaks for p = 20%: 0.03 for the first
+  # retraining cycle (x = 0), then alpha / (1 + (x / (1 - x)) ** -5) + 0.03.
+  length = 50 * 563
+  lr = retraining.silo(optax.constant_schedule(0.1), 10, length, prune_fraction=0.2)
+  for cycle, x in enumerate([0.0, 0.2, 0.36, 0.488, 1 - 0.8**4]):
+    peak = 0.03 if x == 0 else 0.04 / (1 + (x / (1 - x)) ** -5) + 0.03
+    start = 10 + cycle * length
+    for j, expected in [
+      (0, peak / 20_000),
+      (9_999, peak / 2),
+      (25 * 563 - 1, peak * 25 * 563 / 20_000),
+      (25 * 563, peak / 10),
+      (32 * 563 - 1, peak / 10),
+      (32 * 563, peak / 100),
+      (length - 1, peak / 100),
+    ]:
+      np.testing.assert_allclose(float(lr(start + j)), expected, rtol=1e-5, err_msg=(cycle, j))
+  # No delay: the first retraining cycle already peaks at x = p.
+  eager = retraining.silo(optax.constant_schedule(0.1), 10, 100, prune_fraction=0.5, delay=0)
+  np.testing.assert_allclose(float(eager(10 + 50)), (0.04 / 2 + 0.03) / 10, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
+    (dict(warmup_fraction=0.0), "warmup_fraction must be a positive number, got 0.0"),
+    (dict(decay_boundaries=(0.7, 0.5)), r"decay_boundaries must be increasing .* \(0.7, 0.5\)"),
+    (dict(decay_boundaries=(0.5, 1.5)), "decay_boundaries must be increasing"),
+    (dict(decay_factor=2.0), r"decay_factor must be in \(0, 1\], got 2.0"),
+    (dict(offset=-1.0), "offset must be a number >= 0, got -1.0"),
+    (dict(delay=-1), "delay must be >= 0, got -1"),
+    (dict(beta=float("nan")), "beta must be a positive number, got nan"),
+  ],
+)
+def test_silo_bad_hyperparameters(kwargs, match):
+  with pytest.raises((ValueError, TypeError), match=match):
+    retraining.silo(ORIGINAL, T, R, prune_fraction=0.2, **kwargs)
 
 
 def allr_reference(step, norm_drop, fraction, cycle_len=R):
