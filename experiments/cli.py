@@ -14,6 +14,9 @@ import ml_collections
 
 from experiments import config as config_lib
 from experiments import dropnet, lottery, models, oneshot, structured, sweep, train
+from experiments import ispasp as ispasp_runner
+from experiments import lrpet as lrpet_runner
+from experiments import sup_tickets as sup_tickets_runner
 
 EXIT_STOPPED = 3
 # The runners, by ``config.experiment``: each has ``validate(config)`` and ``run(config)``.
@@ -23,6 +26,9 @@ EXPERIMENTS = {
   "structured": structured,
   "dropnet": dropnet,
   "oneshot": oneshot,
+  "sup_tickets": sup_tickets_runner,
+  "lrpet": lrpet_runner,
+  "ispasp": ispasp_runner,
 }
 
 

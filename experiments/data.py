@@ -462,6 +462,64 @@ def split_validation(dataset: Dataset, size: int, seed: int) -> tuple[Dataset, O
   return dataclasses.replace(dataset, train=train), validation
 
 
+def symmetric_label_noise(
+  labels: np.ndarray, fraction: float, num_classes: int, seed: int
+) -> np.ndarray:
+  """Labels with symmetric noise: each one, with probability ``fraction``, replaced by one of the
+  ``num_classes - 1`` other classes drawn uniformly (He et al. 2022, "Sparse double descent",
+  ``symmetric_noisy_labels`` of their code: the transition matrix ``1 - fraction`` on the diagonal,
+  ``fraction / (num_classes - 1)`` elsewhere). Deterministic given ``seed``.
+
+  Args:
+      labels: int labels in ``[0, num_classes)``.
+      fraction: the noise rate, in ``[0, 1]``.
+      num_classes: the number of classes (at least 2).
+      seed: the generator's seed.
+
+  Returns:
+      A new int32 array (``labels`` is not changed).
+
+  Raises:
+      ValueError: for a fraction outside ``[0, 1]``, fewer than 2 classes, or labels out of range.
+  """
+  if not 0.0 <= float(fraction) <= 1.0:
+    raise ValueError(f"label noise: fraction must be in [0, 1], got {fraction!r}")
+  if int(num_classes) < 2:
+    raise ValueError(f"label noise: num_classes must be >= 2, got {num_classes!r}")
+  labels = np.asarray(labels)
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(
+      f"label noise: labels must be in [0, {num_classes}), got [{labels.min()}, {labels.max()}]"
+    )
+  rng = np.random.default_rng([int(seed), 0x5EED])
+  flip = rng.random(labels.shape) < float(fraction)
+  # An offset in 1..K-1 added modulo K: uniform over the other classes.
+  offset = rng.integers(1, int(num_classes), size=labels.shape)
+  return np.where(flip, (labels + offset) % int(num_classes), labels).astype(np.int32)
+
+
+def with_label_noise(dataset: Dataset, fraction: float, seed: int) -> Dataset:
+  """``dataset`` with symmetric label noise (`symmetric_label_noise`) on its training split only.
+
+  Args:
+      dataset: the dataset (its training split in memory).
+      fraction: the noise rate, in ``[0, 1]`` (0 returns ``dataset`` itself).
+      seed: the noise's seed.
+
+  Returns:
+      The dataset with noisy training labels; images and the test split are shared, not copied.
+
+  Raises:
+      ValueError: for a training split left on disk, or a bad fraction.
+  """
+  if float(fraction) == 0.0:
+    return dataset
+  if not isinstance(dataset.train, Split):
+    raise ValueError("label noise: the training split is not in memory (lazy_train)")
+  noisy = symmetric_label_noise(dataset.train.labels, fraction, dataset.num_classes, seed)
+  return dataclasses.replace(dataset, train=Split(dataset.train.images, noisy))
+
+
 # --------------------------------------------------------------------------- batching
 
 

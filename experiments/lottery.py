@@ -26,6 +26,11 @@ Writes, under ``output_dir``: ``runs/`` (every evaluation of every run), ``masks
 ``checkpoints/``, ``summary.json`` (rows per method, round and seed; their aggregate over
 seeds: mean, std, min, max; the per-cycle sparsity of the masks), ``summary.csv`` (the rows),
 ``cycle_sparsity.csv``, ``summary.md`` (the tables), ``lottery.png`` and ``log.txt``.
+
+A config with a ``study`` field is one of the IMP studies of `experiments.imp_studies` (AP and the
+dead neuron rate, SAP and the PQ index, early-bird tickets, sparse double descent): `validate` and
+`run` hand it over. Importing this module also registers the sweep methods ``imp_silo`` and
+``imp_allr`` (`experiments.retraining_methods`).
 """
 
 from __future__ import annotations
@@ -41,8 +46,20 @@ import numpy as np
 import optax
 
 import jaxprune
-from experiments import methods, optimizers, outputs, plots, runner, train
+from experiments import (
+  imp_studies,
+  methods,
+  optimizers,
+  outputs,
+  plots,
+  retraining_methods,
+  runner,
+  train,
+)
 from experiments.train import RunSpec
+
+# SILO and ALLR join the sweep's IMP retraining methods (experiments/configs/mnist_imp_retraining).
+retraining_methods.register()
 
 METRICS = ("final_accuracy", "early_stop_iteration", "early_stop_accuracy")
 
@@ -56,7 +73,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   Raises:
       ValueError: for a bad rate, round count or length, reinit round, validation size,
           optimizer, schedule or ``data_pipeline``, or a reinit seed that equals a ticket's seed.
+          A config with a ``study`` is checked by `experiments.imp_studies.validate`.
   """
+  if config.get("study", None) is not None:
+    imp_studies.validate(config)
+    return
   lt = config.lottery
   for name in ("rate", "output_rate"):
     if not 0.0 < float(lt[name]) < 1.0:
@@ -423,7 +444,12 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
       ValueError: for a bad config.
       FileNotFoundError: if the dataset is not prepared.
       experiments.train.StopRequested: after the checkpoint of ``config.stop_after_step``.
+
+  A config with a ``study`` (AP, PQ, early-bird, sparse double descent) is run by
+  `experiments.imp_studies.run` instead.
   """
+  if config.get("study", None) is not None:
+    return imp_studies.run(config)
   validate(config)
   lt = config.lottery
   steps, rounds = int(lt.round_steps), int(lt.rounds)

@@ -666,6 +666,59 @@ METHODS: dict[str, Method] = {
   ),
 }
 
+# ============================================================================ GaP and ProsPr (issue 15)
+# ``gap`` (group ``gap``): cyclic gradual grow-and-prune (Ma et al. 2022, ``jaxprune.gap``) from a
+# random sparse start with ``gap.distribution``: ``gap.partitions`` partitions of the kernels, one
+# grown dense per step of ``gap.step_fraction`` of the steps from ``gap.begin_fraction`` on, for
+# ``gap.rounds`` rounds, then fine-tuning with the final masks. ``prospr`` (group ``at_init``):
+# ProsPr's masks (Alizadeh et al. 2022, ``jaxprune.prospr``): meta-gradients through
+# ``at_init.prospr_steps`` SGD steps of learning rate ``at_init.prospr_lr`` (momentum
+# ``at_init.prospr_momentum``) on the run's first batch, global.
+
+
+def gap_steps(config: Config) -> dict[str, int]:
+  """The steps of ``gap``: ``begin``, ``step_length`` and ``end`` (its last mask update)."""
+  n, g = int(config.num_train_steps), config.gap
+  begin = int(round(float(g.begin_fraction) * n))
+  length = max(1, int(round(float(g.step_fraction) * n)))
+  return {
+    "begin": begin,
+    "step_length": length,
+    "end": begin + int(g.partitions) * int(g.rounds) * length,
+  }
+
+
+def _gap(config: Config, sparsity: float, seed: int) -> optax.GradientTransformation:
+  steps = gap_steps(config)
+  return jaxprune.gap(
+    float(sparsity),
+    partitions=int(config.gap.partitions),
+    step_length=steps["step_length"],
+    rounds=int(config.gap.rounds),
+    begin_step=steps["begin"],
+    distribution=str(config.gap.distribution),
+    seed=int(seed),
+    inner=_optimizer(config, sparsity, seed),
+  )
+
+
+def _prospr(config: Config, sparsity: float, init: AtInit) -> Any:
+  a = config.at_init
+  return jaxprune.prospr(
+    init.params,
+    _loss(init.model),
+    init.batch,
+    sparsity,
+    steps=int(a.get("prospr_steps", 3)),
+    lr=float(a.get("prospr_lr", 0.1)),
+    momentum=float(a.get("prospr_momentum", 0.0)),
+    distribution=str(a.distribution),
+  )
+
+
+METHODS["gap"] = Method(_gap, group="gap", stacks=False)
+METHODS["prospr"] = _at_init(_prospr)
+
 # The methods whose sparsity is learned (their target only picks a regularisation).
 LEARNED_SPARSITY = ("movement_soft", "scl")
 

@@ -699,7 +699,11 @@ def test_imp_retraining_config_and_schedules():
   import optax
 
   config = config_lib.load_config("mnist_imp_retraining")
-  assert tuple(config.methods) == ("dense", "gradual", "imp_ft", "imp_lrw", "imp_slr", "imp_clr")
+  assert tuple(config.methods) == (
+    "dense",
+    "gradual",
+    *("imp_ft", "imp_lrw", "imp_slr", "imp_clr", "imp_llr", "imp_silo", "imp_allr"),
+  )
   assert tuple(config.sparsities) == (0.9, 0.95, 0.98) and tuple(config.seeds) == (0, 1, 2)
   # Every method trains num_train_steps steps: IMP's original phase and 4 retraining cycles
   # add up to it.
@@ -738,6 +742,20 @@ def test_imp_retraining_config_and_schedules():
       assert float(lr[m](start + 999)) < 0.01 * lr_max + 1e-3
     assert float(lr["imp_slr"](start + 550)) == pytest.approx(float(original(1000)), rel=1e-5)
     assert float(lr["imp_clr"](start + 550)) == pytest.approx((lr_max + lr_min) / 2, rel=1e-5)
+    # LLR: after the warm-up, linear from lr_max to 0 over the other 900 steps.
+    assert float(lr["imp_llr"](start + 550)) == pytest.approx(lr_max / 2, rel=1e-5)
+  # SILO (the authors' code) at the plot's sparsity, 90%: each prune removes p = 1 - 0.1^(1/4) of
+  # the kept weights; cycle c peaks at 0.04 / (1 + (x / (1 - x))^-5) + 0.03 with x = 1 - (1 - p)^c
+  # (the fraction pruned before the cycle's prune), is max_lr / 10 from 50% of the cycle on and
+  # max_lr / 100 from 64%.
+  p = 1 - 0.1 ** (1 / 4)
+  for c, start in enumerate((2000, 3000, 4000, 5000)):
+    x = 1 - (1 - p) ** c
+    peak = 0.03 + (0.04 / (1 + (x / (1 - x)) ** -5) if x > 0 else 0.0)
+    ramp = 1000 * 20_000 / (50 * 563)  # the ramp's length in steps: cut at 500 by the decay
+    assert float(lr["imp_silo"](start + 99)) == pytest.approx(peak * 100 / ramp, rel=1e-4)
+    assert float(lr["imp_silo"](start + 500)) == pytest.approx(peak / 10, rel=1e-4)
+    assert float(lr["imp_silo"](start + 640)) == pytest.approx(peak / 100, rel=1e-4)
   # dense and gradual: the cosine over all the steps.
   assert float(lr["gradual"](3000)) == pytest.approx(
     float(optax.cosine_decay_schedule(0.05, 6000, alpha=0.01)(3000))
@@ -971,14 +989,22 @@ def test_dst_and_at_init_configs():
   )
   assert tuple(pai.sparsities) == (0.9, 0.95, 0.98, 0.995)
   at_init = {m for m, method in methods.METHODS.items() if method.masks is not None}
-  assert at_init == {"snip", "grasp", "synflow", "magnitude_init", "random_init", "snip_shuffled"}
+  assert at_init == {
+    "snip",
+    "grasp",
+    "synflow",
+    "magnitude_init",
+    "random_init",
+    "snip_shuffled",
+    "prospr",
+  }
   assert at_init <= set(pai.methods)
   assert (pai.at_init.distribution, pai.at_init.random_distribution) == ("global", "erk")
   assert pai.at_init.grasp_temperature == 200  # as in the GraSP authors' code
   # The DST methods are never vmapped (their seed and sparsity are not in their state; the N:M
   # methods' pattern is not either, but their seed is: `seeded=False`).
   dst_methods = {m for m, method in methods.METHODS.items() if not method.stacks and method.seeded}
-  assert dst_methods == {"static", "set", "rigl", "granet"}
+  assert dst_methods == {"static", "set", "rigl", "granet", "gap"}
   dst.vmap_seeds = dst.vmap_sparsities = True
   groups = sweep.run_groups(dst)
   assert all(len(g) == 1 for g in groups if g[0].method in dst_methods)

@@ -13,6 +13,8 @@ run's first training batch of 100 images), then the network trains with those ma
 * ``random_init``: random, ERK allocation (the DST experiment's random baseline);
 * ``snip_shuffled``: SNIP's masks shuffled within each kernel (the ablation of Frankle et
   al. 2021: the same number of weights per layer, at random positions);
+* ``prospr`` (Alizadeh et al. 2022): ``|dL(w_3) / dc|``, the meta-gradient of the loss after 3
+  SGD steps (learning rate 0.1) on the first batch with respect to the mask, global;
 * ``dense``: the same recipe without pruning.
 
 The training recipe is SNIP's (``../shared/REFERENCES.md``): SGD with momentum 0.9, learning
@@ -24,8 +26,8 @@ Sparsities 90/95/98% and 99.5% (where gradient-based scores are known to collaps
 Every run's record carries the layer-collapse report of its masks; ``summary.md`` and
 ``collapse.csv`` list it per method, sparsity and seed.
 
-Run with ``python -m experiments --config mnist_at_init`` (6 methods x 4 sparsities x 3
-seeds + 3 dense runs = 75 runs; about 15 minutes on 2 CPU cores).
+Run with ``python -m experiments --config mnist_at_init`` (7 methods x 4 sparsities x 3
+seeds + 3 dense runs = 87 runs; about 17 minutes on 2 CPU cores).
 """
 
 import ml_collections
@@ -56,6 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
     "magnitude_init",
     "random_init",
     "snip_shuffled",
+    "prospr",
   )
   config.sparsities = (0.9, 0.95, 0.98, 0.995)
   config.seeds = (0, 1, 2)
@@ -68,6 +71,11 @@ def get_config() -> ml_collections.ConfigDict:
   # GraSP's loss for H g takes the logits / temperature, 200 as in the authors' code (1: the
   # plain loss; on LeNet-300-100 its masks train slowly or not at all, see the README).
   config.at_init.grasp_temperature = 200.0
+  # ProsPr (Alizadeh et al. 2022): meta-gradients through 3 SGD steps of learning rate 0.1 without
+  # momentum on the run's first batch (the authors' defaults; their code reuses one batch).
+  config.at_init.prospr_steps = 3
+  config.at_init.prospr_lr = 0.1
+  config.at_init.prospr_momentum = 0.0
 
   config.plot_error = True
   config.published = mnist_lenet300.published("dense", "snip_95", "snip_98")

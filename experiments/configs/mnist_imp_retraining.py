@@ -14,8 +14,12 @@ the main job's recipe (experiments/configs/mnist_lenet300.py) as the original sc
   retraining cycle of 1,000 steps whose learning rate follows, from
   ``jaxprune.retraining`` (Zimmer et al. 2021; Renda et al. 2020): FT (constant ``lr_min``),
   LRW (the last 1,000 steps of the original schedule), SLR (the original schedule compressed
-  into the cycle after a 10% warm-up) or CLR (cosine from ``lr_max`` to ``lr_min`` after
-  the warm-up).
+  into the cycle after a 10% warm-up), CLR (cosine from ``lr_max`` to ``lr_min`` after
+  the warm-up), LLR (linear from ``lr_max`` to 0 after the warm-up; Le & Hua 2021), SILO (Liu et
+  al. 2023, the authors' schedule: the peak ``alpha / (1 + (x / (1 - x)) ** -beta) + offset``
+  of the fraction ``x`` pruned before the cycle's prune, a ramp cut at half the cycle, then
+  ``/10`` and ``/100``; `experiments.retraining_methods`) or ALLR (LLR whose peak follows the
+  prune's norm drop, Zimmer et al. 2021).
 
 One change to the main job's recipe: the cosine decays to 1% of its peak
 (``optimizer.min_lr_fraction = 0.01``) instead of 0, for every method. With a decay to 0 the
@@ -23,13 +27,16 @@ original schedule's ``lr_min`` is ~3e-8 and FT (retraining at ``lr_min``) would 
 all; 5e-4 is the kind of final rate that the FT baselines of Renda et al. and Zimmer et al.
 retrain with.
 
-Run with ``python -m experiments --config mnist_imp_retraining`` (about 15 minutes on 2 CPU
-cores for 3 sparsities x 3 seeds x 6 methods).
+Run with ``python -m experiments --config mnist_imp_retraining`` (about 30 minutes on 2 CPU
+cores for 3 sparsities x 3 seeds x 9 methods).
 """
 
 import ml_collections
 
+from experiments import retraining_methods
 from experiments.configs import mnist_lenet300
+
+retraining_methods.register()  # imp_silo and imp_allr
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -39,7 +46,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every = 500
   config.optimizer.min_lr_fraction = 0.01
 
-  config.methods = ("dense", "gradual", "imp_ft", "imp_lrw", "imp_slr", "imp_clr")
+  config.methods = (
+    "dense",
+    "gradual",
+    "imp_ft",
+    "imp_lrw",
+    "imp_slr",
+    "imp_clr",
+    "imp_llr",
+    "imp_silo",
+    "imp_allr",
+  )
   config.sparsities = (0.9, 0.95, 0.98)
   config.seeds = (0, 1, 2)
   # The seeds of a (method, sparsity) as one vmapped program gives no speed-up on a 2-core
