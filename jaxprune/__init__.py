@@ -2,6 +2,7 @@
 
 from jaxprune import allocation as allocation
 from jaxprune import analysis as analysis
+from jaxprune import ap as ap
 from jaxprune import at_init as at_init
 from jaxprune import calibration as calibration
 from jaxprune import collapse as collapse
@@ -84,6 +85,7 @@ __all__ = [
   "SparsitySummary",
   "allocation",
   "analysis",
+  "ap",
   "apply_masks",
   "at_init",
   "calibration",

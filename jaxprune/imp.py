@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from jaxprune import allocation as allocation_lib
+from jaxprune import ap as ap_lib
 from jaxprune import engine, rules, selection
 from jaxprune import leaves as leaves_lib
 from jaxprune import masks as masks_lib
@@ -144,109 +145,6 @@ def _random_like(seed: int) -> rules.Rule:
   return rules.Rule("random_like_magnitude", fn)
 
 
-def _segments(x: rules.RuleInputs) -> tuple[list[int], list[Any]]:
-  """The segment of each unit and the groups each segment keeps, as `jaxprune.rules.prune` selects:
-  segment 0 holds the units that share a global threshold, every unit with a target of its own has
-  a segment of its own."""
-  units = x.plan.units
-  keeps: list[Any] = []
-  shared = [j for j, t in enumerate(x.final) if t is None]
-  if shared:
-    groups = sum(units[j].num_groups for j in shared)
-    scheduled = rules.scheduled(x, x.sparsity, x.initial[shared[0]])
-    keeps.append(groups - plan_lib.num_pruned(scheduled, groups))
-  segments = []
-  for j, unit in enumerate(units):
-    if x.final[j] is None:
-      segments.append(0)
-    else:
-      segments.append(len(keeps))
-      scheduled = rules.scheduled(x, x.final[j], x.initial[j])
-      keeps.append(unit.num_groups - plan_lib.num_pruned(scheduled, unit.num_groups))
-  return segments, keeps
-
-
-def _per_segment(values: Sequence[jax.Array], segments: Sequence[int], n: int) -> list[jax.Array]:
-  """Sums of the int32 scalars ``values`` by segment."""
-  out = [jnp.zeros([], jnp.int32)] * n
-  for v, s in zip(values, segments):
-    out[s] = out[s] + v
-  return out
-
-
-def _activate_while_pruning(fraction: Any) -> rules.Rule:
-  """AP's prune (Liu et al. 2023, ``prune_by_percentile_lt`` then ``prune_by_percentile_ap`` in the
-  authors' ``resnet_20.py``): in each segment, of the ``d`` weights kept before the prune, the
-  magnitude prune keeps ``K + n`` (``K``: what the plain prune keeps; ``n = floor(fraction * d)``,
-  at most ``d - K``), then the ``n`` kept negative weights of smallest movement over the cycle (the
-  scores: ``|w - w_start|``) are pruned. Should fewer than ``n`` negative weights be left, the rest
-  is pruned by magnitude, so every segment keeps exactly ``K``: the cycle's sparsity is the same
-  with and without AP."""
-
-  def fn(x: rules.RuleInputs) -> rules.MaskUpdate:
-    units = x.plan.units
-    segments, keeps = _segments(x)
-    n_seg = len(keeps)
-    old = [u.kept(x.old) for u in units]
-    magnitude = [jnp.abs(w) for w in x.params]
-    mag = [u.group_scores(magnitude) for u in units]
-    kept_before = _per_segment([jnp.sum(m, dtype=jnp.int32) for m in old], segments, n_seg)
-    keep = [jnp.asarray(k, jnp.int32) for k in keeps]
-    frac = jnp.asarray(fraction, jnp.float32)
-    extra = [
-      jnp.clip(jnp.floor(frac * d.astype(jnp.float32)).astype(jnp.int32), 0, jnp.maximum(d - k, 0))
-      for d, k in zip(kept_before, keep)
-    ]
-    ranked = lambda kept, score: [jnp.where(m, s, -jnp.inf) for m, s in zip(kept, score)]
-    first = selection.top_k_masks(
-      ranked(old, mag), [k + e for k, e in zip(keep, extra)], segments=segments
-    )
-    negative = [u.group_scores(list(x.params)) < 0 for u in units]
-    candidates = [a & n for a, n in zip(first, negative)]
-    available = _per_segment([jnp.sum(c, dtype=jnp.int32) for c in candidates], segments, n_seg)
-    moved = [-x.plan.units[j].group_scores(x.scores) for j in range(len(units))]
-    removed = selection.top_k_masks(
-      ranked(candidates, moved),
-      [jnp.minimum(e, a) for e, a in zip(extra, available)],
-      segments=segments,
-    )
-    second = [a & ~r for a, r in zip(first, removed)]
-    final = selection.top_k_masks(ranked(second, mag), keep, segments=segments)
-    return rules.MaskUpdate(x.plan.combine(final))
-
-  return rules.Rule("activate_while_pruning", fn)
-
-
-def _cycle_movement(prune_steps: np.ndarray) -> scores_lib.Score:
-  """AP's score: ``|w - w_start|``, where ``w_start`` are the weights the current cycle started from
-  (the params at update 0 and at the update after each prune, i.e. after the prune's rewinding),
-  kept in the score's state."""
-  starts = np.asarray(prune_steps, np.int64) + 1
-
-  def init(params):
-    return jax.tree.map(jnp.copy, params)
-
-  def update(state, x):
-    # The constant is made here, inside the trace (a module-level array would carry the mesh of
-    # wherever the factory was called).
-    capture = (x.count == 0) | jnp.any(x.count == jnp.asarray(starts, jnp.int32))
-    return jax.tree.map(lambda s, w: jnp.where(capture, w.astype(s.dtype), s), state, x.params)
-
-  def fn(x):
-    flat, treedef = jax.tree.flatten(x.params)
-    start = leaves_lib.flatten_up_to(treedef, x.state)
-    pruned = set(range(len(flat)) if x.pruned is None else x.pruned)
-    return jax.tree.unflatten(
-      treedef,
-      [
-        jnp.abs(w.astype(jnp.float32) - s.astype(jnp.float32)) if i in pruned else None
-        for i, (w, s) in enumerate(zip(flat, start))
-      ],
-    )
-
-  return scores_lib.Score("cycle_movement", fn, init=init, update=update)
-
-
 def _pq_prune(rate: sap_lib.PQRate, shared: bool) -> rules.Rule:
   """SAP's prune (Diao et al. 2023, ``Compression.compress`` with ``prune_mode 'si'``): the kept
   weights of each segment (all pruned leaves for a global distribution, each unit for a layer-wise
@@ -258,7 +156,7 @@ def _pq_prune(rate: sap_lib.PQRate, shared: bool) -> rules.Rule:
     n_seg = max(segments) + 1
     old = [u.kept(x.old) for u in units]
     values = [jnp.where(m, u.group_scores(list(x.params)), 0.0) for m, u in zip(old, units)]
-    kept = _per_segment([jnp.sum(m, dtype=jnp.int32) for m in old], segments, n_seg)
+    kept = rules.segment_sums([jnp.sum(m, dtype=jnp.int32) for m in old], segments, n_seg)
     keeps = []
     for s in range(n_seg):
       parts = [v for v, t in zip(values, segments) if t == s]
@@ -613,7 +511,7 @@ def imp(
   scores_lib.random(seed)  # checks the seed of random_masks and reinit
   rule = _random_like(seed) if random_masks else rules.prune
   if activate_while_pruning is not None:
-    rule = _activate_while_pruning(activate_while_pruning)
+    rule = ap_lib.rule(activate_while_pruning)
   if pq is not None:
     rule = _pq_prune(pq, selection_.distribution == "global")
   schedule = _cycle_schedule(prune_steps)
@@ -715,7 +613,7 @@ def imp(
   )
   score = scores_lib.magnitude if score_fn is None else scores_lib.as_score(score_fn, "imp")
   if activate_while_pruning is not None:
-    score = _cycle_movement(prune_steps)
+    score = ap_lib.movement(_cycle_schedule(prune_steps).is_update_step)
   method = engine.Method(
     "imp",
     score,

@@ -6,9 +6,10 @@ from collections.abc import Mapping, Sequence
 
 import optax
 
+from jaxprune import ap, scores
 from jaxprune import patterns as patterns_lib
 from jaxprune import schedules as schedules_lib
-from jaxprune import scores
+from jaxprune.checks import check_sparsity
 from jaxprune.groups import Group
 from jaxprune.pruning import pruning
 from jaxprune.typing import Distribution, PathSelector, Sparsity
@@ -27,6 +28,7 @@ def magnitude_pruning(
   groups: Sequence[Group] = (),
   packed_masks: bool = False,
   application: str = "persistent",
+  activate_while_pruning: Sparsity | None = None,
   inner: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Prunes the weights of smallest magnitude ``|w|``, one-shot or gradually.
@@ -47,13 +49,21 @@ def magnitude_pruning(
     packed_masks: keep masks as bits in the state.
     application: ``"persistent"`` (pruned weights exactly zero) or ``"ephemeral"`` (see
       `jaxprune.pruning`).
+    activate_while_pruning: ``p_ap`` in ``[0, 1)``, Activate-while-Pruning (Liu et al. 2023,
+      `jaxprune.ap`): at each mask update, ``floor(p_ap * d)`` of the prune (``d``: the weights
+      kept before it; at most the whole prune) is taken among the kept negative weights whose
+      movement since the previous mask update is smallest, the rest by magnitude; the sparsity is
+      exactly the one without AP. Unstructured, persistent masks, no ``groups``; the weights at the
+      last mask update live in the state (one copy of the params). ``None`` (default): no AP.
     inner: an optimizer to wrap instead of chaining.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with a `jaxprune.PruningState`.
 
   Raises:
-    ValueError, TypeError: for bad arguments; see `jaxprune.pruning`.
+    ValueError, TypeError: for bad arguments (see `jaxprune.pruning`), and for
+      ``activate_while_pruning`` outside ``[0, 1)`` or with a structured pattern, groups or
+      ephemeral masks.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, jaxprune
@@ -71,8 +81,26 @@ def magnitude_pruning(
     <https://arxiv.org/abs/1506.02626>`_, 2015; Zhu & Gupta, `To prune, or not to prune
     <https://arxiv.org/abs/1710.01878>`_, 2017
   """
+  name = "magnitude_pruning"
+  score: scores.Score = scores.magnitude
+  rule = None
+  if activate_while_pruning is not None:
+    check_sparsity(activate_while_pruning, f"{name}: activate_while_pruning")
+    if (
+      groups
+      or application != "persistent"
+      or not isinstance(pattern, (type(None), patterns_lib.Unstructured))
+    ):
+      raise ValueError(
+        f"{name}: activate_while_pruning prunes single (negative) weights of persistent masks; "
+        f"got pattern={pattern!r}, groups={groups!r}, application={application!r}."
+      )
+    if schedule is not None and not isinstance(schedule, schedules_lib.Schedule):
+      raise TypeError(f"{name}: schedule must be a jaxprune.schedules.Schedule, got {schedule!r}.")
+    steps = schedules_lib.one_shot(0) if schedule is None else schedule
+    score, rule = ap.movement(steps.is_update_step), ap.rule(activate_while_pruning)
   return pruning(
-    scores.magnitude,
+    score,
     sparsity,
     distribution=distribution,
     pattern=pattern,
@@ -83,5 +111,6 @@ def magnitude_pruning(
     packed_masks=packed_masks,
     application=application,
     inner=inner,
-    name="magnitude_pruning",
+    rule=rule,
+    name=name,
   )

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import optax
 
-from jaxprune import engine
+from jaxprune import engine, rules
 from jaxprune import patterns as patterns_lib
 from jaxprune import plan as plan_lib
 from jaxprune import schedules as schedules_lib
@@ -33,6 +33,7 @@ def pruning(
   packed_masks: bool = False,
   application: str = "persistent",
   inner: optax.GradientTransformation | None = None,
+  rule: rules.Rule | None = None,
   name: str = "pruning",
 ) -> optax.GradientTransformationExtraArgs:
   """A pruning transformation: keeps masks in its state and zeroes the pruned weights at every step.
@@ -63,6 +64,8 @@ def pruning(
       dense and trained; masks recomputed from them at every update step and applied in the forward
       pass with `jaxprune.ephemeral.masked_params`).
     inner: an optimizer to wrap. Without it the pruner must be the last link of a chain.
+    rule: how a mask update turns the scores into masks, a `jaxprune.rules.Rule`; by default
+      `jaxprune.rules.prune` (the highest scores, as many as the schedule keeps).
     name: the name used in error messages.
 
   Returns:
@@ -100,7 +103,16 @@ def pruning(
   if not isinstance(schedule, schedules_lib.Schedule):
     raise TypeError(f"{name}: schedule must be a jaxprune.schedules.Schedule, got {schedule!r}.")
   check_bool("packed_masks", packed_masks, name)
+  if rule is not None and not isinstance(rule, rules.Rule):
+    raise TypeError(f"{name}: rule must be a jaxprune.rules.Rule, got {rule!r}.")
   method = engine.Method(
-    name, score, sparsity, selection, schedule, application=application, packed_masks=packed_masks
+    name,
+    score,
+    sparsity,
+    selection,
+    schedule,
+    rule=rules.prune if rule is None else rule,
+    application=application,
+    packed_masks=packed_masks,
   )
   return engine.transformation(method, inner)

@@ -37,6 +37,8 @@ __all__ = [
   "ranked_scores",
   "scheduled",
   "scores_of",
+  "segment_sums",
+  "segments",
   "threshold",
 ]
 
@@ -151,6 +153,45 @@ def scheduled(x: RuleInputs, target: Any, initial: Any) -> Any:
   if initial is None:
     return x.schedule.sparsity(x.count, target)
   return x.schedule.sparsity(x.count, target, initial)
+
+
+def segments(x: RuleInputs) -> tuple[list[int], list[Any]]:
+  """The segment of each unit and the groups each segment keeps at ``x.count``, as `prune` selects.
+
+  Segment 0 holds the units that share a global threshold (those without a target of their own);
+  every unit with a target of its own has a segment of its own. For rules that select among the
+  units with `jaxprune.selection.top_k_masks` (``segments=``) and must keep `prune`'s counts.
+
+  Args:
+    x: the rule's inputs.
+
+  Returns:
+    ``(segment of each unit, groups kept in each segment)``; the counts are ints or int32 scalars.
+  """
+  units = x.plan.units
+  keeps: list[Any] = []
+  shared = [j for j, t in enumerate(x.final) if t is None]
+  if shared:
+    groups = sum(units[j].num_groups for j in shared)
+    keeps.append(groups - num_pruned(scheduled(x, x.sparsity, x.initial[shared[0]]), groups))
+  out = []
+  for j, unit in enumerate(units):
+    if x.final[j] is None:
+      out.append(0)
+    else:
+      out.append(len(keeps))
+      target = scheduled(x, x.final[j], x.initial[j])
+      keeps.append(unit.num_groups - num_pruned(target, unit.num_groups))
+  return out, keeps
+
+
+def segment_sums(values: Sequence[jax.Array], segments: Sequence[int], n: int) -> list[jax.Array]:
+  """The sums of the int32 scalars ``values`` by segment (``n`` segments, ``segments[i]`` the
+  segment of ``values[i]``)."""
+  out = [jnp.zeros([], jnp.int32)] * n
+  for v, s in zip(values, segments):
+    out[s] = out[s] + v
+  return out
 
 
 def _streamable(x: RuleInputs, j: int, unit: Unit) -> bool:

@@ -99,6 +99,13 @@ PRUNERS = [
   Pruner("magnitude_global", jaxprune.magnitude_pruning, {**S, "distribution": "global"}, "global"),
   Pruner("magnitude_erk", jaxprune.magnitude_pruning, {**S, "distribution": "erk"}, "erk"),
   Pruner("magnitude_packed", jaxprune.magnitude_pruning, {**S, "packed_masks": True}, "layerwise"),
+  # AP with gradual pruning (Liu et al. 2023): part of each prune among negative weights, same counts.
+  Pruner(
+    "magnitude_activate_while_pruning",
+    jaxprune.magnitude_pruning,
+    {**S, "distribution": "global", "activate_while_pruning": 0.1},
+    "global",
+  ),
   Pruner(
     "magnitude_2:4", jaxprune.magnitude_pruning, {"pattern": jaxprune.patterns.n_m(2, 4)}, "nm"
   ),
