@@ -954,6 +954,27 @@ def test_lottery_tickets_and_reinit_control(mnist, cache_dir, tmp_path):
 # ------------------------------------------------------------------------------ sparse training
 
 
+def test_snip_budget_config_is_snips_recipe_at_100k_iterations():
+  config = config_lib.load_config("mnist_snip_budget")
+  opt = config.optimizer
+  assert (opt.name, opt.learning_rate, opt.momentum, opt.weight_decay, config.batch_size) == (
+    "sgd",
+    0.1,
+    0.9,
+    5e-4,
+    100,
+  )
+  # 10% of the 60,000 training images held out; lr / 10 every 25,000 of 100,000 iterations.
+  assert (config.validation_size, config.num_train_steps) == (6000, 100_000)
+  lr = optimizers.make_learning_rate(opt, config.num_train_steps)
+  steps = (0, 24_999, 25_000, 49_999, 50_000, 74_999, 75_000, 99_999)
+  assert [float(lr(s)) for s in steps] == pytest.approx(
+    [0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4]
+  )
+  assert tuple(config.methods) == ("dense", "snip", "synflow", "random_init")
+  assert tuple(config.sparsities) == (0.95, 0.98) and tuple(config.seeds) == (0, 1, 2)
+
+
 def test_dst_and_at_init_configs():
   dst = config_lib.load_config("mnist_dst")
   assert tuple(dst.methods) == ("dense", "gradual", "static", "set", "rigl", "granet")
