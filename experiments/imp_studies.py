@@ -405,7 +405,7 @@ def run_ap(config: Config, experiment: runner.Experiment, runs: Runs) -> dict:
       f"| {cell(by('imp_ap', k, 'dnr_end'), digits=1)} |"
     )
   if config.get("plots", True):
-    plt = plots._pyplot()
+    plt = plots.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, (method, label) in enumerate([("imp", "IMP (lottery ticket)"), ("imp_ap", "IMP + AP")]):
       rem = [100 * np.mean(by(method, k, "remaining")) for k in range(cycles)]
@@ -420,7 +420,7 @@ def run_ap(config: Config, experiment: runner.Experiment, runs: Runs) -> dict:
       ax.legend(fontsize=8)
     axes[0].set_title("LeNet-300-100 / MNIST: accuracy at each cycle's end")
     axes[1].set_title("dead hidden ReLU outputs, mean over each cycle")
-    plots._save(plt, fig, experiment.out_dir / "ap.png")
+    plots.save(plt, fig, experiment.out_dir / "ap.png")
   return {"rows": rows, "tables": "\n".join(lines), "records": records}
 
 
@@ -513,7 +513,7 @@ def run_pq(config: Config, experiment: runner.Experiment, runs: Runs) -> dict:
       f"| {k} | " + " | ".join(f"{np.mean(by(m, k, 'pq_1_2')):.4f}" for m in names) + " |"
     )
   if config.get("plots", True):
-    plt = plots._pyplot()
+    plt = plots.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     all_rem = []
     for i, m in enumerate(names):
@@ -538,7 +538,7 @@ def run_pq(config: Config, experiment: runner.Experiment, runs: Runs) -> dict:
     axes[2].set_title("sparsity of the trained weights")
     for ax in axes:
       ax.legend(fontsize=8)
-    plots._save(plt, fig, experiment.out_dir / "pq.png")
+    plots.save(plt, fig, experiment.out_dir / "pq.png")
   return {"rows": rows, "tables": "\n".join(lines), "records": records}
 
 
@@ -631,7 +631,7 @@ def run_double_descent(config: Config, experiment: runner.Experiment, runs: Runs
     )
     lines.append(f"| {k} | {100 * rem:.2f}% | {cells} |")
   if config.get("plots", True):
-    plt = plots._pyplot()
+    plt = plots.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     all_rem = []
     for i, n in enumerate(noises):
@@ -651,7 +651,7 @@ def run_double_descent(config: Config, experiment: runner.Experiment, runs: Runs
     axes[0].set_title("test accuracy (clean test set)")
     axes[1].set_title("fit of the noisy training labels")
     axes[2].set_title("||w_end - w_start||_2 of each round")
-    plots._save(plt, fig, experiment.out_dir / "double_descent.png")
+    plots.save(plt, fig, experiment.out_dir / "double_descent.png")
   return {"rows": rows, "tables": "\n".join(lines), "records": records}
 
 
@@ -836,7 +836,7 @@ def run_early_bird(config: Config, experiment: runner.Experiment, runs: Runs) ->
       f"{cell(cost, digits=0)}% |"
     )
   if config.get("plots", True):
-    plt = plots._pyplot()
+    plt = plots.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     s0 = searches[0]
     for i, r in enumerate(ratios):
@@ -880,7 +880,7 @@ def run_early_bird(config: Config, experiment: runner.Experiment, runs: Runs) ->
     axes[2].set_ylabel("test accuracy (%)")
     axes[2].set_title("tickets after training")
     axes[2].legend(fontsize=8, loc="lower left")
-    plots._save(plt, fig, experiment.out_dir / "early_bird.png")
+    plots.save(plt, fig, experiment.out_dir / "early_bird.png")
   return {"rows": rows, "tables": "\n".join(lines), "records": records}
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from experiments import config as config_lib
-from experiments import loops, models
+from experiments import loops, models, plots
 from experiments import structured as st
 from jaxprune import structured
 from jaxprune.structured import importance
@@ -236,10 +236,7 @@ def write_outputs(records, out: Path, config, wall: float) -> list[dict]:
 
 
 def _plot(rows, path: Path, config) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
 
   names = list(dict.fromkeys(r["model"] for r in rows))
   fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
@@ -262,6 +259,4 @@ def _plot(rows, path: Path, config) -> None:
     ax.set_title(f"{name} on {config.dataset}")
     ax.grid(alpha=0.3, which="both")
   axes[0][0].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save(plt, fig, path)

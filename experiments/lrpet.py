@@ -41,7 +41,7 @@ import optax
 
 import jaxprune
 from experiments import config as config_lib
-from experiments import loops, models
+from experiments import loops, models, plots
 from experiments import structured as st
 from jaxprune import low_rank
 
@@ -298,10 +298,7 @@ def write_outputs(records, out: Path, config, wall: float) -> list[dict]:
 
 
 def _plot(rows, path: Path, config) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for i, method in enumerate(m for m in METHODS if m != "dense"):
@@ -328,6 +325,4 @@ def _plot(rows, path: Path, config) -> None:
   ax.set_title(f"Low-rank training: {config.model} on {config.dataset}")
   ax.grid(alpha=0.3, which="both")
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save(plt, fig, path)

@@ -24,7 +24,8 @@ _PUBLISHED_MARKERS = ("*", "D", "P", "X", "^", "v", "s", "p", "h", "<", ">")
 _METHOD_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "h")
 
 
-def _pyplot():
+def pyplot():
+  """``matplotlib.pyplot`` on the non-interactive Agg backend (imported on first use)."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -33,7 +34,8 @@ def _pyplot():
   return plt
 
 
-def _save(plt, fig, path: Path) -> None:
+def save(plt, fig, path: Path) -> None:
+  """Writes ``fig`` to ``path`` (tight layout, 120 dpi) and closes it."""
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -64,7 +66,7 @@ def plot_accuracy_vs_sparsity(
       published: `experiments.outputs.published_points`.
       error: plot the test error (100 - accuracy, in %) instead of the accuracy.
   """
-  plt = _pyplot()
+  plt = pyplot()
 
   def value(accuracy_percent: float) -> float:
     return 100.0 - accuracy_percent if error else accuracy_percent
@@ -137,7 +139,7 @@ def plot_accuracy_vs_sparsity(
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   else:
     ax.legend(fontsize=8)
-  _save(plt, fig, path)
+  save(plt, fig, path)
 
 
 def plot_training_curves(records: Sequence[dict], path: Path, title: str) -> None:
@@ -148,7 +150,7 @@ def plot_training_curves(records: Sequence[dict], path: Path, title: str) -> Non
       path: the PNG to write.
       title: the plot's title.
   """
-  plt = _pyplot()
+  plt = pyplot()
   methods = list(dict.fromkeys(r["method"] for r in records if r["method"] != "dense"))
   dense = [r for r in records if r["method"] == "dense"]
   cols = max(1, len(methods))
@@ -201,7 +203,7 @@ def plot_training_curves(records: Sequence[dict], path: Path, title: str) -> Non
       ax.grid(True, alpha=0.3)
     acc_ax.legend(fontsize=8, title="target sparsity" if methods else None)
   fig.suptitle(title)
-  _save(plt, fig, path)
+  save(plt, fig, path)
 
 
 def plot_learning_rates(
@@ -220,7 +222,7 @@ def plot_learning_rates(
   import jax.numpy as jnp
   import numpy as np
 
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(7.5, 4.2))
   steps = np.arange(num_steps)
   # The dense baseline last (dashed, on top of a method that shares its schedule).
@@ -243,7 +245,7 @@ def plot_learning_rates(
   ax.set_title(title)
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
-  _save(plt, fig, path)
+  save(plt, fig, path)
 
 
 _LOTTERY_STYLE = {
@@ -270,7 +272,7 @@ def plot_lottery(
       title: the plot's title.
       dense_accuracy: the dense network's final accuracy (fraction), drawn as a line.
   """
-  plt = _pyplot()
+  plt = pyplot()
   panels = [
     ("early_stop_iteration", "early-stopping iteration", 1.0),
     ("early_stop_accuracy", "test accuracy at early stopping (%)", 100.0),
@@ -325,4 +327,4 @@ def plot_lottery(
     ax.set_ylim(lo - 0.3, None)
   axes[2].legend(fontsize=8, loc="lower left")
   fig.suptitle(title)
-  _save(plt, fig, path)
+  save(plt, fig, path)

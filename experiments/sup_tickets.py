@@ -32,7 +32,7 @@ import optax
 
 import jaxprune
 from experiments import config as config_lib
-from experiments import loops, models
+from experiments import loops, models, plots
 from experiments import structured as st
 from jaxprune import sup_tickets
 
@@ -283,10 +283,7 @@ def write_outputs(records, out: Path, config, wall: float) -> list[dict]:
 
 
 def _plot(rows, path: Path, config) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
 
   sparsities = list(dict.fromkeys(r["sparsity"] for r in rows))
   fig, axes = plt.subplots(1, len(sparsities), figsize=(5 * len(sparsities), 4), squeeze=False)
@@ -311,6 +308,4 @@ def _plot(rows, path: Path, config) -> None:
     ax.set_title(f"{config.model}, {s:.0%} sparse")
     ax.grid(alpha=0.3)
   axes[0][0].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save(plt, fig, path)

@@ -106,8 +106,14 @@ def movement(is_update_step: Callable[[jax.Array], jax.Array]) -> scores_lib.Sco
     return jax.tree.map(jnp.copy, params)
 
   def update(state, x):
+    # A branch, not a select: the steps between prunes leave the copy untouched instead of
+    # rewriting it from itself.
     capture = (x.count == 0) | is_update_step(x.count - 1)
-    return jax.tree.map(lambda s, w: jnp.where(capture, w.astype(s.dtype), s), state, x.params)
+    return selection.cond(
+      capture,
+      lambda: jax.tree.map(lambda s, w: w.astype(s.dtype), state, x.params),
+      lambda: state,
+    )
 
   def fn(x):
     flat, treedef = jax.tree.flatten(x.params)

@@ -657,9 +657,10 @@ def lrpet(
     tree = jax.tree.unflatten(info.treedef, info.params)
     r = projected(tree)
     index = {n: i for i, n in enumerate(info.plan.names)}
-    scales = _bn_scales(norms, tree, info.extra_args, bn_epsilon, name) if norms else {}
 
     def project_all():
+      # The BN rectification's scales, on projection steps only.
+      scales = _bn_scales(norms, tree, info.extra_args, bn_epsilon, name) if norms else {}
       new = list(out)
       for path, k in r.items():
         i = index[path]

@@ -16,3 +16,20 @@ def require_mnist() -> Path:
       "../shared/tensorflow_datasets beside the checkout (see the README there)."
     )
   return DATA_DIR
+
+
+def tiny_image_data(n: int = 256, seed: int = 0):
+  """A separable two-class problem of 12x12 images (class 1: the left half brighter), ``n``
+  training and 128 test images, as `experiments.structured`'s data (for the runners' tests)."""
+  import jax.numpy as jnp
+  import numpy as np
+
+  from experiments import structured as st
+
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((n + 128, 12, 12, 1)).astype(np.float32)
+  y = (x[:, :, :6].mean((1, 2, 3)) > x[:, :, 6:].mean((1, 2, 3))).astype(np.int32)
+  x[:, :, :6] += 0.5 * (2 * y[:, None, None, None] - 1)
+  return st._Data(
+    jnp.asarray(x[:n]), jnp.asarray(y[:n]), jnp.asarray(x[n:]), jnp.asarray(y[n:]), num_classes=2
+  )

@@ -6,28 +6,17 @@ brighter) and a tiny MLP, a few updates each.
 
 import json
 
-import jax.numpy as jnp
-import numpy as np
 import pytest
+from shared_data import tiny_image_data
 
 from experiments import config as config_lib
 from experiments import ispasp, lrpet, methods, models, sup_tickets
 from experiments import structured as st
 
 
-def _data(n=256, seed=0):
-  rng = np.random.default_rng(seed)
-  x = rng.standard_normal((n + 128, 12, 12, 1)).astype(np.float32)
-  y = (x[:, :, :6].mean((1, 2, 3)) > x[:, :, 6:].mean((1, 2, 3))).astype(np.int32)
-  x[:, :, :6] += 0.5 * (2 * y[:, None, None, None] - 1)
-  return st._Data(
-    jnp.asarray(x[:n]), jnp.asarray(y[:n]), jnp.asarray(x[n:]), jnp.asarray(y[n:]), num_classes=2
-  )
-
-
 @pytest.fixture
 def tiny(monkeypatch):
-  data = _data()
+  data = tiny_image_data()
   monkeypatch.setattr(st, "_load", lambda config: data)
   monkeypatch.setitem(
     models._FACTORIES, "tiny_mlp", lambda n: models.LeNet300100(num_classes=n, hidden=(16, 8))

@@ -8,9 +8,9 @@ import json
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from shared_data import tiny_image_data
 
 import jaxprune
 from experiments import cli, models
@@ -20,19 +20,9 @@ from experiments.configs import mnist_dropnet, mnist_structured
 from jaxprune import structured
 
 
-def _data(n=256, seed=0):
-  rng = np.random.default_rng(seed)
-  x = rng.standard_normal((n + 128, 12, 12, 1)).astype(np.float32)
-  y = (x[:, :, :6].mean((1, 2, 3)) > x[:, :, 6:].mean((1, 2, 3))).astype(np.int32)
-  x[:, :, :6] += 0.5 * (2 * y[:, None, None, None] - 1)
-  return st._Data(
-    jnp.asarray(x[:n]), jnp.asarray(y[:n]), jnp.asarray(x[n:]), jnp.asarray(y[n:]), num_classes=2
-  )
-
-
 @pytest.fixture
 def tiny(monkeypatch):
-  data = _data()
+  data = tiny_image_data()
   monkeypatch.setattr(st, "_load", lambda config: data)
   monkeypatch.setitem(
     models._FACTORIES, "tiny_vgg", lambda n: models.VGG(num_classes=n, stages=((4,), (6,)))
