@@ -22,7 +22,8 @@ for pruning at initialisation how its masks are computed, and the learning rate 
   * ``static``: one random mask for the whole run (``jaxprune.static_sparse``);
   * ``set``: SET (Mocanu et al. 2018), every ``dst.frequency`` steps each kernel drops
     ``dst.drop_fraction`` of its active weights (smallest magnitude) and regrows as many at
-    random (``jaxprune.set_sparse``);
+    random (``jaxprune.set_sparse``), for the whole run; with ``dst.set_rigl_schedule`` (as the
+    RigL paper runs SET) until ``dst.rigl_end_fraction`` with RigL's cosine annealing;
   * ``rigl``: RigL (Evci et al. 2020), drop by magnitude and grow by dense-gradient magnitude
     every ``dst.frequency`` steps until ``dst.rigl_end_fraction`` of the steps, the drop
     fraction annealed from ``dst.drop_fraction`` to 0 by a cosine (``jaxprune.rigl``);
@@ -613,7 +614,15 @@ METHODS: dict[str, Method] = {
   "static": _dst(jaxprune.static_sparse),
   "set": _dst(
     jaxprune.set_sparse,
-    lambda d, steps: dict(drop_fraction=float(d.drop_fraction), frequency=steps["frequency"]),
+    lambda d, steps: dict(
+      drop_fraction=float(d.drop_fraction),
+      frequency=steps["frequency"],
+      **(
+        dict(drop_schedule="cosine", end_step=steps["rigl_end"])
+        if d.get("set_rigl_schedule", False)
+        else {}
+      ),
+    ),
   ),
   "rigl": _dst(
     jaxprune.rigl,

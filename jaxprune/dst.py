@@ -36,7 +36,12 @@ from jaxprune.checks import check_bool, check_int, check_sparsity, is_traced
 from jaxprune.groups import Group
 from jaxprune.typing import Distribution, PathSelector, Sparsity
 
-__all__ = ["constant_drop_fraction", "cosine_drop_fraction", "dynamic_sparse"]
+__all__ = [
+  "constant_drop_fraction",
+  "cosine_drop_fraction",
+  "drop_fraction_schedule",
+  "dynamic_sparse",
+]
 
 DropFraction = Callable[[jax.Array], jax.Array]
 
@@ -54,6 +59,35 @@ def cosine_drop_fraction(alpha: float, end_step: int) -> DropFraction:
 def constant_drop_fraction(alpha: float) -> DropFraction:
   """``f(t) = alpha`` (SET's ``zeta``)."""
   return lambda count: jnp.full((), alpha, jnp.float32)
+
+
+def drop_fraction_schedule(
+  kind: str, alpha: float, end_step: int | None, *, name: str
+) -> DropFraction:
+  """The drop fraction of schedule ``kind``: ``"cosine"`` (RigL's) or ``"constant"`` (SET's).
+
+  Args:
+    kind: ``"cosine"`` or ``"constant"``.
+    alpha: the drop fraction at the first update.
+    end_step: where the cosine reaches 0 (required for ``"cosine"``).
+    name: the caller, for the error messages.
+
+  Returns:
+    ``count -> drop fraction``.
+
+  Raises:
+    ValueError: for another ``kind``, or ``"cosine"`` without a positive ``end_step``.
+  """
+  if kind == "constant":
+    return constant_drop_fraction(alpha)
+  if kind != "cosine":
+    raise ValueError(f"{name}: drop_schedule must be 'cosine' or 'constant', got {kind!r}.")
+  if end_step is None or int(end_step) < 1:
+    raise ValueError(
+      f"{name}: drop_schedule='cosine' anneals to 0 at end_step, which must be a positive "
+      f"step; got end_step={end_step!r}."
+    )
+  return cosine_drop_fraction(alpha, int(end_step))
 
 
 def dynamic_sparse(

@@ -77,12 +77,7 @@ def rigl(
     <https://arxiv.org/abs/1911.11134>`_, 2020
   """
   check_fraction(drop_fraction, "rigl: drop_fraction")
-  if drop_schedule == "cosine":
-    fraction = dst.cosine_drop_fraction(drop_fraction, end_step)
-  elif drop_schedule == "constant":
-    fraction = dst.constant_drop_fraction(drop_fraction)
-  else:
-    raise ValueError(f"rigl: drop_schedule must be 'cosine' or 'constant', got {drop_schedule!r}.")
+  fraction = dst.drop_fraction_schedule(drop_schedule, drop_fraction, end_step, name="rigl")
   return dst.dynamic_sparse(
     sparsity,
     grow="gradient",

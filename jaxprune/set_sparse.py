@@ -22,6 +22,7 @@ def set_sparse(
   sparsity: Sparsity,
   *,
   drop_fraction: float = 0.3,
+  drop_schedule: str = "constant",
   frequency: int = 100,
   begin_step: int | None = None,
   end_step: int | None = None,
@@ -45,6 +46,9 @@ def set_sparse(
   Args:
     sparsity: overall sparsity, shared among the leaves by ``distribution``.
     drop_fraction: ``zeta``, the fraction of active weights replaced at each update.
+    drop_schedule: ``"constant"`` (SET: ``zeta`` at every update) or ``"cosine"`` (RigL's
+      annealing, ``zeta / 2 * (1 + cos(pi * t / end_step))``, as the RigL paper and its code run
+      SET for comparison; needs ``end_step``).
     frequency: updates between mask updates (SET updates once per epoch).
     begin_step: first mask update; ``frequency`` by default.
     end_step: last mask update; none by default (the mask evolves for the whole run).
@@ -61,8 +65,8 @@ def set_sparse(
     An ``optax.GradientTransformationExtraArgs`` whose state is a `jaxprune.PruningState`.
 
   Raises:
-    ValueError: for a sparsity outside ``[0, 1)``, a drop fraction outside ``[0, 1]``,
-      ``frequency < 1``, ``begin_step >= end_step``, ``distribution="global"``, or no ``inner``.
+    ValueError: for a sparsity outside ``[0, 1)``, a drop fraction outside ``[0, 1]``, an unknown
+      drop schedule (or ``"cosine"`` without ``end_step``), ``frequency < 1``, ``begin_step >= end_step``, ``distribution="global"``, or no ``inner``.
 
   Example:
     >>> import optax, jaxprune
@@ -78,7 +82,9 @@ def set_sparse(
   return dst.dynamic_sparse(
     sparsity,
     grow="random",
-    drop_fraction=dst.constant_drop_fraction(drop_fraction),
+    drop_fraction=dst.drop_fraction_schedule(
+      drop_schedule, drop_fraction, end_step, name="set_sparse"
+    ),
     frequency=frequency,
     begin_step=frequency if begin_step is None else begin_step,
     end_step=_NEVER if end_step is None else end_step,

@@ -176,6 +176,35 @@ def test_set_is_seeded():
 
 
 @jit_modes
+def test_set_with_rigl_drop_schedule_anneals_and_stops(use_jit):
+  # drop_schedule="cosine": the update at count t replaces the fraction
+  # f(t) = 0.3 / 2 * (1 + cos(pi * t / end_step)) (as RigL's code runs SET), so its first update
+  # (t = 2) equals that of SET with the constant fraction f(2); none from end_step on.
+  def make(**kw):
+    return jaxprune.set_sparse(
+      0.8, frequency=2, distribution="uniform", seed=3, inner=optax.sgd(0.01), **kw
+    )
+
+  f2 = 0.15 * (1 + math.cos(math.pi * 2 / 8))
+  cosine = run(make(drop_fraction=0.3, drop_schedule="cosine", end_step=8), 12, use_jit)
+  constant = run(make(drop_fraction=f2), 3, use_jit)
+  first, reference = kernel_masks(cosine[2][3]), kernel_masks(constant[2][3])
+  for layer in LAYERS:
+    np.testing.assert_array_equal(first[layer], reference[layer])
+    assert not np.array_equal(first[layer], kernel_masks(cosine[1][3])[layer])
+  final = kernel_masks(cosine[7][3])
+  for _, _, _, state in cosine[8:]:
+    for layer in LAYERS:
+      np.testing.assert_array_equal(kernel_masks(state)[layer], final[layer])
+
+
+@pytest.mark.parametrize("end_step", [None, 0])
+def test_set_cosine_schedule_needs_an_end_step(end_step):
+  with pytest.raises(ValueError, match=rf"set_sparse: .*end_step={end_step}"):
+    jaxprune.set_sparse(0.8, drop_schedule="cosine", end_step=end_step, inner=optax.sgd(0.1))
+
+
+@jit_modes
 def test_granet_follows_the_cubic_schedule_and_regrows(use_jit):
   tx = jaxprune.granet(
     0.9, begin_step=2, end_step=8, frequency=2, distribution="uniform", inner=optax.sgd(0.01)
@@ -233,6 +262,10 @@ def test_non_update_steps_do_not_touch_the_optimizer_state():
       r"begin_step \(10\) must be before end_step \(10\)",
     ),
     (lambda: jaxprune.set_sparse(float("nan"), inner=optax.sgd(0.1)), "sparsity must be in"),
+    (
+      lambda: jaxprune.set_sparse(0.9, drop_schedule="exp", inner=optax.sgd(0.1)),
+      "set_sparse: drop_schedule must be 'cosine' or 'constant', got 'exp'",
+    ),
     (
       lambda: jaxprune.granet(0.5, end_step=1000, initial_sparsity=0.8, inner=optax.sgd(0.1)),
       r"initial_sparsity \(0.8\) is above sparsity \(0.5\)",
