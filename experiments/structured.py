@@ -16,6 +16,9 @@ slimmed function) and fine-tune the small network with its own training code
 * ``taylor``: ``|sum w * g|`` over each channel's weights, gradients averaged over
   ``calibration_batches`` training batches, one global threshold over the per-group normalised
   scores (Molchanov et al. 2019);
+* ``ispasp``: i-SpaSP (Wolfe & Kyrillidis 2021; `jaxprune.structured.ispasp`) on the
+  ``calibration_batches`` training batches, every group at the ratio, in turn, each on the
+  layers that read it (convolutions included), ``ispasp_iterations`` (20) iterations;
 * ``dropnet``: DropNet (Tan & Motani 2020): cycles that each remove ``dropnet.fraction`` (20%) of
   the remaining channels with the lowest mean post-activation over ``calibration_batches`` batches,
   one threshold over all layers ("min"), training ``finetune_steps / cycles`` steps after each;
@@ -66,6 +69,7 @@ METHODS = (
   "l1",
   "slimming",
   "taylor",
+  "ispasp",
   "dropnet",
   "dropnet_layer",
   "random",
@@ -450,6 +454,13 @@ def _keeps(method, ratio, variables, groups, r: _Runner, seed):
     pg = params_only(groups, variables)
     scores = importance.taylor({"params": variables["params"]}, {"params": grads}, pg)
     return importance.select(groups, scores, ratio, scope="global", normalize="mean")
+  if method == "ispasp":
+    n = len(r.data.train_y)
+    order = _batches(n, int(c.batch_size), int(c.calibration_batches), seed)
+    x = r.data.train_x[jnp.asarray(order.ravel())]
+    return structured.ispasp(
+      r.fn, variables, groups, ratio, x, iterations=int(c.get("ispasp_iterations", 20))
+    )
   if method == "slimming":
     scores = importance.norm_scale(variables, groups)
     return importance.select(groups, scores, ratio, scope="global", normalize=None)

@@ -869,6 +869,39 @@ def layer_inputs(
   return found
 
 
+class _Operand(NamedTuple):
+  """A layer's activation operand as ``fn`` computes it, for analyses that differentiate through
+  the layer's input map (i-SpaSP: `jaxprune.structured.ispasp`)."""
+
+  layer: Layer
+  x: jax.Array  # float32, in fn's layout
+  features: Callable[[jax.Array], jax.Array]  # x -> [tokens, fan_in] (linear: patches, reshape)
+  axes: tuple[int | None, ...]  # x's axis read by each input axis of the weight (None: spatial)
+
+
+def _layer_operands(
+  fn: Callable[..., Any], params: Params, *batch: Any, prune: PathSelector = None
+) -> list[_Operand]:
+  """As `layer_inputs`, with each layer's raw activation and its map to the ``[tokens, fan_in]``
+  inputs instead of the inputs (a convolution's input, not its patches)."""
+  owner = "layer_inputs"
+  flags = leaves_lib.prunable_paths(params, prune, owner=owner)
+  batches = _check_batches([batch], owner)
+  found: list[_Operand] = []
+
+  def record(layer, leaf, weight, acts, geometry):
+    x = jnp.asarray(acts[0], jnp.float32)
+    if isinstance(geometry, _DotGeometry):
+      axes: tuple[int | None, ...] = tuple(geometry.perm[x.ndim - len(layer.input_axes) :])
+    else:  # the kernel's spatial axes, then its input-feature axis (the lhs feature dimension)
+      axes = (None,) * len(geometry.filter_shape) + (geometry.lhs_spec[1],)
+    found.append(_Operand(layer, x, functools.partial(_features, geometry=geometry), axes))
+    return None
+
+  _walk(fn, params, batches, flags, record, owner)
+  return found
+
+
 # --------------------------------------------------------------------------- selection
 
 

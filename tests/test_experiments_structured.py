@@ -54,7 +54,7 @@ def test_structured_runner_end_to_end(tiny, tmp_path, monkeypatch):
   for method, rec in by_method.items():
     if method == "dense":
       continue
-    # Every group at the ratio (l1, random, the scratch controls: 2 of 4 and 3 of 6), or one
+    # Every group at the ratio (l1, random, ispasp, the scratch controls: 2 of 4 and 3 of 6), or one
     # threshold over the groups (slimming, taylor, dropnet) removing round(0.5 * 10) channels.
     assert rec["channels_removed"] == 0.5, method
     assert rec["params"] < dense["params"]

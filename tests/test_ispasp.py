@@ -110,21 +110,64 @@ def test_errors():
   with pytest.raises(ValueError, match=r"ratio of group .* must be in \[0, 1\)"):
     structured.ispasp(fn, params, groups, 1.0, x)
 
+
+@pytest.mark.parametrize("stride,padding", [(1, "SAME"), (2, "VALID")])
+def test_a_group_read_by_a_convolution_matches_ispasp_hidden_with_the_convolution(stride, padding):
+  # H is the convolution's input as the function computes it (not its patches): each activation's
+  # gradient sums over every patch that reads it, strides and padding included.
+  dims = ("NHWC", "HWIO", "NHWC")
+  k = jax.random.split(jax.random.key(1), 3)
   conv = {
-    "c0": {"kernel": jax.random.normal(jax.random.key(1), (3, 3, 2, 4))},
-    "c1": {"kernel": jax.random.normal(jax.random.key(2), (3, 3, 4, 3))},
+    "c0": {"kernel": jax.random.normal(k[0], (3, 3, 2, 10))},
+    "c1": {"kernel": jax.random.normal(k[1], (3, 3, 10, 3))},
   }
 
-  def cnn(p, x):
-    dims = ("NHWC", "HWIO", "NHWC")
-    h = jax.nn.relu(
-      jax.lax.conv_general_dilated(x, p["c0"]["kernel"], (1, 1), "SAME", dimension_numbers=dims)
-    )
-    return jax.lax.conv_general_dilated(
-      h, p["c1"]["kernel"], (1, 1), "SAME", dimension_numbers=dims
-    ).mean((1, 2))
+  def second(h, w):
+    return jax.lax.conv_general_dilated(h, w, (stride, stride), padding, dimension_numbers=dims)
 
-  xc = jax.random.normal(jax.random.key(3), (2, 6, 6, 2))
+  def cnn(p, x):
+    first = jax.lax.conv_general_dilated(
+      x, p["c0"]["kernel"], (1, 1), "SAME", dimension_numbers=dims
+    )
+    return second(jax.nn.relu(first), p["c1"]["kernel"]).mean((1, 2))
+
+  xc = jax.random.normal(k[2], (4, 7, 7, 2))
   groups = structured.dependency_groups(cnn, conv, xc)
-  with pytest.raises(NotImplementedError, match="conv_general_dilated.*ispasp_hidden"):
-    structured.ispasp(cnn, conv, groups, 0.5, xc)
+  assert [g.size for g in groups] == [10]
+  (keep,) = structured.ispasp(cnn, conv, groups, 0.6, xc, iterations=4)
+  h = jax.nn.relu(
+    jax.lax.conv_general_dilated(xc, conv["c0"]["kernel"], (1, 1), "SAME", dimension_numbers=dims)
+  )
+  expected = structured.ispasp_hidden(h, lambda v: second(v, conv["c1"]["kernel"]), 4, iterations=4)
+  np.testing.assert_array_equal(keep, expected)
+  small, small_fn = structured.slim(cnn, conv, groups, [keep])
+  assert small["c1"]["kernel"].shape == (3, 3, 4, 3)
+
+
+def test_a_group_read_by_a_multi_axis_dense_layer_sums_over_the_other_axis():
+  # l1 contracts (heads, dim) of l0's [batch, heads, dim] output: a group on the heads axis
+  # gets, per head, the gradient and activation summed over its dim entries.
+  k = jax.random.split(jax.random.key(2), 3)
+  params = {
+    "l0": {"kernel": jax.random.normal(k[0], (5, 6, 4))},
+    "l1": {"kernel": jax.random.normal(k[1], (6, 4, 3))},
+  }
+
+  def fn(p, x):
+    h = jax.nn.relu(jnp.einsum("bi,ihd->bhd", x, p["l0"]["kernel"]))
+    return jnp.einsum("bhd,hdo->bo", h, p["l1"]["kernel"])
+
+  x = jax.random.normal(k[2], (16, 5))
+  groups = structured.dependency_groups(fn, params, x)
+  heads = [g for g in groups if g.size == 6]
+  assert heads, [g.size for g in groups]
+  (keep,) = structured.ispasp(fn, params, heads, 0.5, x, iterations=3)
+  h = np.asarray(jax.nn.relu(jnp.einsum("bi,ihd->bhd", x, params["l0"]["kernel"])))
+  w = np.asarray(params["l1"]["kernel"])
+
+  def grad(s):  # dR/dH for f2(H) = einsum(H, W), channel axis moved last
+    d = h if s is None else h * s[None, :, None]
+    out = np.einsum("bhd,hdo->bo", d, w)
+    return np.swapaxes(np.einsum("bo,hdo->bhd", out, w), 1, 2)
+
+  np.testing.assert_array_equal(keep, _reference(np.swapaxes(h, 1, 2), grad, 3, 3))

@@ -48,7 +48,8 @@ def get_config(model: str = "lenet5") -> ml_collections.ConfigDict:
   config.finetune_lr = 0.01
   config.momentum = 0.9
   config.weight_decay = 1e-4
-  config.calibration_batches = 8  # batches for Taylor's gradients and DropNet's activations
+  config.calibration_batches = 8  # batches for Taylor's gradients, DropNet's activations, i-SpaSP
+  config.ispasp_iterations = 20  # T (the authors' scripts)
 
   config.ratios = (0.3, 0.5, 0.7)  # fraction of channels removed
   config.methods = structured.METHODS

@@ -15,10 +15,10 @@ of ``T`` iterations
 `ispasp_hidden` runs the loop on a hidden representation and any ``f2`` (the authors' form, for
 a residual block or a two-layer network). `ispasp` runs it on the channel groups of any function
 (`jaxprune.structured.dependency_groups`), one group after the other: a group's ``H`` is the input
-of the dense layers that read its channels (their inputs found in the function's jaxpr by
-`jaxprune.calibration.layer_inputs`, through the earlier groups already pruned, as the authors
-prune layer after layer), ``f2`` those layers' linear maps; it returns the keeps that
-`jaxprune.structured.slim` takes. The weights of the kept units are not refitted.
+of the dense layers and convolutions that read its channels (found in the function's jaxpr as
+`jaxprune.calibration.layer_inputs` finds them, computed through the earlier groups already
+pruned, as the authors prune layer after layer), ``f2`` those layers' linear maps; it returns the
+keeps that `jaxprune.structured.slim` takes. The weights of the kept units are not refitted.
 
 References:
   Wolfe & Kyrillidis, `i-SpaSP: structured neural pruning via sparse signal recovery
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -134,64 +134,92 @@ def ispasp_hidden(
   return run(h)
 
 
+class _Consumer(NamedTuple):
+  """A layer reading a group's channels: its input ``x`` (as ``fn`` computes it) and ``f2``."""
+
+  x: jax.Array  # the layer's activation operand, float32
+  w: jax.Array  # its weight as the [fan_in, fan_out] matrix
+  features: Callable[[jax.Array], jax.Array]  # x -> [tokens, fan_in]
+  axis: int  # x's axis carrying the group's channels
+  chan: np.ndarray  # the group channel of each entry along that axis (-1: none)
+
+
 def _consumers(
   fn: Callable[..., Any], params: Params, group: ChannelGroup, batch: tuple, owner: str
-) -> list[tuple[jax.Array, jax.Array, np.ndarray]]:
-  """``(X, W, channel of each input feature)`` of every dense layer reading the group's channels."""
+) -> list[_Consumer]:
+  """Every dense layer or convolution of ``fn`` reading the group's channels."""
   named = dict(leaves_lib.named_leaves(leaves_lib.unwrap_variables(params)))
   candidates = [m for m in group.members if jnp.ndim(named.get(m.path, 0)) >= 2]
   label = f"group {group.name!r} (first member {group.members[0].path!r})"
   if not candidates:
     raise ValueError(f"{owner}: {label} has no kernel member reading its channels.")
-  found = calibration.layer_inputs(
+  found = calibration._layer_operands(
     fn, params, *batch, prune=[re.escape(p) for p in dict.fromkeys(c.path for c in candidates)]
   )
   out = []
-  for layer, x in found:
+  for op in found:
+    layer = op.layer
     for m in candidates:
       if layer.path != m.path or m.axis not in layer.input_axes:
         continue
-      if layer.kind != "dot_general" or len(layer.input_axes) != 1 or layer.layer is not None:
+      axis = op.axes[layer.input_axes.index(m.axis)]
+      if layer.layer is not None or axis is None:
         raise NotImplementedError(
-          f"{owner}: {label}: its channels are read by {layer.name!r}, a {layer.kind} with input "
-          f"axes {layer.input_axes}; only dense layers of one input axis are supported here. Pass "
-          "the hidden representation and the next layer to jaxprune.structured.ispasp_hidden."
+          f"{owner}: {label}: its channels are read by {layer.name!r}, "
+          + (
+            "one slice of a stacked (scanned) leaf"
+            if layer.layer is not None
+            else f"a {layer.kind} along its kernel's spatial axis {m.axis}"
+          )
+          + "; not supported here. Pass the hidden representation and the next layer to "
+          "jaxprune.structured.ispasp_hidden."
         )
-      chan = np.full(layer.fan_in, -1, np.int32)
+      chan = np.full(op.x.shape[axis], -1, np.int32)
       index = np.asarray(m.index)
       chan[index.ravel()] = np.repeat(np.arange(group.size), index.shape[1])
       w = layer.to_matrix(jnp.asarray(named[m.path], jnp.float32))
-      out.append((x, w, chan))
+      out.append(_Consumer(op.x, w, op.features, axis, chan))
   if not out:
     raise ValueError(
-      f"{owner}: {label}: no dense layer of the function reads its channels (they feed only "
-      "elementwise operations or the output); it has no next layer to measure a residual on."
+      f"{owner}: {label}: no dense layer or convolution of the function reads its channels "
+      "(they feed only elementwise operations or the output); it has no next layer to measure a "
+      "residual on."
     )
   return out
 
 
 def _group_loop(
-  size: int, chans: list[np.ndarray], keep: int, iterations: int
+  size: int, layers: list[_Consumer], keep: int, iterations: int
 ) -> Callable[[list[jax.Array], list[jax.Array]], jax.Array]:
-  """The loop on a group: ``H`` the inputs ``xs`` of its dense consumers, ``f2`` their ``ws``."""
+  """The loop on a group: ``H`` the inputs ``xs`` of its consumers, ``f2`` their linear maps."""
 
-  def segment(v, chan):
+  def per_channel(v, c):  # sum over every axis but the channels', then over each group channel
+    v = jnp.sum(v, axis=tuple(a for a in range(v.ndim) if a != c.axis))
     return jax.ops.segment_sum(
-      jnp.where(jnp.asarray(chan >= 0), v, 0.0), np.maximum(chan, 0), num_segments=size
+      jnp.where(jnp.asarray(c.chan >= 0), v, 0.0), np.maximum(c.chan, 0), num_segments=size
     )
 
   @jax.jit
   def run(xs, ws):
     def gradient(s, first):
       total = jnp.zeros(size, jnp.float32)
-      for x, w, chan in zip(xs, ws, chans):
-        on = jnp.where(jnp.asarray(chan >= 0), s[np.maximum(chan, 0)], True)
-        # R = 1/2 ||(X - X_S) W||^2 (1/2 ||X W||^2 on the first iteration): dR/dX = (R' W) W^T.
-        residual = jnp.where(first, x, x * (~on)[None, :]) @ w
-        total = total + segment(jnp.sum(residual @ w.T, axis=0), chan)
+      for x, w, c in zip(xs, ws, layers):
+        on = jnp.where(jnp.asarray(c.chan >= 0), s[np.maximum(c.chan, 0)], True)
+        shape = [1] * x.ndim
+        shape[c.axis] = -1
+
+        # R = 1/2 ||f2(H) - f2(H_S)||^2 (1/2 ||f2(H)||^2 on the first iteration), f2 linear:
+        # dR/dH = f2^T(f2(H - H_S)), the transpose taken by jax.vjp (a convolution's patches
+        # included: each activation's gradient sums over the patches that read it).
+        def f2(h, w=w, c=c):
+          return c.features(h) @ w
+
+        residual = f2(jnp.where(first, x, x * (~on).reshape(shape)))
+        (g,) = jax.vjp(f2, x)[1](residual)
+        total = total + per_channel(g, c)
       return total
 
-    return _loop(segment(jnp.sum(xs[0], axis=0), chans[0]), gradient, keep, iterations)
+    return _loop(per_channel(xs[0], layers[0]), gradient, keep, iterations)
 
   return run
 
@@ -208,11 +236,13 @@ def ispasp(
 ) -> list[np.ndarray]:
   """i-SpaSP on the channel groups of ``fn``: which channels of each group to keep.
 
-  The groups are pruned in order. For group ``j``, ``H`` is the input of each dense layer that
-  reads its channels (``[tokens, fan_in]``, computed by ``fn`` on ``batch`` with the channels
-  removed from groups ``0 .. j-1`` zeroed), ``f2`` that layer's ``H @ W``, and the residual is
-  summed over those layers; channel ``c``'s gradient and aggregated activation are summed over its
-  input rows (several after a flatten). See the module docstring for the loop.
+  The groups are pruned in order. For group ``j``, ``H`` is the input of each dense layer or
+  convolution that reads its channels (the activation as ``fn`` computes it on ``batch``, with the
+  channels removed from groups ``0 .. j-1`` zeroed), ``f2`` that layer's linear map (``H @ W``,
+  or the convolution with its strides and padding), and the residual is summed over those layers;
+  channel ``c``'s gradient and aggregated activation are summed over the samples, the spatial
+  positions and its input rows (several after a flatten, or along the other contracted axes of
+  a multi-axis dense layer). See the module docstring for the loop.
 
   Args:
     fn: the function, ``fn(params, *batch)``.
@@ -228,8 +258,8 @@ def ispasp(
 
   Raises:
     ValueError: for a ratio outside ``[0, 1)``, a wrong number of ratios, ``iterations`` below 1,
-      or a group whose channels no dense layer reads (naming the group).
-    NotImplementedError: for a group read by a convolution or a multi-axis dense layer (use
+      or a group whose channels no dense layer or convolution reads (naming the group).
+    NotImplementedError: for a group read by one slice of a stacked (scanned) leaf (use
       `ispasp_hidden` with its hidden representation).
 
   Example:
@@ -279,9 +309,8 @@ def ispasp(
         is_leaf=lambda x: x is None,
       )
     layers = _consumers(fn, masked, group, batch, owner)
-    chans = [chan for _, _, chan in layers]
-    s = _group_loop(group.size, chans, keep, iterations)(
-      [x for x, _, _ in layers], [w for _, w, _ in layers]
+    s = _group_loop(group.size, layers, keep, iterations)(
+      [c.x for c in layers], [c.w for c in layers]
     )
     keeps.append(np.asarray(s))
   return keeps
