@@ -194,6 +194,8 @@ def fingerprint(config: ml_collections.ConfigDict) -> str:
       16 hex digits; equal for configs that differ only in `EXECUTION_FIELDS`.
   """
   fields = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_FIELDS}
+  if not fields.get("dead_neurons"):  # off: as configs from before the field
+    fields.pop("dead_neurons", None)
   text = json.dumps(fields, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -145,3 +145,36 @@ def measure(params: Any, mac_counts: dict[str, Any]) -> dict[str, Any]:
     "compression_ratio": float(flops.compression_ratio(summary)),
     "theoretical_speedup": float(flops.theoretical_speedup(mac_counts, summary)),
   }
+
+
+def dead_neuron_probe(model: nn.Module, images: Any) -> Callable[[Any], Any]:
+  """``params -> jaxprune.analysis.DeadNeuronRate`` of the hidden layers on fixed ``images``.
+
+  The hidden layers are every ``Dense`` and ``Conv`` layer but the last one called; their outputs
+  are the pre-activations of the ReLUs that follow them in the models without batch norm (the
+  LeNets, the MLPs, Conv-2/4/6), which is what `jaxprune.analysis.dead_neuron_rate` reads.
+
+  Args:
+      model: a Flax model without batch norm.
+      images: the images, ``[n, ...]``.
+
+  Returns:
+      The probe: one run's params in, the rate (Python numbers) out.
+  """
+  x = jnp.asarray(images)
+
+  @jax.jit
+  def pre_activations(params):
+    outputs = []
+
+    def record(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      if isinstance(context.module, (nn.Dense, nn.Conv)) and context.method_name == "__call__":
+        outputs.append(("/".join(context.module.path), out))
+      return out
+
+    with nn.intercept_methods(record):
+      model.apply({"params": params}, x, train=False)
+    return dict(outputs[:-1])
+
+  return lambda params: jaxprune.analysis.dead_neuron_rate(pre_activations(params))

@@ -484,6 +484,8 @@ def train_runs(
       program_key, model, setups[0].tx, data.validation.batch_size, axes, ephemeral
     ).evaluate
 
+  dead_neurons = _dead_neuron_probe(config, model, dataset, templates[0])
+
   keep = int(config.get("keep_checkpoints", 2) or 2)
   checkpoints = [
     checkpointing.RunCheckpoints(output_dir / "checkpoints" / r.name, keep) for r in runs
@@ -630,6 +632,7 @@ def train_runs(
           bar,
           output_dir if cycle_ends else None,
           evaluate_validation,
+          dead_neurons,
         )
         since_eval = 0
         state = _reset_sums(state)
@@ -701,6 +704,7 @@ def train_runs(
           "theoretical_speedup": final["theoretical_speedup"],
           "leaf_sparsity": final["leaf_sparsity"],
           **dense,
+          **{k: final[k] for k in ("dead_neuron_rate", "dead_neuron_rate_layers") if k in final},
         },
         "evaluations": evals,
         **deployed[i],
@@ -878,6 +882,35 @@ def load_cycle_masks(directory: Path, cycle: int, params: Any) -> Any:
   return jax.tree.unflatten(treedef, [arrays.get(path_str(p)) for p, _ in paths])
 
 
+def _dead_neuron_probe(config, model, dataset, template) -> Optional[Callable]:
+  """The probe of ``config.dead_neurons`` training images (0 or absent: None).
+
+  The images are a fixed sample of the training split (seed 0, the same for every run), so that
+  the rates of runs and of evaluations compare. Measured on the evaluated params (the deployed
+  ones with ephemeral masks).
+
+  Raises:
+      ValueError: for a negative count or more than the training images, or a model with batch
+          norm (its Dense/Conv outputs do not feed the ReLUs directly).
+  """
+  n = int(config.get("dead_neurons", 0) or 0)
+  if n == 0:
+    return None
+  if not 0 < n <= len(dataset.train):
+    raise ValueError(
+      f"dead_neurons must be in [0, {len(dataset.train)}] (training images), got {n}"
+    )
+  if template.model_state:
+    raise ValueError(
+      f"dead_neurons: model {config.model!r} has {sorted(template.model_state)} (batch norm); "
+      "the dead neuron rate is read from the Dense/Conv outputs that feed a ReLU directly "
+      "(the LeNets, MLPs, Conv-2/4/6)"
+    )
+  idx = np.sort(np.random.default_rng(0).permutation(len(dataset.train))[:n])
+  images, _ = dataset.train.take(idx)
+  return evaluation.dead_neuron_probe(model, images)
+
+
 def _evaluate(
   state,
   program,
@@ -896,12 +929,14 @@ def _evaluate(
   bar,
   masks_dir: Optional[Path] = None,
   evaluate_validation: Optional[Callable] = None,
+  dead_neurons: Optional[Callable] = None,
 ) -> None:
   """Appends an evaluation record to every run still training (in place).
 
   With ``masks_dir`` (IMP runs) the records carry `imp_record` and the masks of a cycle
   are saved at its end; with ``data.validation``, the validation loss and accuracy from
-  ``evaluate_validation``. With ephemeral masks (``program.deploy``) the deployed params are
+  ``evaluate_validation``; with ``dead_neurons`` (`_dead_neuron_probe`), the dead neuron rate of
+  the evaluated params, in all and per layer. With ephemeral masks (``program.deploy``) the deployed params are
   evaluated and measured, and the records add ``dense_kernel_sparsity`` (of the dense weights).
   """
   # With ephemeral masks, the deployed model is evaluated and measured (the dense weights'
@@ -948,6 +983,10 @@ def _evaluate(
     if program.deploy is not None:
       dense = stacking.take(state.params, axes.params, i) if axes is not None else state.params
       record["dense_kernel_sparsity"] = evaluation.measure(dense, mac_counts)["kernel_sparsity"]
+    if dead_neurons is not None:
+      rate = dead_neurons(run_params)
+      record["dead_neuron_rate"] = rate.total
+      record["dead_neuron_rate_layers"] = rate.leaves
     if data.validation is not None:
       record["validation_loss"] = float(val_loss[i]) / data.validation.size
       record["validation_accuracy"] = int(val_correct[i]) / data.validation.size

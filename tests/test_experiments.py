@@ -635,6 +635,64 @@ def test_finished_runs_are_reported_not_retrained(reference, cache_dir, capsys):
   assert outputs.read_finished_run(reference, "gradual_s0.9_seed0", "0" * 16) is None
 
 
+@needs_mnist
+def test_dead_neuron_rate_is_logged_without_changing_the_runs(reference, cache_dir, tmp_path):
+  out = tmp_path / "dnr"
+  argv = _argv(out, cache_dir, *PAIR, "--set", "dead_neurons=256")
+  assert cli.main(argv) == 0
+  got, ref = _records(out), _records(reference)
+  _, config = cli.parse_args(argv)
+  model = models.get_model(config.model, 10)
+  dataset = data_lib.load_dataset("mnist", data_dir=DATA_DIR, cache_dir=cache_dir, progress=False)
+  idx = np.sort(np.random.default_rng(0).permutation(len(dataset.train))[:256])
+  probe = evaluation.dead_neuron_probe(model, dataset.train.take(idx)[0])
+  for spec in PAIR_RUNS:
+    a, b = got[spec.name], ref[spec.name]
+    # The training is the reference's: every other number is identical.
+    for x, y in zip(a["evaluations"], b["evaluations"]):
+      rate = x.pop("dead_neuron_rate")
+      assert 0.0 < rate < 1.0 and set(x.pop("dead_neuron_rate_layers")) == {"Dense_0", "Dense_1"}
+      assert x == y
+    # The final rate is that of the final params on the same 256 training images.
+    tx = methods.METHODS[spec.method].make_tx(config, spec.sparsity, spec.seed)
+    template = train.init_state(model, tx, spec.seed, (28, 28, 1))
+    checkpoints = checkpointing.RunCheckpoints(out / "checkpoints" / spec.name)
+    try:
+      state, _ = checkpoints.restore(checkpoints.steps()[-1], template)
+    finally:
+      checkpoints.close()
+    expected = probe(state.params)
+    assert a["final"]["dead_neuron_rate"] == expected.total
+    assert a["final"]["dead_neuron_rate_layers"] == expected.leaves
+
+
+def test_dead_neuron_option_rejects_bad_values():
+  config = config_lib.load_config()
+  model = models.get_model("lenet300_100", 10)
+
+  class Train:
+    def __len__(self):
+      return 100
+
+  dataset = type("D", (), {"train": Train()})()
+  template = type("T", (), {"model_state": {}})()
+  config.dead_neurons = 0
+  assert train._dead_neuron_probe(config, model, dataset, template) is None
+  for n in (-1, 101):
+    config.dead_neurons = n
+    with pytest.raises(ValueError, match=rf"dead_neurons must be in \[0, 100\].*got {n}"):
+      train._dead_neuron_probe(config, model, dataset, template)
+  config.dead_neurons = 10
+  with_bn = type("T", (), {"model_state": {"batch_stats": {}}})()
+  with pytest.raises(ValueError, match=r"\['batch_stats'\] \(batch norm\)"):
+    train._dead_neuron_probe(config, model, dataset, with_bn)
+  # Off, the field leaves the fingerprints of configs from before it unchanged.
+  off = config_lib.load_config()
+  with off.unlocked():
+    del off["dead_neurons"]
+  assert config_lib.fingerprint(off) == config_lib.fingerprint(config_lib.load_config())
+
+
 def _assert_close_records(a, b, names):
   for name in names:
     ea, eb = a[name]["evaluations"], b[name]["evaluations"]

@@ -62,6 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_pipeline = "memory"
   config.num_train_steps = 4000
   config.eval_every = 500  # steps between evaluations (the last step is always evaluated)
+  # Training images on which every evaluation also measures the dead neuron rate of the hidden
+  # layers (jaxprune.analysis.dead_neuron_rate; models without batch norm); 0: not measured.
+  config.dead_neurons = 0
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "sgd"  # "sgd" or "adam"
