@@ -34,7 +34,10 @@ Models:
 
 Kernels use Glorot (Xavier) normal initialisation for the LeNets and the Conv-n nets, as
 in Frankle & Carbin (2019); the BatchNorm models use He (Kaiming) normal for convolutions.
-Biases start at zero.
+Biases start at zero. ``lenet300_100_vs`` is LeNet-300-100 with the initialiser of SNIP's code
+(namhoonlee/snip-public, ``network.py``: TF1's ``tf.variance_scaling_initializer()`` with its
+defaults, scale 1 over the fan-in, truncated normal), for the controlled experiment of
+``experiments/configs/mnist_snip_budget_vs.py``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import jax.numpy as jnp
 
 glorot_normal = nn.initializers.glorot_normal()
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+lecun_truncated_normal = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 
 
 def _flatten(x):
@@ -55,14 +59,15 @@ def _flatten(x):
 class LeNet300100(nn.Module):
   num_classes: int = 10
   hidden: Sequence[int] = (300, 100)
+  kernel_init: Callable = glorot_normal
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train
     x = _flatten(x)
     for width in self.hidden:
-      x = nn.relu(nn.Dense(width, kernel_init=glorot_normal)(x))
-    return nn.Dense(self.num_classes, kernel_init=glorot_normal)(x)
+      x = nn.relu(nn.Dense(width, kernel_init=self.kernel_init)(x))
+    return nn.Dense(self.num_classes, kernel_init=self.kernel_init)(x)
 
 
 class LeNet5(nn.Module):
@@ -245,6 +250,8 @@ class ViT(nn.Module):
 
 _FACTORIES: dict[str, Callable[[int], nn.Module]] = {
   "lenet300_100": lambda n: LeNet300100(num_classes=n),
+  # SNIP's code's initialiser (scale 1 / fan-in, truncated normal): mnist_snip_budget_vs.
+  "lenet300_100_vs": lambda n: LeNet300100(num_classes=n, kernel_init=lecun_truncated_normal),
   "mlp_40_40": lambda n: LeNet300100(num_classes=n, hidden=(40, 40)),  # DropNet's MNIST model A
   "lenet5": lambda n: LeNet5(num_classes=n),
   "conv2": lambda n: Conv2(num_classes=n),

@@ -1033,6 +1033,49 @@ def test_snip_budget_config_is_snips_recipe_at_100k_iterations():
   assert tuple(config.sparsities) == (0.95, 0.98) and tuple(config.seeds) == (0, 1, 2)
 
 
+def test_issue16_configs_follow_their_recipes():
+  vs = config_lib.load_config("mnist_snip_budget_vs")
+  base = config_lib.load_config("mnist_snip_budget")
+  # The controlled experiment changes the initialiser (and evaluates where SNIP's code saves).
+  assert (vs.model, vs.eval_every, tuple(vs.methods)) == (
+    "lenet300_100_vs",
+    1000,
+    ("dense", "snip"),
+  )
+  assert vs.optimizer.to_dict() == base.optimizer.to_dict()
+  assert (vs.num_train_steps, vs.validation_size, vs.batch_size) == (100_000, 6000, 100)
+  kernel = models.get_model("lenet300_100_vs", 10).init(
+    jax.random.key(0), jnp.zeros((1, 28, 28, 1))
+  )
+  w = np.asarray(kernel["params"]["Dense_0"]["kernel"])
+  # Scale 1 over the fan-in, truncated at 2 std: std sqrt(1/784), nothing beyond 2 std.
+  assert abs(w.std() - (1 / 784) ** 0.5) < 0.002 and np.abs(w).max() <= 2 * (1 / 784) ** 0.5 / 0.87
+
+  imp = config_lib.load_config("mnist_imp_vs_gradual")
+  assert tuple(imp.methods) == ("dense", "gradual", "imp_slr")
+  assert (imp.num_train_steps, imp.validation_size, imp.batch_size) == (15_000, 5000, 128)
+  assert imp.num_train_steps * imp.batch_size / 55_000 >= 30  # epochs, in all
+  assert methods.imp_cycle_steps(imp) == [5000, 2500, 2500, 2500, 2500]
+
+  rigl = config_lib.load_config("mnist_rigl_budget")
+  assert tuple(rigl.methods) == ("dense", "static", "set", "rigl", "gradual")
+  assert (rigl.num_train_steps, rigl.batch_size, rigl.validation_size) == (120_000, 100, 0)
+  lr = optimizers.make_learning_rate(rigl.optimizer, rigl.num_train_steps)
+  assert [float(lr(s)) for s in (0, 44_999, 45_000, 56_999, 57_000, 119_999)] == pytest.approx(
+    [0.2, 0.2, 0.2 / 3, 0.2 / 3, 0.2 / 9, 0.2 / 9]
+  )
+  assert (
+    methods.dst_steps(rigl)["rigl_end"] == 50_000 and methods.dst_steps(rigl)["frequency"] == 100
+  )
+  assert methods.prune_steps(rigl) == {
+    "one_shot_step": 60_000,
+    "gradual_begin": 2000,
+    "gradual_end": 30_000,
+    "gradual_frequency": 500,
+  }
+  assert (rigl.dst.distribution, rigl.distribution, rigl.dst.drop_fraction) == ("erk", "erk", 0.3)
+
+
 def test_dst_and_at_init_configs():
   dst = config_lib.load_config("mnist_dst")
   assert tuple(dst.methods) == ("dense", "gradual", "static", "set", "rigl", "granet")
