@@ -153,7 +153,8 @@ def select(dirs: Sequence[Path | str], field: str) -> tuple[list[dict], list[dic
   Returns:
       ``(all_rows, chosen)``: one row per (method, sparsity, value) with ``value``, ``seeds``,
       ``validation_accuracy`` (mean), ``test_error`` and ``test_error_std``; and one row per
-      (method, sparsity) for the value chosen (the first directory's on ties).
+      (method, sparsity) for the value chosen (the first directory's on ties), by method (in
+      order of first appearance) and sparsity.
 
   Raises:
       ValueError: for fewer than two directories, two directories with the same value, a run
@@ -189,7 +190,11 @@ def select(dirs: Sequence[Path | str], field: str) -> tuple[list[dict], list[dic
         }
       )
   chosen = []
-  keys = list(dict.fromkeys((r["method"], r["target_sparsity"]) for r in rows))
+  order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
+  keys = sorted(
+    dict.fromkeys((r["method"], r["target_sparsity"]) for r in rows),
+    key=lambda k: (order[k[0]], k[1]),
+  )
   for key in keys:
     group = [r for r in rows if (r["method"], r["target_sparsity"]) == key]
     if any(r["seeds"] != group[0]["seeds"] for r in group):
@@ -257,11 +262,14 @@ def plot_selection(rows: Sequence[dict], chosen: Sequence[dict], field: str, pat
       label=f"{method} (tuned {field})",
     )
     for value in dict.fromkeys(json.dumps(r["value"]) for r in rows):
-      mine = [
-        r
-        for r in rows
-        if r["method"] == method and json.dumps(r["value"]) == value and r["target_sparsity"] > 0
-      ]
+      mine = sorted(
+        (
+          r
+          for r in rows
+          if r["method"] == method and json.dumps(r["value"]) == value and r["target_sparsity"] > 0
+        ),
+        key=lambda r: r["target_sparsity"],
+      )
       ax.plot(
         [100 * (1 - r["target_sparsity"]) for r in mine],
         [100 * r["test_error"] for r in mine],

@@ -66,6 +66,7 @@ def test_sweep_chooses_the_best_validation_accuracy_per_method_and_sparsity(tmp_
     tmp_path / "a",
     [
       record("gradual", 0.9, 0, [0.97], vals=[0.975]),
+      record("gradual", 0.95, 0, [0.96], vals=[0.96]),  # its file sorts before 0.9's
       record("imp", 0.9, 0, [0.96], vals=[0.990]),
     ],
     0.05,
@@ -74,13 +75,19 @@ def test_sweep_chooses_the_best_validation_accuracy_per_method_and_sparsity(tmp_
     tmp_path / "b",
     [
       record("gradual", 0.9, 0, [0.95], vals=[0.980]),  # better validation, worse test
+      record("gradual", 0.95, 0, [0.94], vals=[0.95]),
       record("imp", 0.9, 0, [0.99], vals=[0.970]),
     ],
     0.1,
   )
   rows, chosen = model_selection.select([a, b], "optimizer.learning_rate")
-  assert len(rows) == 4
-  by = {c["method"]: c for c in chosen}
+  assert len(rows) == 6
+  assert [(c["method"], c["target_sparsity"]) for c in chosen] == [
+    ("gradual", 0.9),
+    ("gradual", 0.95),
+    ("imp", 0.9),
+  ]
+  by = {c["method"]: c for c in chosen if c["target_sparsity"] == 0.9}
   assert by["gradual"]["value"] == 0.1 and by["gradual"]["test_error"] == pytest.approx(0.05)
   assert by["imp"]["value"] == 0.05 and by["imp"]["test_error"] == pytest.approx(0.04)
   out = tmp_path / "out"
@@ -93,7 +100,7 @@ def test_sweep_chooses_the_best_validation_accuracy_per_method_and_sparsity(tmp_
   text = (out / "selection.md").read_text()
   assert "| gradual | 90% |" in text and "0.1: **5.00% ± 0.00%**" in text
   assert (out / "selection.png").stat().st_size > 0
-  assert json.loads((out / "selection.json").read_text())["chosen"][0]["method"] == "gradual"
+  assert json.loads((out / "selection.json").read_text())["chosen"][1]["value"] == 0.05
 
 
 def test_sweep_rejects_bad_input(tmp_path):
