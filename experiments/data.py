@@ -437,6 +437,24 @@ def load_dataset(
   )
 
 
+def unit_scaled(dataset: Dataset) -> Dataset:
+  """The dataset with its images back in ``[0, 1]`` (the standardisation undone), as pipelines
+  that feed raw pixel intensities do (e.g. TF's MNIST ``input_data``, which RigL's code reads).
+
+  Raises:
+      ValueError: if the training split is not in memory (``lazy_train``).
+  """
+  if not isinstance(dataset.train, Split):
+    raise ValueError("unit_scaled: the training split is not in memory (lazy_train)")
+  mean = np.asarray(dataset.mean, np.float32)
+  std = np.asarray(dataset.std, np.float32)
+
+  def undo(split: Split) -> Split:
+    return Split((split.images * std + mean).astype(np.float32), split.labels)
+
+  return dataclasses.replace(dataset, train=undo(dataset.train), test=undo(dataset.test))
+
+
 def split_validation(dataset: Dataset, size: int, seed: int) -> tuple[Dataset, Optional[Split]]:
   """Holds ``size`` examples out of the training split, chosen by a seeded permutation.
 

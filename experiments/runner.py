@@ -40,6 +40,11 @@ def _load(
   ``data_pipeline="grain"`` the training split stays on disk: its batches are streamed)."""
   validation = (int(config.get("validation_size", 0)), int(config.get("validation_seed", 0)))
   pipeline = train.data_pipeline(config)
+  scaling = str(config.get("input_scaling", "standardize"))
+  if scaling not in ("standardize", "unit"):
+    raise ValueError(f"input_scaling must be 'standardize' or 'unit', got {scaling!r}")
+  if scaling == "unit" and pipeline == "grain":
+    raise ValueError("input_scaling='unit' needs data_pipeline='memory'")
   key = (
     config.dataset,
     data_dir,
@@ -47,6 +52,7 @@ def _load(
     int(config.eval_batch_size),
     validation,
     pipeline,
+    scaling,
   )
   if key not in _LOADED:
     _LOADED.clear()
@@ -57,6 +63,8 @@ def _load(
       progress=progress,
       lazy_train=pipeline == "grain",
     )
+    if scaling == "unit":
+      full = data_lib.unit_scaled(full)
     dataset, held_out = data_lib.split_validation(full, *validation)
     _LOADED[key] = (dataset, train.prepare_data(dataset, int(config.eval_batch_size), held_out))
   return _LOADED[key]

@@ -9,6 +9,7 @@ the programs compiled by the first test are reused by the others (the compiled p
 are cached per config fingerprint in `experiments.train`).
 """
 
+import dataclasses
 import json
 import time
 
@@ -166,6 +167,25 @@ def test_mnist_arrays(mnist, cache_dir):
   np.testing.assert_allclose(
     data_lib.normalize(images[:5], (0.1307,), (0.3081,)), mnist.test.images[:5]
   )
+
+
+@needs_mnist
+def test_unit_scaling_gives_the_raw_pixel_intensities(mnist):
+  unit = data_lib.unit_scaled(mnist)
+  for split in (unit.train, unit.test):
+    assert split.images.dtype == np.float32
+    assert split.images.min() >= -1e-6 and split.images.max() <= 1 + 1e-6
+    # Every value is a pixel intensity k / 255, to float32 rounding.
+    k = split.images[:50] * 255
+    np.testing.assert_allclose(k, np.round(k), atol=2e-4)
+  np.testing.assert_array_equal(unit.train.labels, mnist.train.labels)
+  lazy = dataclasses.replace(mnist, train=object())
+  with pytest.raises(ValueError, match="not in memory"):
+    data_lib.unit_scaled(lazy)
+  config = config_lib.load_config()
+  config.input_scaling = "raw"
+  with pytest.raises(ValueError, match="input_scaling must be 'standardize' or 'unit', got 'raw'"):
+    runner._load(config, None, False)
 
 
 def test_missing_dataset_error(tmp_path, cache_dir):
@@ -1058,7 +1078,7 @@ def test_issue16_configs_follow_their_recipes():
   assert methods.imp_cycle_steps(imp) == [5000, 2500, 2500, 2500, 2500]
 
   rigl = config_lib.load_config("mnist_rigl_budget")
-  assert tuple(rigl.methods) == ("dense", "static", "set", "rigl", "gradual")
+  assert tuple(rigl.methods) == ("rigl", "static", "set", "gradual", "dense")
   assert (rigl.num_train_steps, rigl.batch_size, rigl.validation_size) == (120_000, 100, 0)
   lr = optimizers.make_learning_rate(rigl.optimizer, rigl.num_train_steps)
   assert [float(lr(s)) for s in (0, 44_999, 45_000, 56_999, 57_000, 119_999)] == pytest.approx(
