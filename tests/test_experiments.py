@@ -514,17 +514,22 @@ def _records(out):
   return records
 
 
-def _final_state(out, argv, spec):
-  """The whole training state in the final checkpoint of run ``spec`` (NumPy leaves)."""
-  _, config = cli.parse_args(argv)
+def _restore_final(out, config, spec):
+  """``(state, meta)`` of the final checkpoint of run ``spec``."""
   model = models.get_model(config.model, 10)
   tx = methods.METHODS[spec.method].make_tx(config, spec.sparsity, spec.seed)
   template = train.init_state(model, tx, spec.seed, (28, 28, 1))
   checkpoints = checkpointing.RunCheckpoints(out / "checkpoints" / spec.name)
   try:
-    state, meta = checkpoints.restore(checkpoints.steps()[-1], template)
+    return checkpoints.restore(checkpoints.steps()[-1], template)
   finally:
     checkpoints.close()
+
+
+def _final_state(out, argv, spec):
+  """The whole training state in the final checkpoint of run ``spec`` (NumPy leaves)."""
+  _, config = cli.parse_args(argv)
+  state, meta = _restore_final(out, config, spec)
   assert meta["step"] == config.num_train_steps
   return [np.asarray(x) for x in jax.tree.leaves(state)]
 
@@ -674,13 +679,7 @@ def test_dead_neuron_rate_is_logged_without_changing_the_runs(reference, cache_d
       assert 0.0 < rate < 1.0 and set(x.pop("dead_neuron_rate_layers")) == {"Dense_0", "Dense_1"}
       assert x == y
     # The final rate is that of the final params on the same 256 training images.
-    tx = methods.METHODS[spec.method].make_tx(config, spec.sparsity, spec.seed)
-    template = train.init_state(model, tx, spec.seed, (28, 28, 1))
-    checkpoints = checkpointing.RunCheckpoints(out / "checkpoints" / spec.name)
-    try:
-      state, _ = checkpoints.restore(checkpoints.steps()[-1], template)
-    finally:
-      checkpoints.close()
+    state, _ = _restore_final(out, config, spec)
     expected = probe(state.params)
     assert a["final"]["dead_neuron_rate"] == expected.total
     assert a["final"]["dead_neuron_rate_layers"] == expected.leaves
