@@ -122,6 +122,130 @@ def test_segmented_selection_is_exact_at_every_digit_width(max_bins, monkeypatch
       np.testing.assert_array_equal(np.asarray(masks[i]), w)
 
 
+# The bracketed select (a sample predicts the threshold's upper digit, one pass resolves it)
+# applies to leaves of at least `_MIN_SAMPLED` entries and selections of at least
+# `_ENTRIES_PER_BIN` entries per bin; both lowered here so that small arrays take it.
+BRACKET_SHAPES = [(64, 8), (48, 3, 4), (16, 40), (5, 64), (300,)]
+
+
+def _count_passes(monkeypatch):
+  """Records the radix passes (`_histograms` calls) by the bits of the key they start at."""
+  calls = []
+  original = selection._histograms
+  monkeypatch.setattr(
+    selection, "_histograms", lambda *a, **k: calls.append(a[4]) or original(*a, **k)
+  )
+  return calls
+
+
+@SETTINGS
+@given(data=st.data())
+def test_bracketed_selection_is_exact(data):
+  # Global and per-leaf segments over leaves sampled in pieces, whatever the values: ties,
+  # signed zeros, infinities, NaNs, and k from 0 to the size.
+  shapes_ = data.draw(st.lists(st.sampled_from(BRACKET_SHAPES), min_size=1, max_size=3))
+  continuous = data.draw(st.booleans())
+  arrays = []
+  for shape in shapes_:
+    if continuous:
+      seed = data.draw(st.integers(0, 2**16))
+      arrays.append(np.random.default_rng(seed).normal(size=shape).astype(np.float32))
+    else:
+      arrays.append(data.draw(scores_with_ties(shape)))
+  layerwise = data.draw(st.booleans())
+  segments = list(range(len(arrays))) if layerwise else [0] * len(arrays)
+  sizes = [a.size for a in arrays] if layerwise else [sum(a.size for a in arrays)]
+  ks = [data.draw(st.integers(0, n)) for n in sizes]
+  piece_size = data.draw(st.sampled_from([None, 40]))
+  old = selection._MIN_SAMPLED, selection._ENTRIES_PER_BIN
+  selection._MIN_SAMPLED, selection._ENTRIES_PER_BIN = 64, 1e-6
+  try:
+    masks = selection.top_k_masks(
+      [jnp.asarray(a) for a in arrays], ks, segments=segments, piece_size=piece_size
+    )
+  finally:
+    selection._MIN_SAMPLED, selection._ENTRIES_PER_BIN = old
+  for seg, k in enumerate(ks):
+    members = [i for i, s in enumerate(segments) if s == seg]
+    for i, want in zip(members, reference_top_k([arrays[i] for i in members], k)):
+      np.testing.assert_array_equal(np.asarray(masks[i]), want)
+
+
+def _sorted_top_k(scores, k):
+  """`reference_top_k` for one array without NaNs, by NumPy's stable sort (for large arrays)."""
+  flat = np.where(scores == 0, 0.0, scores).ravel()
+  keep = np.zeros(flat.size, bool)
+  keep[np.argsort(-flat, kind="stable")[:k]] = True
+  return keep.reshape(scores.shape)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["nojit", "jit"])
+def test_bracketed_selection_paths(jit, monkeypatch):
+  # Each way the bracketed pass ends, on one leaf of 2**20 entries, checked against a sort: the
+  # threshold inside the sample's bracket (no second pass), a mask update keeping exactly the
+  # live entries (all others -inf: the threshold's digit is kept whole, no second pass), and a
+  # sample that misses (rows 0, 16, 32, ... hold the large values: one more radix pass).
+  monkeypatch.setattr(selection, "_ENTRIES_PER_BIN", 1)
+  calls = _count_passes(monkeypatch)
+  rng = np.random.default_rng(0)
+  normal = rng.normal(size=(8192, 128)).astype(np.float32)
+  k = normal.size // 10
+  live = _sorted_top_k(np.abs(normal), k)
+  pruned = np.where(live, np.abs(normal) + 1e-3 * rng.normal(size=normal.shape), -np.inf)
+  misleading = np.abs(normal) * 1e-3
+  misleading[::16] += 1.0
+  top_k = jax.jit(selection.top_k_mask, static_argnums=1) if jit else selection.top_k_mask
+  for scores, passes in [
+    (np.abs(normal), 0),
+    (pruned.astype(np.float32), 0),
+    (misleading, 1),
+  ]:
+    calls.clear()
+    mask = np.asarray(top_k(jnp.asarray(scores), k))
+    np.testing.assert_array_equal(mask, _sorted_top_k(scores, k))
+    if not jit:  # (under jit both branches of the lax.cond are traced)
+      assert calls == [16] * passes  # the second radix pass starts at bit 16
+
+
+def test_bracketed_selection_is_not_used_for_small_leaves_or_many_segments(monkeypatch):
+  # Below `_MIN_SAMPLED` entries, or with too many segments for a bracket of two upper digits
+  # each, or fewer than `_ENTRIES_PER_BIN` entries per bin of the bracketed histograms, the
+  # selection runs the plain radix passes (two 16-bit digits here, from bits 0 and 16).
+  calls = _count_passes(monkeypatch)
+  selection.top_k_mask(jnp.arange(1000.0), 10)
+  assert calls == [0, 16]
+  calls.clear()
+  big = jnp.asarray(np.random.default_rng(0).normal(size=(512, 128)).astype(np.float32))
+  selection.top_k_masks([big] * 8, [5] * 8, segments=range(8))
+  assert calls == [0, 16]
+  calls.clear()
+  selection.top_k_masks([big] * 2, [5] * 2, segments=range(2))  # 2**17 entries: too few
+  assert calls == [0, 16]
+  calls.clear()
+  monkeypatch.setattr(selection, "_ENTRIES_PER_BIN", 1e-6)
+  selection.top_k_masks([big] * 2, [5] * 2, segments=range(2))
+  assert calls == []
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["nojit", "jit"])
+@pytest.mark.parametrize("ties, keep", [(3, 1), (3, 2), (9, 4), (9, 5), (9, 8)])
+def test_ties_at_the_threshold_are_cut_by_position(jit, ties, keep, monkeypatch):
+  # Keeping up to four of the tied keys, min-reductions find their positions (no radix pass on
+  # the positions); more, the radix select on the positions. Both keep the first ones.
+  calls = _count_passes(monkeypatch)
+  rng = np.random.default_rng(1)
+  scores = rng.permutation(np.arange(2000, dtype=np.float32)) + 10.0
+  tied = rng.choice(2000, ties, replace=False)
+  scores[tied] = 5.0
+  k = 2000 - ties + keep  # every score above 5.0, and `keep` of the tied ones
+  top_k = jax.jit(selection.top_k_mask, static_argnums=1) if jit else selection.top_k_mask
+  mask = np.asarray(top_k(jnp.asarray(scores), k))
+  np.testing.assert_array_equal(mask, reference_top_k([scores], k)[0])
+  np.testing.assert_array_equal(np.flatnonzero(mask & (scores == 5.0)), np.sort(tied)[:keep])
+  if not jit:
+    assert calls == ([0, 16] if keep <= selection._TIE_ROUNDS else [0, 16, 0, 16])
+
+
 def test_out_of_range_k_is_clipped_to_the_size():
   x = jnp.arange(5.0)
   assert int(selection.top_k_mask(x, -3).sum()) == 0

@@ -83,8 +83,13 @@ def test_streamed_selection_equals_the_materialised_one(jit, piece_size):
   assert kept == [40, 9, 27]
 
 
-def test_streamed_selection_on_sharded_operands_equals_one_device():
+@pytest.mark.parametrize("bracketed", [False, True], ids=["radix", "bracketed"])
+def test_streamed_selection_on_sharded_operands_equals_one_device(bracketed, monkeypatch):
   # Pieces are strided along the cut axis, so each device slices its own block of a sharded axis.
+  # "bracketed": the sampled, one-pass select (thresholds lowered so that these arrays take it).
+  if bracketed:
+    monkeypatch.setattr(selection, "_MIN_SAMPLED", 64)
+    monkeypatch.setattr(selection, "_ENTRIES_PER_BIN", 1e-6)
   mesh = jax.make_mesh((4, 2), ("a", "b"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
   rng = np.random.default_rng(3)
   arrays = [
