@@ -407,11 +407,14 @@ def _bracketed_kth_largest(
   sizes = jnp.zeros(num_segments, jnp.int32)
   for stream, seg in zip(streams, segments):
     sizes = sizes.at[seg].add(stream.size)
+  # The skipped keys of -inf (key 0) go back in: to the bracket's first bin when it starts at
+  # digit 0, else to digit 0's bin.
   minus_inf = sizes - jnp.sum(hist, axis=1)
   fine = hist[:, :fine_bins].reshape(num_segments, width, 1 << 16)
+  fine = fine.at[:, 0, 0].add(jnp.where(low == 0, minus_inf, 0))
   # 4. The upper digit of the k-th largest key, from the full histogram of upper digits.
   rows = jnp.arange(width)[None, :] + low[:, None]  # the bracket's digits (high + 1 .. unused)
-  coarse = hist[:, fine_bins:].at[:, 0].add(minus_inf)
+  coarse = hist[:, fine_bins:].at[:, 0].add(jnp.where(low == 0, 0, minus_inf))
   coarse = coarse.at[jnp.arange(num_segments)[:, None], jnp.minimum(rows, 0xFFFF)].add(
     jnp.where(rows <= high[:, None], jnp.sum(fine, axis=2), 0)
   )

@@ -171,6 +171,25 @@ def test_bracketed_selection_is_exact(data):
       np.testing.assert_array_equal(np.asarray(masks[i]), want)
 
 
+@pytest.mark.parametrize("case", ["all -inf", "-inf and NaN", "mostly -inf"])
+def test_bracketed_selection_of_pruned_and_nan_scores(case, monkeypatch):
+  # The pass skips the keys of -inf and counts them from the size; where the bracket starts at
+  # the lowest digit (-inf and NaN), they must go back into its first bin. NaN ranks above -inf.
+  monkeypatch.setattr(selection, "_MIN_SAMPLED", 64)
+  monkeypatch.setattr(selection, "_ENTRIES_PER_BIN", 1e-6)
+  rng = np.random.default_rng(0)
+  x = np.full((64, 8), -np.inf, np.float32)
+  if case == "-inf and NaN":
+    x[rng.random(x.shape) < 0.2] = np.nan
+  if case == "mostly -inf":
+    x[rng.random(x.shape) < 0.1] = np.nan
+    x[rng.random(x.shape) < 0.1] = rng.normal(size=x.shape)[rng.random(x.shape) < 0.1][0]
+  ranked = np.where(np.isnan(x), -3.5e38, x.astype(np.float64))  # -inf < NaN < every float32
+  for k in [0, 1, 5, 40, 60, 100, 511, 512]:
+    mask = np.asarray(selection.top_k_mask(jnp.asarray(x), k))
+    np.testing.assert_array_equal(mask, reference_top_k([ranked], k)[0], err_msg=f"k={k}")
+
+
 def _sorted_top_k(scores, k):
   """`reference_top_k` for one array without NaNs, by NumPy's stable sort (for large arrays)."""
   flat = np.where(scores == 0, 0.0, scores).ravel()
