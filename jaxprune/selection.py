@@ -218,6 +218,11 @@ def _piece_positions(
   return pos
 
 
+def _over_pieces(n: int, body: Callable[[Any, T], T], init: T) -> T:
+  """``body`` folded over piece indices ``0 .. n-1`` (a ``fori_loop``; one call for one piece)."""
+  return body(0, init) if n == 1 else jax.lax.fori_loop(0, n, body, init)
+
+
 # A source of keys: (number of pieces, piece index -> (uint32 keys, bool weights or None)).
 _Source = tuple[int, Callable[[Any], tuple[jax.Array, jax.Array | None]]]
 
@@ -255,7 +260,7 @@ def _histograms(
   hist = jnp.zeros(num_segments * num_bins, jnp.int32)
   for (n, piece), seg in zip(sources, segments):
     body = functools.partial(add, piece, seg)
-    hist = body(0, hist) if n == 1 else jax.lax.fori_loop(0, n, body, hist)
+    hist = _over_pieces(n, body, hist)
   return hist.reshape(num_segments, num_bins)
 
 
@@ -313,7 +318,7 @@ def _bracketed_kth_largest(
   sources: Sequence[_Source],
   k: jax.Array,
   segments: Sequence[int],
-  num_segments: int,
+  totals: Sequence[int],
   piece_size: int,
 ) -> tuple[jax.Array, jax.Array, jax.Array] | None:
   """`_kth_largest` with one full histogram pass instead of two, where a sample predicts where
@@ -342,8 +347,8 @@ def _bracketed_kth_largest(
   # Upper digits resolved per segment's bracket: all histograms within `_MAX_BINS` bins, and one
   # bin per `_ENTRIES_PER_BIN` entries (their int32 counts within 10% of float32 scores' bytes:
   # small selections run the plain radix passes).
-  size = sum(s.size for s in streams)
-  width = min(_MAX_BINS, int(size / _ENTRIES_PER_BIN)) // (num_segments << 16) - 1
+  num_segments = len(totals)
+  width = min(_MAX_BINS, int(sum(totals) / _ENTRIES_PER_BIN)) // (num_segments << 16) - 1
   samples = [_sample_layout(s.shape, piece_size) for s in streams]
   if width < 2 or all(x is None for x in samples):
     return None
@@ -366,7 +371,7 @@ def _bracketed_kth_largest(
       index = (ordered_key(piece(i)) >> 16).astype(jnp.int32) + jnp.int32(seg << 16)
       return hist.at[index].add(weight, mode="promise_in_bounds")
 
-    estimate = add(0, estimate) if reads == 1 else jax.lax.fori_loop(0, reads, add, estimate)
+    estimate = _over_pieces(reads, add, estimate)
   estimated = jnp.cumsum(estimate.reshape(num_segments, 1 << 16)[:, ::-1], axis=1)[:, ::-1]
   # 2. The bracket [low, high] of upper digits: rank k - margin falls in high, k + margin in low.
   f = jnp.asarray(factors, jnp.float32)
@@ -386,8 +391,8 @@ def _bracketed_kth_largest(
   per_segment = fine_bins + (1 << 16)
   skipped = num_segments * per_segment
 
-  def count(piece, seg, i, hist):
-    key = ordered_key(piece(i))
+  def count(keys, seg, i, hist):
+    key, _ = keys(i)
     digit = (key >> 16).astype(jnp.int32)
     offset = digit - low[seg]
     inside = (offset >= 0) & (digit <= high[seg])
@@ -400,21 +405,17 @@ def _bracketed_kth_largest(
     return hist.at[index].add(1, mode="drop")
 
   hist = jnp.zeros(skipped, jnp.int32)
-  for stream, (axis, n), seg in zip(streams, layouts, segments):
-    body = functools.partial(count, functools.partial(stream.take, axis, n), seg)
-    hist = body(0, hist) if n == 1 else jax.lax.fori_loop(0, n, body, hist)
+  for (n, keys), seg in zip(sources, segments):
+    hist = _over_pieces(n, functools.partial(count, keys, seg), hist)
   hist = hist.reshape(num_segments, per_segment)
-  sizes = jnp.zeros(num_segments, jnp.int32)
-  for stream, seg in zip(streams, segments):
-    sizes = sizes.at[seg].add(stream.size)
-  # The skipped keys of -inf (key 0) go back in: to the bracket's first bin when it starts at
-  # digit 0, else to digit 0's bin.
-  minus_inf = sizes - jnp.sum(hist, axis=1)
+  # The skipped keys of -inf (key 0) go back into the bin the pass would have counted them in:
+  # the bracket's first when it starts at digit 0, else digit 0's.
+  minus_inf = jnp.asarray(totals, jnp.int32) - jnp.sum(hist, axis=1)
+  hist = hist.at[jnp.arange(num_segments), jnp.where(low == 0, 0, fine_bins)].add(minus_inf)
   fine = hist[:, :fine_bins].reshape(num_segments, width, 1 << 16)
-  fine = fine.at[:, 0, 0].add(jnp.where(low == 0, minus_inf, 0))
   # 4. The upper digit of the k-th largest key, from the full histogram of upper digits.
   rows = jnp.arange(width)[None, :] + low[:, None]  # the bracket's digits (high + 1 .. unused)
-  coarse = hist[:, fine_bins:].at[:, 0].add(jnp.where(low == 0, 0, minus_inf))
+  coarse = hist[:, fine_bins:]
   coarse = coarse.at[jnp.arange(num_segments)[:, None], jnp.minimum(rows, 0xFFFF)].add(
     jnp.where(rows <= high[:, None], jnp.sum(fine, axis=2), 0)
   )
@@ -528,7 +529,7 @@ def top_k_masks(
     return lambda i: (ordered_key(stream.take(axis, n, i)), None)
 
   sources = [(n, keys_of(s, a, n)) for s, (a, n) in zip(streams, layouts)]
-  found = _bracketed_kth_largest(streams, layouts, sources, k, segments, num_segments, piece_size)
+  found = _bracketed_kth_largest(streams, layouts, sources, k, segments, totals, piece_size)
   if found is None:
     found = _kth_largest(sources, k, segments, num_segments)
   threshold, num_greater, num_ties = found
@@ -568,7 +569,7 @@ def top_k_masks(
           after = tie & ((pos > last[seg]) | (r == 0))
           return found.at[seg].min(jnp.min(jnp.where(after, pos, jnp.uint32(0xFFFFFFFF))))
 
-        found = smallest(0, found) if n == 1 else jax.lax.fori_loop(0, n, smallest, found)
+        found = _over_pieces(n, smallest, found)
       return jnp.where(r < rounds, found, last)
 
     last = jax.lax.fori_loop(0, jnp.max(rounds), one_round, jnp.zeros(num_segments, jnp.uint32))
