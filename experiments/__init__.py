@@ -23,6 +23,8 @@ Modules:
 * `experiments.train`: the compiled training programs and the run loop;
 * `experiments.optimizers`: the optimizer and learning-rate schedule of ``config.optimizer``;
 * `experiments.stacking`: stacking run states along a leading axis for ``jax.vmap``;
+* `experiments.distributed`: data-parallel training of the sweep over every device, of one
+  process or several (``--distributed``);
 * `experiments.checkpointing`: orbax checkpoints of a run;
 * `experiments.evaluation`: test accuracy, sparsity, compression ratio and speedup (the
   multiply-adds counted by `jaxprune.flops`);

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import ml_collections
 
 from experiments import config as config_lib
-from experiments import dropnet, lottery, models, oneshot, structured, sweep, train
+from experiments import distributed, dropnet, lottery, models, oneshot, structured, sweep, train
 from experiments import ispasp as ispasp_runner
 from experiments import lrpet as lrpet_runner
 from experiments import sup_tickets as sup_tickets_runner
@@ -69,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--output_dir", default=None, help="where results go (config.output_dir)")
   p.add_argument("--no_progress", action="store_true", help="no tqdm progress bars")
   p.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
+  p.add_argument(
+    "--distributed",
+    action="store_true",
+    help="one process of a multi-host run: joins the others (jax.distributed.initialize; "
+    "detected on TPU pods and SLURM, else give the three flags below) and trains the sweep "
+    "data-parallel over the devices of all processes; start the same command on every host",
+  )
+  p.add_argument("--coordinator", default=None, help="with --distributed: HOST:PORT of process 0")
+  p.add_argument("--num_processes", type=int, default=None, help="with --distributed")
+  p.add_argument("--process_id", type=int, default=None, help="with --distributed")
   return p
 
 
@@ -143,11 +153,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.print_config:
     print(config)
     return 0
+  if args.distributed:
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   experiment = config.get("experiment", "sweep")
   module = EXPERIMENTS.get(experiment)
   try:  # fail fast on a bad method, model, optimizer, schedule or published point
     if module is None:
       raise ValueError(f"Unknown experiment {experiment!r} ({', '.join(EXPERIMENTS)})")
+    if experiment != "sweep" and distributed.requested(config):
+      raise ValueError(
+        f"data_parallel (and --distributed) train the sweep only; experiment {experiment!r} "
+        "runs on one device of one process (set data_parallel=false)"
+      )
     module.validate(config)
     for name in config.get("models", None) or (config.model,):
       models.get_model(name, 10)

@@ -49,6 +49,8 @@ EXECUTION_FIELDS = (
   "reinit_rounds",
   # The in-memory path and the grain stream read the same batches in the same order.
   "data_pipeline",
+  # Data-parallel steps compute what one device computes, up to the order of the gradient's sums.
+  "data_parallel",
 )
 
 _TRUE = {"true", "t", "yes", "y", "1", "on"}

@@ -24,7 +24,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, TextIO
 
 import numpy as np
 
@@ -66,15 +66,20 @@ class Log:
   Args:
       path: the log file (appended to).
       use_tqdm: print with ``tqdm.write`` so that progress bars stay intact.
+      quiet: neither print nor write (the processes other than 0 of a multi-host run).
   """
 
-  def __init__(self, path: Path, use_tqdm: bool):
+  def __init__(self, path: Path, use_tqdm: bool, quiet: bool = False):
     self.path = path
     self.use_tqdm = use_tqdm
-    path.parent.mkdir(parents=True, exist_ok=True)
-    self.file = open(path, "a")
+    self.file: Optional[TextIO] = None
+    if not quiet:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      self.file = open(path, "a")
 
   def __call__(self, line: str = "") -> None:
+    if self.file is None:
+      return
     if self.use_tqdm:
       from tqdm import tqdm
 
@@ -85,7 +90,8 @@ class Log:
     self.file.flush()
 
   def close(self) -> None:
-    self.file.close()
+    if self.file is not None:
+      self.file.close()
 
 
 def write_run(record: dict, out_dir: Path) -> None:

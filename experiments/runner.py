@@ -26,7 +26,7 @@ import ml_collections
 
 from experiments import config as config_lib
 from experiments import data as data_lib
-from experiments import evaluation, methods, models, outputs, train
+from experiments import distributed, evaluation, methods, models, outputs, train
 
 # The last dataset loaded (and its device copies), reused by later experiments in this process
 # (tests, benchmarks): decoding is cached on disk, but normalising takes seconds too.
@@ -45,6 +45,7 @@ def _load(
     raise ValueError(f"input_scaling must be 'standardize' or 'unit', got {scaling!r}")
   if scaling == "unit" and pipeline == "grain":
     raise ValueError("input_scaling='unit' needs data_pipeline='memory'")
+  placement = distributed.data_parallel(config)
   key = (
     config.dataset,
     data_dir,
@@ -53,6 +54,7 @@ def _load(
     validation,
     pipeline,
     scaling,
+    None if placement is None else placement.mesh,
   )
   if key not in _LOADED:
     _LOADED.clear()
@@ -66,7 +68,10 @@ def _load(
     if scaling == "unit":
       full = data_lib.unit_scaled(full)
     dataset, held_out = data_lib.split_validation(full, *validation)
-    _LOADED[key] = (dataset, train.prepare_data(dataset, int(config.eval_batch_size), held_out))
+    _LOADED[key] = (
+      dataset,
+      train.prepare_data(dataset, int(config.eval_batch_size), held_out, placement),
+    )
   return _LOADED[key]
 
 
@@ -140,7 +145,8 @@ class Experiment:
         vmap=len(group) > 1,
         log=self.log,
       ):
-        outputs.write_run(record, self.out_dir)
+        if distributed.is_main():
+          outputs.write_run(record, self.out_dir)
         records[record["name"]] = record
     if self.bar is not None:
       self.bar.update(len(specs))
@@ -182,13 +188,16 @@ def start(config: ml_collections.ConfigDict, name: str, total_runs: int) -> Iter
       FileNotFoundError: if the dataset is not prepared.
   """
   out_dir = Path(config.output_dir).expanduser()
-  out_dir.mkdir(parents=True, exist_ok=True)
-  progress = bool(config.get("progress", True))
-  log = outputs.Log(out_dir / "log.txt", use_tqdm=progress)
+  main = distributed.is_main()  # (the other processes of a multi-host run write nothing)
+  if main:
+    out_dir.mkdir(parents=True, exist_ok=True)
+  progress = bool(config.get("progress", True)) and main
+  log = outputs.Log(out_dir / "log.txt", use_tqdm=progress, quiet=not main)
   bar = None
   try:
     started = time.perf_counter()
-    (out_dir / "config.json").write_text(config.to_json(indent=2))
+    if main:
+      (out_dir / "config.json").write_text(config.to_json(indent=2))
     data_dir = data_lib.resolve_data_dir(config.data_dir)
     log(
       f"Loading {config.dataset} from {data_dir or 'the tfds default data_dir'} "

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from experiments import config as config_lib
-from experiments import methods, outputs, plots, runner, train
+from experiments import distributed, methods, outputs, plots, runner, train
 from experiments.train import RunSpec
 
 
@@ -68,9 +68,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   Raises:
       ValueError: for a bad method, sparsity, optimizer, schedule, method setting (e.g. IMP
-          cycles), published point or ``data_pipeline``.
+          cycles), published point, ``data_pipeline`` or a
+          ``batch_size`` that does not split over the devices (``data_parallel``).
   """
   train.data_pipeline(config)
+  distributed.data_parallel(config)  # (batch_size must split over the devices)
   for method, sparsity, seed in sweep_plan(config):
     methods.METHODS[method].make_tx(config, sparsity, seed)
   outputs.published_points(config)
@@ -161,20 +163,26 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
       "published": published,
       "wall_time_s": experiment.elapsed(),
     }
-    agg = outputs.write_summary(ordered, out_dir, meta)
+    main = distributed.is_main()  # (the other processes of a multi-host run write nothing)
+    if main:
+      agg = outputs.write_summary(ordered, out_dir, meta)
+    else:
+      agg = outputs.aggregate(outputs.summary_rows(ordered))
     markdown = outputs.format_markdown(agg, published)
     collapse = outputs.collapse_rows(ordered)
     if collapse:  # pruning at initialisation: which masks collapse the network
-      outputs.write_rows(collapse, out_dir / "collapse.csv")
+      if main:
+        outputs.write_rows(collapse, out_dir / "collapse.csv")
       markdown += "\n\n" + outputs.format_collapse(collapse)
     learned = outputs.format_learned(ordered)
     if learned:  # methods that learn their sparsity: the sparsity of every run
       markdown += "\n\n" + learned
-    (out_dir / "summary.md").write_text(markdown + "\n")
+    if main:
+      (out_dir / "summary.md").write_text(markdown + "\n")
     title = f"{config.model} on {config.dataset}"
     error = bool(config.get("plot_error", False))
     png = "error_vs_sparsity.png" if error else "accuracy_vs_sparsity.png"
-    if config.get("plots", True):
+    if config.get("plots", True) and main:
       plots.plot_accuracy_vs_sparsity(agg, out_dir / png, title, published, error=error)
       plots.plot_training_curves(ordered, out_dir / "training_curves.png", title)
       if cycles:  # IMP: its retraining schedules, its prunes dotted

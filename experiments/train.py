@@ -21,8 +21,12 @@ index within the epoch) is kept next to it and saved in every checkpoint.
 Where the batches come from is ``config.data_pipeline`` (`data_pipeline`): ``"memory"`` (the
 default) gathers them on the device from the whole training split, ``"grain"`` reads each run's
 batches with its own `experiments.pipeline.TrainStream` (the same batches, in the same order) and
-feeds a chunk's batches to the same training program as a small ``images`` array with indices
-into it, so the training split is never decoded into memory.
+feeds a chunk of them (``[steps, batch, ...]`` per run) to the training program, so the training
+split is never decoded into memory.
+
+With ``config.data_parallel`` or several processes (`experiments.distributed`), the programs run
+data-parallel: the states are replicated on every device, each batch is split over them, and a
+streamed run's processes each read their own rows of every batch.
 
 A run whose pruner has *ephemeral* masks (`jaxprune.ephemeral`: STE, SR-STE, movement pruning,
 SCL; `RunSetup.ephemeral`) keeps dense weights in its state: its training step's forward pass
@@ -34,6 +38,7 @@ dense weights, which a resumed run needs to continue.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import time
@@ -48,7 +53,7 @@ import numpy as np
 import optax
 
 import jaxprune
-from experiments import checkpointing, evaluation, models, stacking
+from experiments import checkpointing, distributed, evaluation, models, stacking
 from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import pipeline as pipeline_lib
@@ -158,7 +163,10 @@ class DeviceData(NamedTuple):
 
 
 def prepare_data(
-  dataset: data_lib.Dataset, eval_batch_size: int, validation: Optional[data_lib.Split] = None
+  dataset: data_lib.Dataset,
+  eval_batch_size: int,
+  validation: Optional[data_lib.Split] = None,
+  placement: Optional[distributed.DataParallel] = None,
 ) -> DeviceData:
   """Puts a dataset on the device once for all the runs of an experiment.
 
@@ -167,15 +175,24 @@ def prepare_data(
           there: its batches are streamed).
       eval_batch_size: examples per evaluation batch.
       validation: a split held out of the training split, evaluated beside the test split.
+      placement: training data-parallel (`experiments.distributed.data_parallel`): every array
+          is replicated on all its devices; None: on the default device.
 
   Returns:
       The device copies.
   """
+  put = jnp.asarray if placement is None else placement.replicate
+
+  def test_data(split: data_lib.Split) -> evaluation.TestData:
+    t = evaluation.prepare_test_data(split, eval_batch_size)
+    return dataclasses.replace(t, images=put(t.images), labels=put(t.labels), valid=put(t.valid))
+
+  in_memory = isinstance(dataset.train, data_lib.Split)
   return DeviceData(
-    jnp.asarray(dataset.train.images) if isinstance(dataset.train, data_lib.Split) else None,
-    jnp.asarray(dataset.train.labels) if isinstance(dataset.train, data_lib.Split) else None,
-    evaluation.prepare_test_data(dataset.test, eval_batch_size),
-    None if validation is None else evaluation.prepare_test_data(validation, eval_batch_size),
+    put(dataset.train.images) if in_memory else None,
+    put(dataset.train.labels) if in_memory else None,
+    test_data(dataset.test),
+    None if validation is None else test_data(validation),
   )
 
 
@@ -220,7 +237,10 @@ def deployed_params(params: Any, opt_state: Any) -> Any:
 
 
 def make_train_fn(
-  model: nn.Module, tx: optax.GradientTransformation, ephemeral: bool = False
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  ephemeral: bool = False,
+  placement: Optional[distributed.DataParallel] = None,
 ) -> Callable:
   """The (unjitted) training of one run for a number of steps.
 
@@ -229,14 +249,19 @@ def make_train_fn(
       tx: the transformation.
       ephemeral: the pruner's masks are ephemeral: the forward pass sees
           ``jaxprune.ephemeral.masked_params(params, opt_state)`` (straight-through gradient).
+      placement: train data-parallel (`experiments.distributed.DataParallel`): every batch is
+          split over the devices, the state stays replicated.
 
   Returns:
       ``train(state, indices, num_steps, images, labels) -> state``: runs ``num_steps``
       steps (a traced count, at most ``len(indices)``), step ``i`` on the examples
-      ``indices[i]`` of ``images`` / ``labels``.
+      ``indices[i]`` of ``images`` / ``labels``; with ``indices=None``, on ``images[i]`` and
+      ``labels[i]`` (a chunk of batches, ``[steps, batch, ...]``).
   """
 
   def step(state: TrainState, x, y) -> TrainState:
+    if placement is not None:
+      x, y = placement.constrain_batch(x), placement.constrain_batch(y)
     rng, dropout_rng = jax.random.split(state.rng)
 
     def loss_fn(params):
@@ -271,10 +296,13 @@ def make_train_fn(
 
   def train(state, indices, num_steps, images, labels):
     def body(i, s):
+      if indices is None:
+        return step(s, images[i], labels[i])
       idx = indices[i]
       return step(s, images[idx], labels[idx])
 
-    return jax.lax.fori_loop(0, num_steps, body, state)
+    state = jax.lax.fori_loop(0, num_steps, body, state)
+    return state if placement is None else placement.constrain_replicated(state)
 
   return train
 
@@ -303,6 +331,8 @@ def get_program(
   eval_batch_size: int,
   axes: Any = None,
   ephemeral: bool = False,
+  streamed: bool = False,
+  placement: Optional[distributed.DataParallel] = None,
 ) -> Program:
   """The jitted (and, with ``axes``, vmapped) programs, cached under ``key``.
 
@@ -319,16 +349,22 @@ def get_program(
           runs, or None for one run.
       ephemeral: the pruner's masks are ephemeral (see `make_train_fn`; the programs include
           ``deploy``).
+      streamed: the training program reads chunks of batches (``indices=None`` in
+          `make_train_fn`; stacked runs: one chunk per run), not indices into a split.
+      placement: train data-parallel (see `make_train_fn`).
 
   Returns:
       The programs.
   """
   vmapped = axes is not None
   train_key = (key, vmapped) + ((True,) if ephemeral else ())
+  if streamed or placement is not None:
+    train_key += (streamed, None if placement is None else placement.mesh)
   if train_key not in _TRAIN_PROGRAMS:
-    train = make_train_fn(model, tx, ephemeral)
+    train = make_train_fn(model, tx, ephemeral, placement)
     if vmapped:
-      train = jax.vmap(train, in_axes=(axes, 0, None, None, None), out_axes=axes)
+      in_axes = (axes, None, None, 0, 0) if streamed else (axes, 0, None, None, None)
+      train = jax.vmap(train, in_axes=in_axes, out_axes=axes)
     _TRAIN_PROGRAMS[train_key] = jax.jit(train)
   eval_key = (repr(model), vmapped, int(eval_batch_size))
   if eval_key not in _EVAL_PROGRAMS:
@@ -400,9 +436,14 @@ def train_runs(
   The batches are gathered on the device from ``data.train_images`` or, with
   ``config.data_pipeline = "grain"``, read by one `experiments.pipeline.TrainStream` per run
   (seeded with the run's seed, started at its data position): each chunk's batches of every run
-  are stacked on the host, padded to a fixed number of steps, and passed to the same training
-  program as its ``images`` with indices into the run's block (the same batches, so the same
-  results as the in-memory path).
+  are stacked on the host, padded to a fixed number of steps, and passed to the training
+  program as ``[runs, steps, batch, ...]`` (the same batches, so the same results as the
+  in-memory path).
+
+  Data-parallel (`experiments.distributed.data_parallel` of the config: ``data_parallel`` or
+  several processes), the states are replicated on every device and each batch is split over
+  them; a stream reads only this process's rows of each batch. Only process 0 writes files and
+  shows progress; all processes save the checkpoints (each its own shards).
 
   Resumes from the runs' latest common checkpoint in ``output_dir/checkpoints/<run>/``
   when ``config.resume`` (and the checkpoints were saved by a config with the same
@@ -470,21 +511,36 @@ def train_runs(
   fingerprint = config_lib.fingerprint(config)
   stacked = vmap and len(runs) > 1
 
+  placement = distributed.data_parallel(config)
+  main = distributed.is_main()
+
   model = models.get_model(config.model, dataset.num_classes)
   program_key = (fingerprint, method, dataset.num_classes) + tuple(
     s.constants for s in setups if s.constants is not None
   )
   templates = [s.template for s in setups]
+  if placement is not None:  # every run's state on every device (restored there too)
+    templates = [placement.replicate(t) for t in templates]
   cycle_ends = imp_cycle_ends(templates[0].opt_state)
   axes = stacking.run_axes(templates[0]) if stacked else None
-  program = get_program(program_key, model, setups[0].tx, data.test.batch_size, axes, ephemeral)
+  streamed = pipeline == "grain"
+  program = get_program(
+    program_key, model, setups[0].tx, data.test.batch_size, axes, ephemeral, streamed, placement
+  )
   evaluate_validation = None
   if data.validation is not None:  # (its own program when its batch size differs)
     evaluate_validation = get_program(
-      program_key, model, setups[0].tx, data.validation.batch_size, axes, ephemeral
+      program_key,
+      model,
+      setups[0].tx,
+      data.validation.batch_size,
+      axes,
+      ephemeral,
+      streamed,
+      placement,
     ).evaluate
 
-  dead_neurons = _dead_neuron_probe(config, model, dataset, templates[0])
+  dead_neurons = _dead_neuron_probe(config, model, dataset, templates[0], placement)
 
   keep = int(config.get("keep_checkpoints", 2) or 2)
   checkpoints = [
@@ -515,17 +571,19 @@ def train_runs(
       f"[{', '.join(r.name for r in runs)}] resuming from the checkpoint of step {step}/{num_steps}"
     )
   else:
-    for c, r in zip(checkpoints, runs):
-      c.clear()
-      if cycle_ends:
-        shutil.rmtree(output_dir / "masks" / r.name, ignore_errors=True)
+    if main:  # (one process deletes; the others wait before saving there)
+      for c, r in zip(checkpoints, runs):
+        c.clear()
+        if cycle_ends:
+          shutil.rmtree(output_dir / "masks" / r.name, ignore_errors=True)
+    distributed.barrier(f"cleared {output_dir} {','.join(r.name for r in runs)}")
   state = stacking.stack(states, axes) if stacked else states[0]
+  if placement is not None and stacked:
+    state = placement.replicate(state)
   capacity = min(eval_every, num_steps)
   if pipeline == "grain":  # a chunk's batches of every run, stacked (at most GRAIN_CHUNK_BYTES)
     per_step = len(runs) * batch_size * 4 * math.prod(dataset.image_shape)
     capacity = max(1, min(capacity, GRAIN_CHUNK_BYTES // per_step))
-    blocks = np.arange(len(runs) * capacity * batch_size, dtype=np.int32)
-    blocks = blocks.reshape(len(runs), capacity, batch_size)
   streams: list[pipeline_lib.TrainStream] = []
   consumed = [0] * len(runs)
   stop_after = config.get("stop_after_step", None)
@@ -561,7 +619,7 @@ def train_runs(
     else (f"{method} x{len(runs)} (vmapped: {', '.join(r.name for r in runs)})")
   )
   bar = None
-  if config.get("progress", True):
+  if config.get("progress", True) and main:
     from tqdm import tqdm
 
     bar = tqdm(
@@ -576,7 +634,7 @@ def train_runs(
   start = time.perf_counter()
   try:
     if pipeline == "grain" and step < num_steps:
-      streams = _open_streams(config, dataset, runs, positions, num_steps)
+      streams = _open_streams(config, dataset, runs, positions, num_steps, placement)
     while step < num_steps and not all(diverged):
       target = min(
         num_steps,
@@ -589,9 +647,17 @@ def train_runs(
       count = int(target - step)
       images: Optional[jax.Array]
       labels: Optional[jax.Array]
-      if streams:
-        indices = blocks
-        images, labels = _read_chunk(streams, count, capacity, batch_size, dataset.image_shape)
+      indices: Any = None
+      if streams:  # this process's rows of every run's next batches: [runs, capacity, rows, ...]
+        rows = batch_size // (1 if placement is None else jax.process_count())
+        images, labels = _read_chunk(streams, count, capacity, rows, dataset.image_shape)
+        if not stacked:
+          images, labels = images[0], labels[0]
+        if placement is None:
+          images, labels = jnp.asarray(images), jnp.asarray(labels)
+        else:  # the global batches, split over the devices along their batch axis
+          axis = 2 if stacked else 1
+          images, labels = (placement.global_batch(a, axis) for a in (images, labels))
         for i, stream in enumerate(streams):
           consumed[i] += count
           positions[i] = stream.position(consumed[i])
@@ -601,14 +667,11 @@ def train_runs(
           indices[i, :count], positions[i] = data_lib.batch_indices(
             num_examples, batch_size, seed=r.seed, position=positions[i], count=count
           )
+        indices = indices if stacked else indices[0]
+        if placement is not None:
+          indices = placement.replicate(indices)
         images, labels = data.train_images, data.train_labels
-      state = program.train(
-        state,
-        indices if stacked else indices[0],
-        np.int32(count),
-        images,
-        labels,
-      )
+      state = program.train(state, indices, np.int32(count), images, labels)
       step += count
       since_eval += count
       if bar is not None:
@@ -663,7 +726,8 @@ def train_runs(
     params = program.deploy(state.params, state.opt_state)
     for i, r in enumerate(runs):
       path = output_dir / "deployed" / f"{r.name}.npz"
-      save_params(stacking.take(params, axes.params, i) if stacked else params, path)
+      if main:
+        save_params(stacking.take(params, axes.params, i) if stacked else params, path)
       deployed[i] = {"ephemeral": True, "deployed_params": str(path.relative_to(output_dir))}
 
   num_params = sum(int(np.size(x)) for x in jax.tree.leaves(templates[0].params))
@@ -738,8 +802,10 @@ def _open_streams(
   runs: Sequence[RunSpec],
   positions: Sequence[tuple[int, int]],
   num_steps: int,
+  placement: Optional[distributed.DataParallel] = None,
 ) -> list[pipeline_lib.TrainStream]:
-  """One training stream per run, from its seed and data position, spanning ``num_steps``."""
+  """One training stream per run, from its seed and data position, spanning ``num_steps``: of
+  whole batches, or with ``placement`` of this process's rows of every batch."""
   train_split = dataset.train
   if isinstance(train_split, data_lib.SourceSplit):
     name, split, data_dir = train_split.name, train_split.split, train_split.data_dir
@@ -761,9 +827,8 @@ def _open_streams(
         split=split,
         mean=dataset.mean,
         std=dataset.std,
-        # Every process reads whole batches, as the in-memory path gathers them.
-        process_index=0,
-        process_count=1,
+        process_index=0 if placement is None else jax.process_index(),
+        process_count=1 if placement is None else jax.process_count(),
       )
       streams.append(stream)
       if stream.batches_per_epoch != per_epoch:
@@ -782,20 +847,18 @@ def _read_chunk(
   streams: Sequence[pipeline_lib.TrainStream],
   count: int,
   capacity: int,
-  batch_size: int,
+  rows: int,
   image_shape: tuple,
-) -> tuple[jax.Array, jax.Array]:
-  """The next ``count`` batches of every stream, as the images and labels of one chunk.
-
-  Run ``r``'s batch ``i`` is rows ``(r * capacity + i) * batch_size`` onwards (the steps past
-  ``count`` are zeros, never read), so the shapes are the same for every chunk.
-  """
-  images = np.zeros((len(streams), capacity, batch_size, *image_shape), np.float32)
-  labels = np.zeros((len(streams), capacity, batch_size), np.int32)
+) -> tuple[np.ndarray, np.ndarray]:
+  """The next ``count`` batches of every stream: images ``[runs, capacity, rows, *image_shape]``
+  and labels ``[runs, capacity, rows]`` (``rows``: what a stream yields per batch; the steps
+  past ``count`` are zeros, never read, so the shapes are the same for every chunk)."""
+  images = np.zeros((len(streams), capacity, rows, *image_shape), np.float32)
+  labels = np.zeros((len(streams), capacity, rows), np.int32)
   for r, stream in enumerate(streams):
     for i in range(count):
       images[r, i], labels[r, i] = next(stream)
-  return jnp.asarray(images.reshape(-1, *image_shape)), jnp.asarray(labels.reshape(-1))
+  return images, labels
 
 
 def imp_cycle_ends(opt_state: Any) -> list[int]:
@@ -882,7 +945,7 @@ def load_cycle_masks(directory: Path, cycle: int, params: Any) -> Any:
   return jax.tree.unflatten(treedef, [arrays.get(path_str(p)) for p, _ in paths])
 
 
-def _dead_neuron_probe(config, model, dataset, template) -> Optional[Callable]:
+def _dead_neuron_probe(config, model, dataset, template, placement=None) -> Optional[Callable]:
   """The probe of ``config.dead_neurons`` training images (0 or absent: None).
 
   The images are a fixed sample of the training split (seed 0, the same for every run), so that
@@ -908,6 +971,8 @@ def _dead_neuron_probe(config, model, dataset, template) -> Optional[Callable]:
     )
   idx = np.sort(np.random.default_rng(0).permutation(len(dataset.train))[:n])
   images, _ = dataset.train.take(idx)
+  if placement is not None:
+    images = placement.replicate(images)
   return evaluation.dead_neuron_probe(model, images)
 
 
@@ -995,7 +1060,7 @@ def _evaluate(
         stacking.take(state.opt_state, axes.opt_state, i) if axes is not None else state.opt_state
       )
       record.update(imp_record(opt_state))
-      if record["cycle_end"]:
+      if record["cycle_end"] and distributed.is_main():
         save_cycle_masks(opt_state, masks_dir / "masks" / r.name, record["cycle"])
     evaluations[i].append(record)
     if not math.isfinite(record["loss"]):

@@ -11,18 +11,26 @@ are cached per config fingerprint in `experiments.train`).
 
 import dataclasses
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from shared_data import DATA_DIR, require_mnist
 
+import jaxprune
 from experiments import (
   checkpointing,
   cli,
+  distributed,
   evaluation,
   methods,
   models,
@@ -1375,3 +1383,127 @@ def test_interrupted_grain_run_resumes_to_the_same_result(reference, cache_dir, 
   assert "resuming from the checkpoint of step 15/20" in capsys.readouterr().out
   assert _records(out) == _records(reference)
   _assert_same_states(out, reference, argv)
+
+
+# ------------------------------------------------------------------------------ data parallel
+# data_parallel=true (and every run over several processes) splits each batch over the devices
+# and keeps the state replicated (experiments.distributed): the runs compute what one device
+# computes, up to the order of the gradient's sums.
+
+SWEEP_WORKER = Path(__file__).with_name("sweep_worker.py")
+
+
+def _assert_like_reference(out, reference, argv):
+  """The runs in ``out`` are `reference`'s up to float32 rounding: the same masks, the same
+  exact zeros, accuracies and losses within 1e-5 (relative)."""
+  got, want = _records(out), _records(reference)
+  assert got.keys() == want.keys() == {s.name for s in PAIR_RUNS}
+  for name in got:
+    a, b = got[name]["final"], want[name]["final"]
+    assert a["zeros"] == b["zeros"] and a["leaf_sparsity"] == b["leaf_sparsity"], name
+    for key in ("test_accuracy", "test_loss", "loss"):
+      assert a[key] == pytest.approx(b[key], rel=1e-5), (name, key)
+    assert [e["step"] for e in got[name]["evaluations"]] == [10, 20]
+  _, config = cli.parse_args(argv)
+  for spec in PAIR_RUNS:
+    a, _ = _restore_final(out, config, spec)
+    b, _ = _restore_final(reference, config, spec)
+    masks_a, masks_b = jaxprune.get_masks(a.opt_state), jaxprune.get_masks(b.opt_state)
+    for x, y in zip(jax.tree.leaves(masks_a), jax.tree.leaves(masks_b)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y), spec.name)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+      x, y = np.asarray(x), np.asarray(y)
+      np.testing.assert_array_equal(x == 0, y == 0, spec.name)
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6, err_msg=spec.name)
+
+
+@needs_mnist
+def test_data_parallel_run_on_eight_devices_equals_one_device(reference, cache_dir, tmp_path):
+  out = tmp_path / "dp"
+  argv = _argv(out, cache_dir, *PAIR, "--set", "data_parallel=true")
+  assert cli.main(argv) == 0
+  _assert_like_reference(out, reference, argv)
+  config = cli.parse_args(argv)[1]
+  placement = distributed.data_parallel(config)
+  assert placement.mesh.shape == {"data": 8}
+  [data] = [x for k, (_, x) in runner._LOADED.items() if k[-1] == placement.mesh]
+  for array in (data.train_images, data.test.images, data.test.labels):
+    assert array.sharding.is_fully_replicated and len(array.devices()) == 8
+
+
+def test_data_parallel_step_splits_the_batch_and_all_reduces():
+  placement = distributed.DataParallel(
+    jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  )
+  model = models.get_model("mlp_40_40", 10)
+  tx = optax.chain(optax.sgd(0.1), jaxprune.magnitude_pruning(0.5, distribution="global"))
+  state = train.init_state(model, tx, 0, (4, 4, 1))
+  rng = np.random.default_rng(0)
+  images = rng.standard_normal((2, 16, 4, 4, 1)).astype(np.float32)  # a chunk of 2 batches
+  labels = rng.integers(0, 10, (2, 16)).astype(np.int32)
+  one = jax.jit(train.make_train_fn(model, tx))(state, None, 2, images, labels)
+  fn = jax.jit(train.make_train_fn(model, tx, placement=placement))
+  args = (
+    placement.replicate(state),
+    None,
+    np.int32(2),
+    placement.global_batch(images, 1),
+    placement.global_batch(labels, 1),
+  )
+  compiled = fn.lower(*args).compile().as_text()
+  assert "all-reduce" in compiled
+  assert "f32[2,16,4,4,1]" not in compiled.split("ENTRY")[-1]  # each device holds 2 rows
+  split = fn(*args)
+  for leaf in jax.tree.leaves(split):
+    assert leaf.sharding.is_fully_replicated and len(leaf.devices()) == 8
+  for x, y in zip(jax.tree.leaves(split), jax.tree.leaves(one)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+def test_data_parallel_batch_must_split_over_the_devices(capsys):
+  assert cli.main(["--set", "data_parallel=true", "--set", "batch_size=60", "--no_progress"]) == 2
+  err = capsys.readouterr().err
+  assert "batch_size 60 does not split over the 8 devices" in err
+  assert cli.main(["--config", "mnist_lth", "--set", "data_parallel=true"]) == 2
+  assert "data_parallel (and --distributed) train the sweep only" in capsys.readouterr().err
+
+
+@needs_mnist
+def test_two_processes_train_the_grain_sweep_as_one_device(reference, cache_dir, tmp_path):
+  """Two processes of 4 CPU devices (gloo) train `PAIR` from grain, each reading its half of every
+  batch; stopped after step 10 and resumed from the checkpoint both wrote, the runs equal one
+  device's, and only process 0 wrote the outputs."""
+  out = tmp_path / "two"
+  argv = _argv(out, cache_dir, *PAIR, *GRAIN)
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the worker sets its own
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, str(SWEEP_WORKER), str(i), "2", str(port), *argv],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  outputs_ = []
+  try:
+    for p in procs:
+      outputs_.append(p.communicate(timeout=600)[0])
+  finally:
+    for p in procs:
+      p.kill()
+  for i, (p, text) in enumerate(zip(procs, outputs_)):
+    assert p.returncode == 0 and f"exit {cli.EXIT_STOPPED} 0" in text, (
+      f"process {i}:\n{text[-4000:]}"
+    )
+  # Process 0 printed and logged; process 1 was silent.
+  assert "resuming from the checkpoint of step 10/20" in outputs_[0]
+  assert "test acc" not in outputs_[1] and "resuming" not in outputs_[1]
+  assert (out / "log.txt").read_text().count("resuming from the checkpoint of step 10/20") == 1
+  _assert_like_reference(out, reference, argv)

@@ -60,6 +60,9 @@ def get_config() -> ml_collections.ConfigDict:
   # the batches on the device (fast for MNIST); "grain" streams each run's batches from the
   # prepared files (experiments.pipeline), the same batches in the same order.
   config.data_pipeline = "memory"
+  # True: train data-parallel over every device (each batch split over them, the state
+  # replicated; experiments.distributed). A run over several processes (--distributed) always is.
+  config.data_parallel = False
   config.num_train_steps = 4000
   config.eval_every = 500  # steps between evaluations (the last step is always evaluated)
   # Training images on which every evaluation also measures the dead neuron rate of the hidden

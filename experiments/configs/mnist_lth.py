@@ -37,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.validation_seed = 0
   # "memory" or "grain" (streamed batches, see mnist_lenet300; only with validation_size=0).
   config.data_pipeline = "memory"
+  config.data_parallel = False  # (the lottery experiment trains on one device)
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"
