@@ -64,12 +64,14 @@ def prepare_test_data(split: data_lib.Split, batch_size: int) -> TestData:
   return TestData(jnp.asarray(images), jnp.asarray(labels), jnp.asarray(valid), n, batch_size)
 
 
-def make_eval_fn(model: nn.Module, batch_size: int) -> Callable:
+def make_eval_fn(model: nn.Module, batch_size: int, placement: Any = None) -> Callable:
   """The (unjitted) evaluation of a whole padded split.
 
   Args:
       model: the Flax model.
       batch_size: the split's evaluation batch size (`TestData.batch_size`).
+      placement: an `experiments.distributed.DataParallel`: every evaluation batch is split
+          over its devices when its size allows (else each device evaluates it whole).
 
   Returns:
       ``evaluate(params, model_state, images, labels, valid) -> (correct, loss_sum)``:
@@ -86,6 +88,8 @@ def make_eval_fn(model: nn.Module, batch_size: int) -> Callable:
 
     def one(batch):
       x, y, v = batch
+      if placement is not None and batch_size % placement.mesh.size == 0:
+        x, y, v = (placement.constrain_batch(a) for a in (x, y, v))
       logits = model.apply({"params": params, **model_state}, x, train=False)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
       correct = (jnp.argmax(logits, -1) == y) & v

@@ -367,8 +367,10 @@ def get_program(
       train = jax.vmap(train, in_axes=in_axes, out_axes=axes)
     _TRAIN_PROGRAMS[train_key] = jax.jit(train)
   eval_key = (repr(model), vmapped, int(eval_batch_size))
+  if placement is not None:
+    eval_key += (placement.mesh,)
   if eval_key not in _EVAL_PROGRAMS:
-    evaluate = evaluation.make_eval_fn(model, eval_batch_size)
+    evaluate = evaluation.make_eval_fn(model, eval_batch_size, placement)
     if vmapped:
       evaluate = jax.vmap(evaluate, in_axes=(axes.params, axes.model_state, None, None, None))
     _EVAL_PROGRAMS[eval_key] = jax.jit(evaluate)

@@ -1418,17 +1418,25 @@ def _assert_like_reference(out, reference, argv):
 
 
 @needs_mnist
-def test_data_parallel_run_on_eight_devices_equals_one_device(reference, cache_dir, tmp_path):
+def test_data_parallel_run_on_eight_devices_resumes_on_one_like_one_device(
+  reference, cache_dir, tmp_path, capsys
+):
+  # 10 steps data-parallel over the 8 devices (memory path), then the rest on one device from
+  # the checkpoint of step 10: the runs are one device's (the masks, zeros, losses).
   out = tmp_path / "dp"
-  argv = _argv(out, cache_dir, *PAIR, "--set", "data_parallel=true")
-  assert cli.main(argv) == 0
-  _assert_like_reference(out, reference, argv)
-  config = cli.parse_args(argv)[1]
+  argv = _argv(out, cache_dir, *PAIR)
+  parallel = [*argv, "--set", "data_parallel=true", "--set", "stop_after_step=10"]
+  assert cli.main(parallel) == cli.EXIT_STOPPED
+  config = cli.parse_args(parallel)[1]
   placement = distributed.data_parallel(config)
   assert placement.mesh.shape == {"data": 8}
   [data] = [x for k, (_, x) in runner._LOADED.items() if k[-1] == placement.mesh]
   for array in (data.train_images, data.test.images, data.test.labels):
     assert array.sharding.is_fully_replicated and len(array.devices()) == 8
+  capsys.readouterr()
+  assert cli.main(argv) == 0
+  assert "resuming from the checkpoint of step 10/20" in capsys.readouterr().out
+  _assert_like_reference(out, reference, argv)
 
 
 def test_data_parallel_step_splits_the_batch_and_all_reduces():
