@@ -67,7 +67,10 @@ MODELS = {
   # name: layer widths, input first.
   "lenet300100": (784, 300, 100, 10),  # LeNet-300-100: 266,610 parameters
   "mlp10m": (784, 2048, 2048, 2048, 10),  # 10,020,874 parameters
+  # Sized for an accelerator (not in the default --models): 108,473,354 parameters.
+  "mlp100m": (784, 7168, 7168, 7168, 10),
 }
+DEFAULT_MODELS = ("lenet300100", "mlp10m")
 DISTRIBUTIONS = ("uniform", "global", "erk")
 KINDS = ("fixed", "update", "sort", "imp", "rigl", "rigl_update")
 # Drop-and-grow needs per-leaf counts: RigL runs with the layer-wise distributions only.
@@ -532,7 +535,13 @@ def main(argv: list[str] | None = None) -> None:
     default=None,
     help=f"write the results as JSON (default path {DEFAULT_OUT})",
   )
-  parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
+  parser.add_argument(
+    "--models",
+    nargs="+",
+    choices=sorted(MODELS),
+    default=list(DEFAULT_MODELS),
+    help=f"default {' '.join(DEFAULT_MODELS)}; mlp100m is sized for a GPU or TPU",
+  )
   parser.add_argument(
     "--distributions", nargs="+", choices=DISTRIBUTIONS, default=["uniform", "global"]
   )

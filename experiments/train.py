@@ -647,8 +647,8 @@ def train_runs(
         min((e for e in cycle_ends if e > step), default=math.inf),
       )
       count = int(target - step)
-      images: Optional[jax.Array]
-      labels: Optional[jax.Array]
+      images: Any
+      labels: Any
       indices: Any = None
       if streams:  # this process's rows of every run's next batches: [runs, capacity, rows, ...]
         rows = batch_size // (1 if placement is None else jax.process_count())

@@ -138,7 +138,7 @@ def _count_passes(monkeypatch):
   return calls
 
 
-@SETTINGS
+@settings(max_examples=20, deadline=None)  # (each example compiles its shapes' eager ops)
 @given(data=st.data())
 def test_bracketed_selection_is_exact(data):
   # Global and per-leaf segments over leaves sampled in pieces, whatever the values: ties,
