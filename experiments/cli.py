@@ -179,9 +179,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except train.StopRequested as e:
-    print(
-      f"stopped after step {e.args[0]} (stop_after_step); rerun the same command to resume",
-      file=sys.stderr,
-    )
+    if distributed.is_main():  # (every process of a multi-host run stops alike)
+      print(
+        f"stopped after step {e.args[0]} (stop_after_step); rerun the same command to resume",
+        file=sys.stderr,
+      )
     return EXIT_STOPPED
   return 0

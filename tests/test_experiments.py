@@ -1512,6 +1512,8 @@ def test_two_processes_train_the_grain_sweep_as_one_device(reference, cache_dir,
     )
   # Process 0 printed and logged; process 1 was silent.
   assert "resuming from the checkpoint of step 10/20" in outputs_[0]
-  assert "test acc" not in outputs_[1] and "resuming" not in outputs_[1]
+  assert "stopped after step 10" in outputs_[0]
+  for line in ("test acc", "resuming", "stopped after step"):
+    assert line not in outputs_[1], line
   assert (out / "log.txt").read_text().count("resuming from the checkpoint of step 10/20") == 1
   _assert_like_reference(out, reference, argv)
