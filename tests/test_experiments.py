@@ -11,10 +11,6 @@ are cached per config fingerprint in `experiments.train`).
 
 import dataclasses
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from processes import run_workers
 from shared_data import DATA_DIR, require_mnist
 
 import jaxprune
@@ -1483,33 +1480,9 @@ def test_two_processes_train_the_grain_sweep_as_one_device(reference, cache_dir,
   device's, and only process 0 wrote the outputs."""
   out = tmp_path / "two"
   argv = _argv(out, cache_dir, *PAIR, *GRAIN)
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the worker sets its own
-  env["JAX_PLATFORMS"] = "cpu"
-  env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
-  procs = [
-    subprocess.Popen(
-      [sys.executable, str(SWEEP_WORKER), str(i), "2", str(port), *argv],
-      env=env,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-    )
-    for i in range(2)
-  ]
-  outputs_ = []
-  try:
-    for p in procs:
-      outputs_.append(p.communicate(timeout=600)[0])
-  finally:
-    for p in procs:
-      p.kill()
-  for i, (p, text) in enumerate(zip(procs, outputs_)):
-    assert p.returncode == 0 and f"exit {cli.EXIT_STOPPED} 0" in text, (
-      f"process {i}:\n{text[-4000:]}"
-    )
+  outputs_ = run_workers(SWEEP_WORKER, *argv)
+  for i, text in enumerate(outputs_):
+    assert f"exit {cli.EXIT_STOPPED} 0" in text, f"process {i}:\n{text[-4000:]}"
   # Process 0 printed and logged; process 1 was silent.
   assert "resuming from the checkpoint of step 10/20" in outputs_[0]
   assert "stopped after step 10" in outputs_[0]

@@ -7,10 +7,6 @@ with one device reuses the run's compiled sharded step, so only the one-device s
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -19,6 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from processes import run_workers
 
 import jaxprune
 from experiments import gpt
@@ -136,34 +133,7 @@ def test_two_processes_train_as_one_does(result):
   # The same run on two processes of 4 devices each (one 4 x 2 mesh over both, gloo collectives),
   # each process feeding its rows of every batch: the same masks and the same losses as the one
   # process of the module's run.
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the worker sets its own
-  env["JAX_PLATFORMS"] = "cpu"
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
-  worker = Path(__file__).with_name("gpt_worker.py")
-  root = Path(__file__).resolve().parents[1]
-  env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])  # experiments/
-  procs = [
-    subprocess.Popen(
-      [sys.executable, str(worker), str(i), "2", str(port)],
-      env=env,
-      cwd=root,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-    )
-    for i in range(2)
-  ]
-  outputs = []
-  try:
-    for p in procs:
-      outputs.append(p.communicate(timeout=600)[0])
-  finally:
-    for p in procs:
-      p.kill()
-  for i, (p, out) in enumerate(zip(procs, outputs)):
-    assert p.returncode == 0, f"process {i} failed:\n{out[-4000:]}"
+  outputs = run_workers(Path(__file__).with_name("gpt_worker.py"))
   [line] = [x for x in outputs[0].splitlines() if x.startswith("report ")]
   report = json.loads(line[len("report ") :])
   run = result["runs"]["pruned"]
